@@ -1,0 +1,150 @@
+"""The `dfp` command line: each command parses options, builds a config and calls one function.
+
+Exit codes: 0 success, 1 a check failed, 2 bad input or arguments (one line, no traceback).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train deepfake detectors on imbalanced data: shards, loaders, trainer, thresholds, reports.")
+bench_app = typer.Typer(no_args_is_help=True, help="Throughput benchmarks (JSON with --json).")
+app.add_typer(bench_app, name="bench")
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing: one line, exit 2."""
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from .formats import FormatError
+    from .sources import InputError
+    errs = [UsageError, InputError, FormatError]
+    try:
+        from .models import ModelError
+        errs.append(ModelError)
+    except ImportError:
+        pass
+    try:
+        from .checkpoint import CheckpointError
+        errs.append(CheckpointError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+def _echo_err(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+
+
+@app.command()
+def synth(out: Path = typer.Argument(..., help="output folder (OUT/real, OUT/fake)"),
+          modality: str = typer.Option("image", help="image, audio or video"),
+          n_real: int = typer.Option(300, help="number of real samples"),
+          n_fake: int = typer.Option(100, help="number of fake samples"),
+          seed: int = typer.Option(0),
+          image_size: Optional[str] = typer.Option(None, help="fixed image size WxH, e.g. 512x384")):
+    """Write a synthetic labeled dataset whose fakes carry learnable, non-trivial artifacts."""
+    from .synth import synth_dataset
+    if modality not in ("image", "audio", "video"):
+        raise UsageError(f"--modality {modality!r}: choose image, audio or video")
+    if n_real < 1 or n_fake < 1:
+        raise UsageError("--n-real and --n-fake must be at least 1")
+    size = None
+    if image_size:
+        try:
+            w, h = (int(v) for v in image_size.lower().split("x"))
+            size = (w, h)
+        except ValueError:
+            raise UsageError(f"--image-size {image_size!r}: use WxH, e.g. 512x384") from None
+    res = synth_dataset(out, modality, n_real, n_fake, seed, image_size=size, progress=True)
+    typer.echo(f"wrote {res['real']} real and {res['fake']} fake {modality} files to {out}")
+
+
+@app.command()
+def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder with real/ and fake/ (or train|val|test/real|fake)"),
+          out: Path = typer.Argument(Path("shards/data"), metavar="OUT", help="output shard folder"),
+          modality: str = typer.Option("auto", help="auto, image, audio or video"),
+          split: str = typer.Option("0.8,0.1,0.1", help="train,val,test fractions (ignored for pre-split input)"),
+          seed: int = typer.Option(0, help="seed for the split and per-class limits"),
+          workers: Optional[int] = typer.Option(None, help="decode processes (default: all cores)"),
+          max_count: int = typer.Option(5000, help="max samples per shard"),
+          max_size: int = typer.Option(1_000_000_000, help="max bytes per shard"),
+          max_samples_per_class: Optional[int] = typer.Option(None, help="keep at most N files per class (seeded)"),
+          class_map: Optional[str] = typer.Option(None, help="folder names to classes, e.g. 'original,real=real manipulated,fake=fake'"),
+          group_depth: int = typer.Option(0, help="keep files under the same sub-folder (this many levels below the class folder) in one split"),
+          max_side: Optional[int] = typer.Option(None, help="longest image/frame side (default 512 images, 256 video); JPEGs within it keep their bytes"),
+          sample_rate: int = typer.Option(16000, help="audio: resample to this rate (mono FLAC)"),
+          frames: int = typer.Option(16, help="video: frames sampled uniformly per clip"),
+          quiet: bool = typer.Option(False, help="no progress bar")):
+    """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
+    from .shards import ShardParams, build_shards, format_summary
+    for name, v in (("--max-count", max_count), ("--max-size", max_size), ("--frames", frames), ("--sample-rate", sample_rate)):
+        if v < 1:
+            raise UsageError(f"{name} must be positive")
+    if max_side is not None and max_side < 16:
+        raise UsageError("--max-side must be at least 16")
+    if workers is not None and workers < 1:
+        raise UsageError("--workers must be at least 1")
+    params = ShardParams(modality=modality, split=split, seed=seed, max_count=max_count, max_size=max_size,
+                         max_samples_per_class=max_samples_per_class, class_map=class_map, group_depth=group_depth,
+                         max_side=max_side, sample_rate=sample_rate, frames=frames)
+    summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
+    typer.echo(format_summary(summary))
+    typer.echo(f"shards: {out}")
+
+
+@app.command()
+def verify(shards: Path = typer.Argument(..., help="shard folder"),
+           quiet: bool = typer.Option(False, help="no progress bar")):
+    """Re-read every shard: checksums, counts, index files, decode every sample. Exit 1 on any mismatch."""
+    from .shards import verify_shards
+    problems, seen = verify_shards(shards, progress=not quiet)
+    if problems:
+        typer.echo(f"FAILED: {len(problems)} problem(s) in {shards}", err=True)
+        for p in problems:
+            typer.echo(f"  {p}", err=True)
+        raise typer.Exit(1)
+    n = sum(sum(v.values()) for v in seen.values())
+    typer.echo(f"OK: {n} samples in {shards} verified (checksums, counts, index files, decoding)")
+
+
+@app.command()
+def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT"),
+          plot: Optional[Path] = typer.Option(None, help="write a bar chart PNG here"),
+          as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
+          class_map: Optional[str] = typer.Option(None, help="as for dfp shard (raw input only)")):
+    """Counts per split and class, imbalance ratio, severity and recommended techniques."""
+    from .sources import parse_class_map
+    from .stats import dataset_stats, format_stats, json_safe
+    st = dataset_stats(path, parse_class_map(class_map))
+    if plot:
+        from .report import plot_dataset_stats
+        plot_dataset_stats(st["splits"], plot)
+    if as_json:
+        typer.echo(json.dumps(json_safe(st), indent=2))
+    else:
+        typer.echo(format_stats(st))
+        if plot:
+            typer.echo(f"plot: {plot}")
+
+
+def main() -> None:
+    errors = _bad_input_errors()
+    try:
+        app()
+    except errors as e:
+        _echo_err(str(e))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _echo_err("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

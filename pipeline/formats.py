@@ -1,0 +1,145 @@
+"""The `dfp-shards/1` on-disk format: sample schema, manifest and DALI `.idx` files.
+
+One sample is a group of adjacent tar members `KEY.cls`, `KEY.json` and the payload
+(`KEY.jpg`, `KEY.flac`, or video frames `KEY.f000.jpg`, `KEY.f001.jpg`, ...).
+Nothing here is ever pickled: payloads are media bytes, metadata is JSON.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT = "dfp-shards/1"
+CLASSES = ("real", "fake")  # label index = position: real=0, fake=1
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+IMAGE_EXT = "jpg"
+AUDIO_EXT = "flac"
+
+
+def frame_ext(i: int) -> str:
+    return f"f{i:03d}.jpg"
+
+
+def sample_key(source: str) -> str:
+    """A stable, dot-free key derived from the source path (webdataset splits names at the first dot)."""
+    return hashlib.sha1(source.encode("utf-8")).hexdigest()[:20]
+
+
+def encode_sample(key: str, source: str, cls: str, payload: dict[str, bytes], meta: dict | None = None) -> dict:
+    """Build the webdataset sample dict for ShardWriter: every value is already bytes."""
+    info = {"source": source, "class": cls}
+    if meta:
+        info.update(meta)
+    sample = {"__key__": key, "cls": str(CLASSES.index(cls)).encode("ascii"),
+              "json": json.dumps(info, sort_keys=True, ensure_ascii=False).encode("utf-8")}
+    sample.update(payload)
+    return sample
+
+
+def payload_exts(modality: str, frames: int = 0) -> list[str]:
+    if modality == "image":
+        return [IMAGE_EXT]
+    if modality == "audio":
+        return [AUDIO_EXT]
+    return [frame_ext(i) for i in range(frames)]
+
+
+def shard_name(split: str, cls: str, index: int) -> str:
+    return f"{split}/{cls}-{index:06d}.tar"
+
+
+# ---------------------------------------------------------------- index files
+@dataclass(frozen=True)
+class Member:
+    ext: str
+    offset: int  # byte offset of the member's data in the tar
+    size: int
+    name: str
+
+
+def tar_samples(tar_path: str | os.PathLike) -> list[tuple[str, list[Member]]]:
+    """Group a tar's regular members into samples (adjacent members sharing a key)."""
+    out: list[tuple[str, list[Member]]] = []
+    with tarfile.open(tar_path, "r:") as tf:
+        for m in tf:
+            if not m.isreg():
+                continue
+            base = m.name.rsplit("/", 1)[-1]
+            dot = base.find(".")
+            key, ext = (base[:dot], base[dot + 1:]) if dot > 0 else (base, "")
+            member = Member(ext, m.offset_data, m.size, m.name)
+            if out and out[-1][0] == key:
+                out[-1][1].append(member)
+            else:
+                out.append((key, [member]))
+    return out
+
+
+def index_text(samples: list[tuple[str, list[Member]]]) -> str:
+    """DALI `wds2idx` v1.2 text: a header line, then per sample `ext offset size name` per component."""
+    lines = [f"v1.2 {len(samples)}"]
+    for _, members in samples:
+        lines.append(" ".join(f"{m.ext} {m.offset} {m.size} {m.name}" for m in members))
+    return "\n".join(lines) + "\n"
+
+
+def read_index(idx_path: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
+    """Parse a v1.2 index into one {ext: (offset, size)} dict per sample."""
+    with open(idx_path, encoding="ascii") as f:
+        header = f.readline().split()
+        if len(header) != 2 or header[0] != "v1.2":
+            raise ValueError(f"{idx_path}: not a wds2idx v1.2 index")
+        rows = []
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            rows.append({parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)})
+    if len(rows) != int(header[1]):
+        raise ValueError(f"{idx_path}: header says {header[1]} samples, found {len(rows)}")
+    return rows
+
+
+# ---------------------------------------------------------------- manifest
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class FormatError(Exception):
+    """A shard folder that is missing or not in the `dfp-shards/1` format."""
+
+
+def read_manifest(shards_dir: str | os.PathLike) -> dict:
+    path = Path(shards_dir) / MANIFEST
+    if not path.is_file():
+        raise FormatError(f"{path} not found: build shards first with `dfp shard INPUT {shards_dir}`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: unreadable manifest ({e}); rebuild the shards") from e
+    if manifest.get("format") != FORMAT:
+        raise FormatError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def write_manifest(shards_dir: str | os.PathLike, manifest: dict) -> None:
+    atomic_write_text(Path(shards_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")

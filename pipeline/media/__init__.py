@@ -1,0 +1,23 @@
+"""Decode and normalise one raw media file, the same way for packing shards and for `dfp predict`.
+
+Each `prepare_*` returns the payload dict of a shard sample ({ext: bytes}) plus metadata, or raises
+`MediaError` with a short reason ("corrupt", "empty", ...) that ends up in rejects.jsonl.
+"""
+
+
+class MediaError(Exception):
+    """The file cannot be packed; str(e) is the reject reason."""
+
+
+def prepare(path, modality: str, params: dict):
+    """Dispatch to the modality's `prepare` with the shard parameters."""
+    if modality == "image":
+        from .image import prepare_image
+        return prepare_image(path, params["max_side"])
+    if modality == "audio":
+        from .audio import prepare_audio
+        return prepare_audio(path, params["sample_rate"])
+    if modality == "video":
+        from .video import prepare_video
+        return prepare_video(path, params["frames"], params["max_side"])
+    raise ValueError(f"unknown modality {modality!r}")

@@ -1,0 +1,54 @@
+"""Audio: any rate, any channel count -> mono FLAC (16-bit) at the shard sample rate."""
+from __future__ import annotations
+
+import io
+import os
+from math import gcd
+
+import numpy as np
+import soundfile as sf
+
+from . import MediaError
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    if sr_in == sr_out:
+        return x
+    from scipy.signal import resample_poly
+    g = gcd(sr_in, sr_out)
+    return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
+
+
+def load_mono(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, dict]:
+    try:
+        if os.path.getsize(path) == 0:
+            raise MediaError("empty file")
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+    except MediaError:
+        raise
+    except PermissionError as e:
+        raise MediaError(f"unreadable: {e.strerror}") from None
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as e:
+        raise MediaError(f"corrupt: {e}") from None
+    if data.shape[0] == 0:
+        raise MediaError("empty: no audio frames")
+    mono = data.mean(axis=1)
+    meta = {"orig_sample_rate": int(sr), "channels": int(data.shape[1]), "duration": round(data.shape[0] / sr, 4)}
+    return resample(mono, sr, sample_rate), meta
+
+
+def encode_flac(x: np.ndarray, sample_rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(x, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def prepare_audio(path: str | os.PathLike, sample_rate: int) -> tuple[dict[str, bytes], dict]:
+    mono, meta = load_mono(path, sample_rate)
+    meta["sample_rate"] = sample_rate
+    return {"flac": encode_flac(mono, sample_rate)}, meta
+
+
+def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
+    x, sr = sf.read(io.BytesIO(data), dtype="float32")
+    return x, sr

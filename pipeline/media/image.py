@@ -1,0 +1,68 @@
+"""Images: keep original JPEG bytes when they are already fit to train on, otherwise re-encode."""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import MediaError
+
+# Very large images are legitimate inputs; this still stops decompression bombs.
+Image.MAX_IMAGE_PIXELS = 400_000_000
+JPEG_QUALITY = 95
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in _SIXTEEN_BIT:
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
+
+
+def prepare_image(path: str | os.PathLike, max_side: int) -> tuple[dict[str, bytes], dict]:
+    try:
+        raw = open(path, "rb").read()
+    except OSError as e:
+        raise MediaError(f"unreadable: {e.strerror or e}") from None
+    if not raw:
+        raise MediaError("empty file")
+    try:
+        im = Image.open(io.BytesIO(raw))
+        fmt = im.format
+        orientation = im.getexif().get(0x0112, 1)
+        size = im.size
+        if fmt == "JPEG" and max(size) > max_side:
+            im.draft("RGB", (max_side, max_side))  # DCT-domain downscale: much faster for huge JPEGs
+        im.load()
+    except UnidentifiedImageError:
+        raise MediaError("not media: not a readable image") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise MediaError(f"corrupt: {e}") from None
+    meta = {"width": size[0], "height": size[1], "orig_format": fmt}
+    if fmt == "JPEG" and im.mode in ("RGB", "L") and orientation in (1, None) and max(size) <= max_side:
+        return {"jpg": raw}, meta
+    try:
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+        if max(im.size) > max_side:
+            im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    except (OSError, ValueError) as e:
+        raise MediaError(f"corrupt: {e}") from None
+    meta.update(width=im.size[0], height=im.size[1])
+    return {"jpg": buf.getvalue()}, meta
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """HWC uint8 RGB."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))

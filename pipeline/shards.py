@@ -1,0 +1,278 @@
+"""Pack an input folder into class-labeled WebDataset shards (`dfp-shards/1`), and verify them.
+
+Media preparation runs in a process pool; writing happens in the main process in a fixed
+order (split, class, source), so the bytes do not depend on worker count or timing.
+The build happens under OUT/.building and is moved into place at the end; the manifest is
+written last, so a folder without a manifest is never mistaken for a complete one.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from . import __version__
+from .formats import (CLASSES, FORMAT, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
+                      read_manifest, sample_key, sha256_file, tar_samples, write_manifest, atomic_write_text)
+from .media import MediaError, prepare
+from .sources import Candidate, InputError, assign_splits, discover, parse_class_map, parse_split
+
+BUILD_DIR = ".building"
+DEFAULT_MAX_SIDE = {"image": 512, "video": 256, "audio": 0}
+
+
+@dataclass
+class ShardParams:
+    modality: str = "auto"
+    split: str = "0.8,0.1,0.1"
+    seed: int = 0
+    max_count: int = 5000
+    max_size: int = 1_000_000_000
+    max_samples_per_class: int | None = None
+    class_map: str | None = None
+    group_depth: int = 0
+    max_side: int | None = None  # None: per-modality default
+    sample_rate: int = 16000
+    frames: int = 16
+
+
+def _prepare_one(args):
+    path, modality, media_params = args
+    try:
+        payload, meta = prepare(path, modality, media_params)
+        return payload, meta, None
+    except MediaError as e:
+        return None, None, str(e)
+    except Exception as e:  # a decoder bug on one odd file must not stop the run
+        return None, None, f"corrupt: {type(e).__name__}: {e}"
+
+
+def _limit_per_class(cands: list[Candidate], limit: int | None, seed: int) -> tuple[list[Candidate], list[dict]]:
+    if not limit:
+        return cands, []
+    kept, rejects = [], []
+    for ci, cls in enumerate(CLASSES):
+        mine = [c for c in cands if c.cls == cls]
+        order = np.random.default_rng([seed, 7, ci]).permutation(len(mine))
+        chosen = set(order[:limit].tolist())
+        for i, c in enumerate(mine):
+            if i in chosen:
+                kept.append(c)
+            else:
+                rejects.append({"source": c.source, "reason": "over --max-samples-per-class"})
+    return kept, rejects
+
+
+def _check_paths(inp: Path, out: Path) -> None:
+    if not inp.exists():
+        raise InputError(f"INPUT {inp} does not exist")
+    ri, ro = inp.resolve(), out.resolve()
+    if ro == ri or ri in ro.parents:
+        raise InputError(f"OUT {out} is inside INPUT {inp}: choose an output folder outside the input")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"OUT {out} exists and is not a folder")
+
+
+def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, params: ShardParams,
+                 workers: int | None = None, progress: bool = True, log=print) -> dict:
+    inp, out = Path(input_dir), Path(out_dir)
+    _check_paths(inp, out)
+    fractions = parse_split(params.split)
+    disc = discover(inp, params.modality, parse_class_map(params.class_map), params.group_depth)
+    modality = disc.modality
+    max_side = params.max_side or DEFAULT_MAX_SIDE[modality]
+    media_params = {"max_side": max_side, "sample_rate": params.sample_rate, "frames": params.frames}
+    cands, over = _limit_per_class(disc.candidates, params.max_samples_per_class, params.seed)
+    rejects = disc.rejects + over
+    if not disc.presplit:
+        assign_splits(cands, fractions, params.seed)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    cands.sort(key=lambda c: (order[c.split], CLASSES.index(c.cls), c.source))
+
+    t0 = time.time()
+    build = out / BUILD_DIR
+    shutil.rmtree(build, ignore_errors=True)
+    for s in SPLITS:
+        (build / s).mkdir(parents=True, exist_ok=True)
+    shard_rows: list[dict] = []
+    counts = {s: {c: 0 for c in CLASSES} for s in SPLITS}
+
+    def finish_shard(fname: str) -> None:
+        partial = Path(fname)
+        final = partial.with_name(partial.name[: -len(".partial")])
+        samples = tar_samples(partial)
+        atomic_write_text(final.with_suffix(".idx"), index_text(samples))
+        os.replace(partial, final)
+        split, cls = final.parent.name, final.name.split("-")[0]
+        shard_rows.append({"path": final.relative_to(build).as_posix(), "split": split, "class": cls,
+                           "samples": len(samples), "bytes": final.stat().st_size, "sha256": sha256_file(final)})
+
+    workers = max(1, workers or os.cpu_count() or 1)
+    jobs = ((c.path, modality, media_params) for c in cands)
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    results = pool.imap(_prepare_one, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
+    writer, current = None, None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(cands), unit="file", desc=f"packing {modality}", dynamic_ncols=True)
+    try:
+        for c, (payload, meta, err) in zip(cands, results):
+            if bar:
+                bar.update(1)
+            if err is not None:
+                rejects.append({"source": c.source, "reason": err})
+                continue
+            if (c.split, c.cls) != current:
+                if writer:
+                    writer.close()
+                current = (c.split, c.cls)
+                writer = wds.ShardWriter(str(build / c.split / f"{c.cls}-%06d.tar.partial"), maxcount=params.max_count,
+                                         maxsize=params.max_size, post=finish_shard, verbose=0, mtime=0)
+            writer.write(encode_sample(sample_key(c.source), c.source, c.cls, payload, meta))
+            counts[c.split][c.cls] += 1
+        if writer:
+            writer.close()
+    finally:
+        if bar:
+            bar.close()
+        if pool:
+            pool.terminate()
+
+    # Move into place: drop the old manifest first, so an interruption here never leaves a
+    # manifest that disagrees with the shards next to it.
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    for s in SPLITS:
+        old = out / s
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(build / s, old)
+    shutil.rmtree(build, ignore_errors=True)
+    rejects.sort(key=lambda r: r["source"])
+    atomic_write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    shard_rows.sort(key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
+    p = asdict(params)
+    p.update(modality=modality, max_side=max_side, input=str(inp.resolve()))
+    manifest = {
+        "format": FORMAT, "tool": f"dfp {__version__}", "modality": modality, "classes": list(CLASSES),
+        "payload": payload_exts(modality, params.frames),
+        "sample_rate": params.sample_rate if modality == "audio" else None,
+        "frames": params.frames if modality == "video" else None,
+        "splits": counts, "shards": shard_rows, "rejected": len(rejects), "params": p,
+    }
+    write_manifest(out, manifest)
+    seconds = time.time() - t0
+    packed = sum(sum(v.values()) for v in counts.values())
+    total_bytes = sum(r["bytes"] for r in shard_rows)
+    return {"packed": packed, "rejected": len(rejects), "reasons": dict(Counter(_reason_kind(r["reason"]) for r in rejects)),
+            "shards": len(shard_rows), "bytes": total_bytes, "seconds": seconds, "splits": counts,
+            "files_per_s": (packed + len(rejects)) / max(seconds, 1e-9), "modality": modality}
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":")[0]
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"packed {s['packed']} {s['modality']} samples into {s['shards']} shards "
+             f"({s['bytes'] / 1e6:.1f} MB) in {s['seconds']:.1f}s ({s['files_per_s']:.0f} files/s)"]
+    for split, c in s["splits"].items():
+        lines.append(f"  {split:5s}: real {c['real']:>7d}  fake {c['fake']:>7d}")
+    if s["rejected"]:
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(s["reasons"].items()))
+        lines.append(f"rejected {s['rejected']} files ({why}); see rejects.jsonl")
+    else:
+        lines.append("rejected 0 files")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- verify
+def _decode_check(modality: str, sample: dict[str, bytes], exts: list[str]) -> str | None:
+    from .media.audio import decode_flac
+    from .media.image import decode_jpeg
+    try:
+        for ext in exts:
+            if ext not in sample:
+                return f"missing member .{ext}"
+            if ext.endswith("jpg"):
+                arr = decode_jpeg(sample[ext])
+                if arr.ndim != 3 or arr.shape[2] != 3:
+                    return f".{ext} decodes to shape {arr.shape}"
+            elif ext == "flac":
+                x, _ = decode_flac(sample[ext])
+                if x.size == 0:
+                    return ".flac has no audio"
+    except Exception as e:
+        return f"decode failed: {type(e).__name__}: {e}"
+    return None
+
+
+def verify_shards(shards_dir: str | os.PathLike, progress: bool = True, max_problems: int = 20) -> tuple[list[str], dict]:
+    """Re-hash, re-count and decode every sample. Returns (problems, counts)."""
+    root = Path(shards_dir)
+    manifest = read_manifest(root)
+    modality, exts = manifest["modality"], manifest["payload"]
+    problems: list[str] = []
+    seen = {s: {c: 0 for c in CLASSES} for s in SPLITS}
+    rows = manifest["shards"]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=sum(r["samples"] for r in rows), unit="sample", desc="verifying", dynamic_ncols=True)
+    try:
+        for row in rows:
+            path = root / row["path"]
+            if not path.is_file():
+                problems.append(f"{row['path']}: missing")
+                continue
+            if path.stat().st_size != row["bytes"] or sha256_file(path) != row["sha256"]:
+                problems.append(f"{row['path']}: checksum mismatch (the shard changed after it was written)")
+                continue
+            try:
+                samples = tar_samples(path)
+                idx = read_index(path.with_suffix(".idx"))
+            except Exception as e:
+                problems.append(f"{row['path']}: unreadable ({e})")
+                continue
+            if len(samples) != row["samples"]:
+                problems.append(f"{row['path']}: {len(samples)} samples, manifest says {row['samples']}")
+            if [{m.ext: (m.offset, m.size) for m in ms} for _, ms in samples] != idx:
+                problems.append(f"{row['path'].replace('.tar', '.idx')}: does not match the tar")
+            label = str(CLASSES.index(row["class"])).encode()
+            with open(path, "rb") as f:
+                for key, members in samples:
+                    data = {}
+                    for m in members:
+                        f.seek(m.offset)
+                        data[m.ext] = f.read(m.size)
+                    if data.get("cls") != label:
+                        problems.append(f"{row['path']}: sample {key} has class {data.get('cls')!r}, shard is {row['class']}")
+                    try:
+                        meta = json.loads(data.get("json", b"{}"))
+                        if meta.get("class") != row["class"] or not meta.get("source"):
+                            problems.append(f"{row['path']}: sample {key} metadata disagrees with its shard")
+                    except json.JSONDecodeError:
+                        problems.append(f"{row['path']}: sample {key} has unreadable metadata")
+                    err = _decode_check(modality, data, exts)
+                    if err:
+                        problems.append(f"{row['path']}: sample {key}: {err}")
+                    if bar:
+                        bar.update(1)
+            seen[row["split"]][row["class"]] += len(samples)
+            if len(problems) >= max_problems:
+                break
+    finally:
+        if bar:
+            bar.close()
+    if not problems and seen != manifest["splits"]:
+        problems.append(f"manifest counts {manifest['splits']} differ from the shards' {seen}")
+    return problems, seen

@@ -1,0 +1,91 @@
+"""Class counts, imbalance ratio, severity and the seed's recommended techniques."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .formats import CLASSES, MANIFEST, SPLITS, read_manifest
+
+# The seed's best-practice table.
+RECOMMENDED = {
+    "mild": ["focal loss", "threshold tuning"],
+    "moderate": ["focal loss", "weighted sampler", "minority-class augmentation", "threshold tuning"],
+    "severe": ["focal loss", "weighted sampler", "minority-class augmentation", "SMOTE on embeddings",
+               "threshold tuning"],
+}
+
+
+def imbalance_ratio(counts: dict[str, int]) -> float:
+    values = [counts.get(c, 0) for c in CLASSES]
+    lo, hi = min(values), max(values)
+    if hi == 0:
+        return float("nan")
+    return math.inf if lo == 0 else hi / lo
+
+
+def severity(ratio: float) -> str:
+    if ratio < 2:
+        return "mild"
+    return "moderate" if ratio <= 5 else "severe"
+
+
+def minority_class(counts: dict[str, int]) -> str:
+    return min(CLASSES, key=lambda c: (counts.get(c, 0), c))
+
+
+def stats_from_splits(splits: dict[str, dict[str, int]], modality: str, source: str) -> dict:
+    total = {c: sum(s.get(c, 0) for s in splits.values()) for c in CLASSES}
+    basis = splits.get("train") if sum(splits.get("train", {}).values()) else total
+    ratio = imbalance_ratio(basis)
+    sev = severity(ratio)
+    return {
+        "source": source, "modality": modality, "splits": splits, "total": total,
+        "per_split_ratio": {s: imbalance_ratio(c) for s, c in splits.items()},
+        "imbalance_ratio": ratio, "majority": max(CLASSES, key=lambda c: (basis.get(c, 0), c)),
+        "minority": minority_class(basis), "severity": sev, "recommended": RECOMMENDED[sev],
+    }
+
+
+def dataset_stats(path: str | Path, class_map: dict | None = None) -> dict:
+    """Statistics of a shard folder (from its manifest) or of a raw input folder (from its file names)."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        m = read_manifest(path)
+        return stats_from_splits(m["splits"], m["modality"], f"shards {path}")
+    from .sources import discover
+    disc = discover(path, "auto", class_map)
+    splits: dict[str, dict[str, int]] = {}
+    for c in disc.candidates:
+        split = c.split or "all"
+        splits.setdefault(split, {k: 0 for k in CLASSES})[c.cls] += 1
+    ordered = {s: splits[s] for s in (*SPLITS, "all") if s in splits}
+    out = stats_from_splits(ordered, disc.modality, f"input {path}")
+    out["not_packable"] = len(disc.rejects)
+    return out
+
+
+def _fmt_ratio(r: float) -> str:
+    return "n/a" if r != r else ("inf" if math.isinf(r) else f"{r:.2f}:1")
+
+
+def format_stats(st: dict) -> str:
+    lines = [f"Dataset statistics ({st['source']}, modality {st['modality']})"]
+    for split, c in st["splits"].items():
+        lines.append(f"  {split:5s}  real {c['real']:>8d}  fake {c['fake']:>8d}  ratio {_fmt_ratio(st['per_split_ratio'][split])}")
+    t = st["total"]
+    lines.append(f"  total  real {t['real']:>8d}  fake {t['fake']:>8d}")
+    lines.append(f"Imbalance ratio: {_fmt_ratio(st['imbalance_ratio'])} ({st['majority']}:{st['minority']}), "
+                 f"severity: {st['severity']}")
+    lines.append("Recommended: " + " + ".join(st["recommended"]))
+    return "\n".join(lines)
+
+
+def json_safe(st: dict) -> dict:
+    """Replace inf/nan (not valid JSON) with None."""
+    def fix(v):
+        if isinstance(v, float) and (math.isinf(v) or v != v):
+            return None
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        return v
+    return fix(st)
