@@ -1,0 +1,158 @@
+"""Metrics from labels and scores (scikit-learn), and the `metrics.json` document of a run.
+
+Labels: real = 0, fake = 1; fake is the positive class, so precision, recall and F1 are the fake
+class's. A decision is fake when `score >= threshold`.
+
+`metric_dict` returns M = {"threshold", "accuracy", "balanced_accuracy", "precision", "recall", "f1",
+"specificity", "mcc", "confusion_matrix": [[tn, fp], [fn, tp]]}. Ratios whose denominator is zero
+(e.g. precision when nothing is called fake, recall when there are no fakes) are 0.0, scikit-learn's
+`zero_division=0` convention. AUC, AP and EER are None (JSON null) when a split holds a single class.
+All values are plain Python floats and ints.
+"""
+from __future__ import annotations
+
+import warnings as _warnings
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score,
+                             confusion_matrix, f1_score, matthews_corrcoef, precision_score,
+                             recall_score, roc_auc_score, roc_curve)
+
+from .thresholds import (DEFAULT_THRESHOLD, METHODS, ThresholdUndefined, _counts, _tune_counts,
+                         canonical_method, check_inputs, parse_method)
+
+CURVE_KEYS = ("auc", "ap", "eer")
+
+
+def _validate(labels, scores, split: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """check_inputs with plain ValueErrors naming the split (NaN scores are bad input here, not 'undefined')."""
+    where = f"{split}: " if split else ""
+    try:
+        return check_inputs(labels, scores)
+    except ValueError as e:  # includes ThresholdUndefined
+        raise ValueError(f"{where}{e}") from None
+
+
+def metric_dict(labels, scores, threshold: float) -> dict:
+    """Metric dict M at `threshold` (decision fake when score >= threshold)."""
+    y, s = _validate(labels, scores)
+    t = float(threshold)
+    if not np.isfinite(t):
+        raise ValueError(f"threshold must be finite, got {threshold!r}")
+    pred = (s >= t).astype(np.int64)
+    cm = confusion_matrix(y, pred, labels=[0, 1])
+    tn, fp, fn, tp = (int(v) for v in cm.ravel())
+    with _warnings.catch_warnings():
+        # single-class splits: sklearn warns about ill-defined metrics; zero_division=0 decides the value.
+        _warnings.simplefilter("ignore")
+        m = {
+            "threshold": t,
+            "accuracy": float(accuracy_score(y, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+            "precision": float(precision_score(y, pred, labels=[0, 1], pos_label=1, zero_division=0)),
+            "recall": float(recall_score(y, pred, labels=[0, 1], pos_label=1, zero_division=0)),
+            "f1": float(f1_score(y, pred, labels=[0, 1], pos_label=1, zero_division=0)),
+            "specificity": float(tn / (tn + fp)) if tn + fp else 0.0,
+            "mcc": float(matthews_corrcoef(y, pred)),
+            "confusion_matrix": [[tn, fp], [fn, tp]],
+        }
+    return m
+
+
+def eer_point(labels, scores) -> tuple[float, float] | None:
+    """(threshold, eer) from `roc_curve`: the candidate where FPR and FNR are closest, EER = (FPR + FNR) / 2
+    there. Same candidates and tie rule (largest threshold) as `thresholds.tune(..., "eer")`.
+    None when the labels hold a single class."""
+    y, s = _validate(labels, scores)
+    P = int(y.sum())
+    N = int(y.size - P)
+    if P == 0 or N == 0:
+        return None
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    # thr is descending; thr[0] = inf is sklearn's "nothing is fake" point, not a score: skip it.
+    fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]
+    fp = np.rint(fpr * N).astype(np.int64)  # exact counts back from the rates, so ties are exact
+    tp = np.rint(tpr * P).astype(np.int64)
+    d = np.abs(fp * P - (P - tp) * N)
+    i = int(np.argmin(d))  # first minimum = largest threshold
+    return float(thr[i]), float((fp[i] / N + (P - tp[i]) / P) / 2.0)
+
+
+def curve_metrics(labels, scores) -> dict:
+    """{"auc": ROC AUC, "ap": average precision, "eer": equal error rate}; all None for a single class."""
+    y, s = _validate(labels, scores)
+    if y.min() == y.max():
+        return {k: None for k in CURVE_KEYS}
+    point = eer_point(y, s)
+    return {
+        "auc": float(roc_auc_score(y, s)),
+        "ap": float(average_precision_score(y, s)),
+        "eer": point[1],
+    }
+
+
+def split_report(labels, scores, default: float, tuned: float) -> dict:
+    """{"default": M at `default`, "tuned": M at `tuned`, "auc", "ap", "eer"} for one split."""
+    out = {"default": metric_dict(labels, scores, default), "tuned": metric_dict(labels, scores, tuned)}
+    out.update(curve_metrics(labels, scores))
+    return out
+
+
+def _single_class(y: np.ndarray) -> str | None:
+    if y.min() == y.max():
+        return "fake" if y[0] == 1 else "real"
+    return None
+
+
+def build_metrics(val, test=None, method: str = "f1", extra_methods=()) -> tuple[dict, list[str]]:
+    """The `metrics.json` document and a list of warning lines.
+
+    `val` and `test` are (labels, scores) pairs; `test` may be None (then "test" is None). Thresholds are
+    tuned on val ONLY and applied unchanged to test. "thresholds" holds f1, youden, eer plus every extra
+    method and the chosen one when parametrised (e.g. "precision:0.9"); a method that is undefined on val
+    is left out with a warning. When the chosen method is undefined (val holds a single class, or a
+    precision target cannot be met) the chosen threshold is the default 0.5 and a warning says so.
+    NaN scores or bad labels raise ValueError; so does an unknown method.
+    """
+    key = canonical_method(method)  # ValueError for an unknown method
+    wanted = list(METHODS)
+    for text in (*extra_methods, key):
+        k = canonical_method(text)
+        if k not in wanted:
+            wanted.append(k)
+    vy, vs = _validate(*val, split="val")
+    ty = ts = None
+    if test is not None:
+        ty, ts = _validate(*test, split="test")
+
+    warnings: list[str] = []
+    thresholds: dict[str, float] = {}
+    only = _single_class(vy)
+    if only:
+        warnings.append(f"val split has a single class ({only} only, n={vy.size}): threshold tuning is "
+                        f"undefined and AUC/AP/EER are null; using the default threshold {DEFAULT_THRESHOLD}")
+    else:
+        counts = _counts(vy, vs)
+        for k in wanted:
+            try:
+                thresholds[k] = _tune_counts(counts, *parse_method(k))
+            except ThresholdUndefined as e:
+                warnings.append(f"threshold method {k} is undefined on val: {e}")
+    chosen = thresholds.get(key)
+    if chosen is None:
+        chosen = DEFAULT_THRESHOLD
+        if not only:
+            warnings.append(f"chosen threshold method {key} is undefined on val; "
+                            f"using the default threshold {DEFAULT_THRESHOLD}")
+    if ty is not None:
+        t_only = _single_class(ty)
+        if t_only:
+            warnings.append(f"test split has a single class ({t_only} only, n={ty.size}): AUC/AP/EER are null")
+
+    doc = {
+        "val": split_report(vy, vs, DEFAULT_THRESHOLD, chosen),
+        "test": split_report(ty, ts, DEFAULT_THRESHOLD, chosen) if ty is not None else None,
+        "thresholds": thresholds,
+        "chosen": {"method": key, "threshold": float(chosen)},
+    }
+    return doc, warnings

@@ -1,0 +1,135 @@
+import json
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from pipeline.metrics import build_metrics, curve_metrics, eer_point, metric_dict, split_report
+from pipeline.thresholds import tune
+
+M_KEYS = {"threshold", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "mcc",
+          "confusion_matrix"}
+
+
+def make(seed, n=200, fake_share=0.25):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < fake_share).astype(int)
+    y[:2] = [0, 1]
+    s = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1).round(3)
+    return y, s
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("t", [0.3, 0.5, 0.61])
+def test_metric_dict_agrees_with_sklearn(seed, t):
+    y, s = make(seed)
+    m = metric_dict(y, s, t)
+    assert set(m) == M_KEYS
+    pred = (s >= t).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    assert m["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    assert tn == np.sum((y == 0) & (pred == 0)) and fp == np.sum((y == 0) & (pred == 1))
+    assert fn == np.sum((y == 1) & (pred == 0)) and tp == np.sum((y == 1) & (pred == 1))
+    expected = {
+        "accuracy": skm.accuracy_score(y, pred), "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
+        "precision": skm.precision_score(y, pred, zero_division=0), "recall": skm.recall_score(y, pred),
+        "f1": skm.f1_score(y, pred), "mcc": skm.matthews_corrcoef(y, pred), "specificity": tn / (tn + fp),
+    }
+    for k, v in expected.items():
+        assert m[k] == pytest.approx(v, abs=1e-6), k
+    assert m["threshold"] == t
+    json.dumps(m)  # plain Python types
+    assert all(type(v) is float for k, v in m.items() if k != "confusion_matrix")
+    assert all(type(v) is int for row in m["confusion_matrix"] for v in row)
+
+
+def test_confusion_layout_small():
+    m = metric_dict([0, 0, 0, 1, 1], [0.9, 0.1, 0.2, 0.8, 0.3], 0.5)
+    assert m["confusion_matrix"] == [[2, 1], [1, 1]]  # [[tn, fp], [fn, tp]]
+    assert m["precision"] == 0.5 and m["recall"] == 0.5 and m["specificity"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_curve_metrics(seed):
+    y, s = make(seed)
+    c = curve_metrics(y, s)
+    assert c["auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+    assert c["ap"] == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
+    t, eer = eer_point(y, s)
+    assert t == tune(y, s, "eer")  # same point as the threshold module
+    assert c["eer"] == eer and 0 <= eer <= 1
+    m = metric_dict(y, s, t)
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    assert eer == pytest.approx((fp / (tn + fp) + fn / (fn + tp)) / 2, abs=1e-12)
+
+
+def test_build_metrics_layout_and_json():
+    val, test = make(1), make(2)
+    doc, warnings = build_metrics(val, test, "f1", extra_methods=["precision:0.5", "recall:0.9"])
+    assert warnings == []
+    assert set(doc) == {"val", "test", "thresholds", "chosen"}
+    assert set(doc["thresholds"]) == {"f1", "youden", "eer", "precision:0.5", "recall:0.9"}
+    assert doc["chosen"] == {"method": "f1", "threshold": tune(*val, "f1")}
+    for split, (y, s) in (("val", val), ("test", test)):
+        rep = doc[split]
+        assert set(rep) == {"default", "tuned", "auc", "ap", "eer"}
+        assert set(rep["default"]) == M_KEYS
+        assert rep["default"]["threshold"] == 0.5
+        assert rep["tuned"]["threshold"] == doc["chosen"]["threshold"]
+        assert rep == split_report(y, s, 0.5, doc["chosen"]["threshold"])
+    assert doc["val"]["tuned"]["f1"] >= doc["val"]["default"]["f1"]
+    assert json.loads(json.dumps(doc, allow_nan=False)) == doc
+
+
+def test_parametrised_chosen_method_is_recorded():
+    doc, _ = build_metrics(make(3), None, "Recall:0.90")
+    assert doc["chosen"]["method"] == "recall:0.9"
+    assert doc["thresholds"]["recall:0.9"] == doc["chosen"]["threshold"]
+    assert doc["test"] is None
+
+
+def test_tuned_on_val_only():
+    val = make(4)
+    y_test, s_test = make(5)
+    a, _ = build_metrics(val, (y_test, s_test))
+    b, _ = build_metrics(val, (y_test, np.random.default_rng(9).random(y_test.size)))
+    c, _ = build_metrics(val, (y_test, 1 - s_test))
+    assert a["chosen"] == b["chosen"] == c["chosen"]
+    assert a["thresholds"] == b["thresholds"] == c["thresholds"]
+    assert a["val"] == b["val"]
+    assert a["test"] != b["test"]
+
+
+def test_single_class_val_falls_back_to_default():
+    val = (np.zeros(20, int), np.linspace(0, 1, 20))
+    doc, warnings = build_metrics(val, make(6))
+    assert doc["chosen"]["threshold"] == 0.5
+    assert doc["thresholds"] == {}
+    assert doc["val"]["auc"] is None and doc["val"]["ap"] is None and doc["val"]["eer"] is None
+    assert doc["val"]["tuned"] == doc["val"]["default"]
+    assert doc["test"]["auc"] is not None
+    assert any("single class" in w and "0.5" in w for w in warnings)
+    json.dumps(doc, allow_nan=False)
+
+
+def test_unreachable_chosen_precision_warns():
+    y = np.array([0, 1, 0, 1, 0, 1])
+    s = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
+    doc, warnings = build_metrics((y, s), None, "precision:0.99")
+    assert doc["chosen"] == {"method": "precision:0.99", "threshold": 0.5}
+    assert "precision:0.99" not in doc["thresholds"] and "f1" in doc["thresholds"]
+    assert any("precision:0.99" in w for w in warnings)
+
+
+def test_bad_inputs_raise():
+    y, s = make(7)
+    bad = s.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        build_metrics((y, bad), None)
+    with pytest.raises(ValueError, match="test: .*NaN"):
+        build_metrics((y, s), (y, bad))
+    with pytest.raises(ValueError, match="NaN"):
+        metric_dict(y, bad, 0.5)
+    with pytest.raises(ValueError, match="unknown threshold method"):
+        build_metrics((y, s), None, "accuracy")

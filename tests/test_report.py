@@ -1,0 +1,137 @@
+import base64
+import csv
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.metrics import build_metrics
+from pipeline.report import PLOTS, render_report, summary_text, write_json
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def scores(rng, y):
+    return np.clip(rng.normal(0.3 + 0.4 * y, 0.18), 0, 1).round(4)
+
+
+def write_predictions(path, y, s, split):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "source", "label", "score"])
+        for i, (label, score) in enumerate(zip(y, s)):
+            w.writerow([f"{split}{i:05d}", f"{'fake' if label else 'real'}/img, {i}.jpg", int(label), float(score)])
+
+
+def make_run(tmp_path, with_test=True):
+    rng = np.random.default_rng(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    splits = {"train": {"real": 600, "fake": 150}, "val": {"real": 120, "fake": 30}, "test": {"real": 130, "fake": 35}}
+    config = {"dataset": {"modality": "image", "splits": splits}, "model": "efficientnet_b0",
+              "strategy": {"sampler": "weighted", "minority_augment": True}, "loss": {"name": "focal", "gamma": 2.0},
+              "epochs": 4}
+    (run / "config.json").write_text(json.dumps(config))
+    with open(run / "history.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "train_loss", "val_loss", "val_f1", "val_auc", "lr", "samples_per_s"])
+        for e in range(1, 5):
+            w.writerow([e, 0.6 / e, 0.65 / e + 0.05, 0.5 + 0.08 * e, 0.7 + 0.05 * e, 1e-4, 800 + e])
+    preds = {}
+    for split in ("val", "test") if with_test else ("val",):
+        y = np.array([0] * splits[split]["real"] + [1] * splits[split]["fake"])
+        s = scores(rng, y)
+        preds[split] = (y, s)
+        write_predictions(run / f"predictions_{split}.csv", y, s, split)
+    doc, _ = build_metrics(preds["val"], preds.get("test"), "f1", extra_methods=["precision:0.6"])
+    write_json(run / "metrics.json", doc)
+    return run, doc, config
+
+
+def check_png(data: bytes):
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 5000
+    im = Image.open(io.BytesIO(data))
+    im.verify()
+    w, h = Image.open(io.BytesIO(data)).size
+    assert 400 <= w <= 3000 and 300 <= h <= 3000
+
+
+def test_render_full_run(tmp_path):
+    run, doc, config = make_run(tmp_path)
+    written = render_report(run)
+    names = {p.name for p in written}
+    assert names == set(PLOTS) | {"training_results.txt", "report.html"}
+    for name in PLOTS:
+        check_png((run / name).read_bytes())
+    page = (run / "report.html").read_text(encoding="utf-8")
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(uris) == len(PLOTS)
+    assert {base64.b64decode(u) for u in uris} == {(run / n).read_bytes() for n in PLOTS}
+    assert 'src="http' not in page and "href=" not in page and "<script" not in page
+    assert "img, 1.jpg" not in page  # sources are not dumped into the page
+    text = (run / "training_results.txt").read_text(encoding="utf-8")
+    t = doc["chosen"]["threshold"]
+    assert f"{t:.4f}" in text and f"{t:.6f}" in text and f"{t:.6f}" in page
+    assert "Imbalance Ratio" in text and "4.00:1 (real majority)" in text
+    assert "Results (threshold=0.5)" in text and "Improvement" in text
+    assert "VAL RESULTS" in text and "TEST RESULTS" in text
+    assert text == summary_text(doc, config)
+    assert not list(run.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_missing_history_and_test(tmp_path):
+    run, doc, _ = make_run(tmp_path, with_test=False)
+    (run / "history.csv").unlink()
+    written = {p.name for p in render_report(run)}
+    assert "training_curves.png" not in written
+    assert set(PLOTS) - {"training_curves.png"} <= written
+    assert "report.html" in written and "training_results.txt" in written
+    assert doc["test"] is None
+    assert "TEST RESULTS" not in (run / "training_results.txt").read_text()
+
+
+def test_missing_metrics_recomputed_from_predictions(tmp_path):
+    run, doc, _ = make_run(tmp_path)
+    (run / "metrics.json").unlink()
+    (run / "config.json").unlink()
+    written = {p.name for p in render_report(run)}
+    assert not (run / "metrics.json").exists()
+    assert "confusion_matrix_optimal.png" in written and "dataset_stats.png" in written
+    assert f"{doc['chosen']['threshold']:.6f}" in (run / "training_results.txt").read_text()
+
+
+def test_nearly_empty_run_does_not_crash(tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,train_loss\n")  # header only
+    (tmp_path / "metrics.json").write_text("{not json")
+    written = {p.name for p in render_report(tmp_path)}
+    assert written == {"training_results.txt", "report.html"}
+    assert "missing" in (tmp_path / "report.html").read_text()
+
+
+def test_single_class_val_report(tmp_path):
+    rng = np.random.default_rng(1)
+    yv = np.zeros(50, int)
+    yt = np.array([0] * 40 + [1] * 10)
+    doc, warnings = build_metrics((yv, scores(rng, yv)), (yt, scores(rng, yt)))
+    write_json(tmp_path / "metrics.json", doc)
+    write_predictions(tmp_path / "predictions_val.csv", yv, scores(rng, yv), "val")
+    write_predictions(tmp_path / "predictions_test.csv", yt, scores(rng, yt), "test")
+    written = {p.name for p in render_report(tmp_path)}
+    assert "threshold_analysis.png" not in written  # undefined on a single-class val
+    assert {"roc_curve.png", "confusion_matrix_default.png"} <= written
+    text = (tmp_path / "training_results.txt").read_text()
+    assert "single class" in text and "n/a" in text
+
+
+def test_summary_text_tolerates_empty_inputs():
+    text = summary_text({}, {})
+    assert "TRAINING RESULTS" in text and "no dataset statistics" in text
+
+
+def test_render_report_missing_dir(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        render_report(tmp_path / "nope")
