@@ -124,8 +124,8 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT"),
     from .stats import dataset_stats, format_stats, json_safe
     st = dataset_stats(path, parse_class_map(class_map))
     if plot:
-        from .report import plot_dataset_stats
-        plot_dataset_stats(st["splits"], plot)
+        from .report import _png, atomic_write_bytes, plot_dataset_stats
+        atomic_write_bytes(plot, _png(plot_dataset_stats(st["splits"], st["modality"])))
     if as_json:
         typer.echo(json.dumps(json_safe(st), indent=2))
     else:

@@ -1,0 +1,134 @@
+"""Augmentation recipes, standard and minority-class ("strong"), shared by both loader backends.
+
+The numbers live here once; `loaders/dali.py` builds a DALI graph from them and the torch
+functions below apply them with torchvision v2 / torchaudio. A sample gets the strong recipe
+when its class is one of the minority classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# ImageNet statistics: what torchvision backbones expect.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageAug:
+    scale: tuple[float, float]  # random-resized-crop area fraction
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotate: float = 0.0  # degrees, uniform in [-rotate, rotate]
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    flip: float = 0.5
+
+
+@dataclass(frozen=True)
+class AudioAug:
+    gain_db: float  # uniform in [-gain_db, gain_db]
+    noise: float  # max noise std relative to full scale
+    mask_time: int = 0  # max width of one time mask, in frames
+    mask_freq: int = 0  # max height of one frequency mask, in mel bins
+
+
+IMAGE = {"standard": ImageAug(scale=(0.6, 1.0), rotate=5.0, brightness=0.1, contrast=0.1, saturation=0.1),
+         "strong": ImageAug(scale=(0.35, 1.0), rotate=15.0, brightness=0.3, contrast=0.3, saturation=0.3)}
+AUDIO = {"standard": AudioAug(gain_db=3.0, noise=0.002, mask_time=8, mask_freq=4),
+         "strong": AudioAug(gain_db=6.0, noise=0.01, mask_time=24, mask_freq=10)}
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    sample_rate: int = 16000
+    seconds: float = 4.0
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 64
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.seconds * self.sample_rate))
+
+    @property
+    def frames(self) -> int:  # centred windows
+        return self.samples // self.hop_length + 1
+
+
+def strong_mask(labels: np.ndarray, minority: tuple[int, ...]) -> np.ndarray:
+    return np.isin(labels, np.asarray(minority, dtype=labels.dtype)) if minority else np.zeros(len(labels), bool)
+
+
+# ---------------------------------------------------------------- torch implementations
+def torch_image_train(img: torch.Tensor, aug: ImageAug, size: int) -> torch.Tensor:
+    """uint8 (C,H,W) or (T,C,H,W) -> uint8 (..., C, size, size); one set of random parameters per call."""
+    from torchvision.transforms import v2
+    t = v2.Compose([
+        v2.RandomResizedCrop(size, scale=aug.scale, ratio=aug.ratio, antialias=True),
+        v2.RandomHorizontalFlip(aug.flip),
+        v2.RandomRotation(aug.rotate) if aug.rotate else v2.Identity(),
+        v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation) if aug.brightness or aug.contrast or aug.saturation else v2.Identity(),
+    ])
+    return t(img)
+
+
+def torch_image_eval(img: torch.Tensor, size: int) -> torch.Tensor:
+    from torchvision.transforms import v2
+    return v2.functional.resize(img, [size, size], antialias=True)
+
+
+def normalize_images(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., C, H, W) on any device -> float normalised; done on the target device so uint8 travels."""
+    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
+    return (x.float().div_(255.0) - mean) / std
+
+
+def crop_or_pad(x: np.ndarray, n: int, rng: np.random.Generator | None) -> np.ndarray:
+    """Random crop (train) or crop from the start (eval) to n samples; zero-pad short clips."""
+    if len(x) >= n:
+        start = int(rng.integers(0, len(x) - n + 1)) if rng is not None else 0
+        return x[start:start + n]
+    return np.pad(x, (0, n - len(x)))
+
+
+_MEL_CACHE: dict = {}
+
+
+def torch_log_mel(wave: torch.Tensor, feat: AudioFeatures) -> torch.Tensor:
+    """(B, samples) float -> (B, 1, n_mels, frames) log-mel in dB, 80 dB below each clip's peak."""
+    import torchaudio
+    key = (feat, wave.device)
+    mel = _MEL_CACHE.get(key)
+    if mel is None:
+        mel = _MEL_CACHE[key] = torchaudio.transforms.MelSpectrogram(
+            sample_rate=feat.sample_rate, n_fft=feat.n_fft, win_length=feat.win_length, hop_length=feat.hop_length,
+            n_mels=feat.n_mels, power=2.0, center=True, norm="slaney", mel_scale="slaney").to(wave.device)
+    spec = mel(wave)
+    db = 10.0 * torch.log10(spec.clamp_min(1e-10))
+    peak = db.amax(dim=(-2, -1), keepdim=True)
+    return torch.maximum(db, peak - 80.0).unsqueeze(1)
+
+
+def audio_wave_aug(x: np.ndarray, aug: AudioAug, rng: np.random.Generator) -> np.ndarray:
+    gain = 10 ** (rng.uniform(-aug.gain_db, aug.gain_db) / 20)
+    return (x * gain + rng.normal(0, rng.uniform(0, aug.noise), len(x))).astype(np.float32)
+
+
+def spec_masks(spec: torch.Tensor, augs: list[AudioAug], rng: np.random.Generator) -> torch.Tensor:
+    """SpecAugment-style: one time and one frequency mask per sample, set to the clip's minimum."""
+    out = spec.clone()
+    _, _, f, t = out.shape
+    for i, aug in enumerate(augs):
+        low = out[i].min()
+        if aug.mask_time:
+            w = int(rng.integers(0, aug.mask_time + 1)); s = int(rng.integers(0, max(t - w, 1)))
+            out[i, :, :, s:s + w] = low
+        if aug.mask_freq:
+            h = int(rng.integers(0, aug.mask_freq + 1)); s = int(rng.integers(0, max(f - h, 1)))
+            out[i, :, s:s + h, :] = low
+    return out

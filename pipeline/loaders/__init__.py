@@ -1,0 +1,166 @@
+"""One loader contract over two backends (DALI, PyTorch).
+
+`make_loader(shards, split, backend, device, options, rank, world_size)` returns a `Loader`:
+iterating yields `(inputs, labels, keys)` on the target device, `len()` is batches per epoch
+for this rank. Training draws one weighted plan per epoch (same on every rank, split
+rank-wise); evaluation reads every sample of the split exactly once across ranks.
+
+A sample that cannot be read or decoded is skipped and counted (`loader.skipped`); in
+training its slot is filled with another sample of the same batch so every rank keeps the
+same batch shape and count.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..augment import AudioFeatures, normalize_images, spec_masks, torch_log_mel, AUDIO
+from ..formats import CLASSES, read_manifest
+from ..sampling import EpochSampler, eval_indices
+from .decode import LoaderConfig
+from .index import ShardIndex
+
+BACKENDS = ("torch", "dali")
+
+
+@dataclass
+class LoaderOptions:
+    batch_size: int = 32
+    train: bool = True  # False: evaluation mode (no resampling, no augmentation, every sample once)
+    sampling: str | dict = "inverse"  # inverse | natural | sqrt | {"real": w, "fake": w}
+    epoch_len: int | None = None  # default: the split's size
+    seed: int = 0
+    image_size: int = 224
+    audio_seconds: float = 4.0
+    minority_augment: bool = True
+    minority: tuple[str, ...] | None = None  # default: the split's smaller class
+    workers: int = 2
+    max_samples_per_class: int | None = None
+    gpu_decode: bool = False  # torch backend: decode JPEGs with torchvision on the target device
+
+
+class Loader:
+    def __init__(self, index: ShardIndex, opts: LoaderOptions, device: torch.device, backend: str,
+                 rank: int = 0, world_size: int = 1):
+        self.index, self.opts, self.device, self.backend = index, opts, torch.device(device), backend
+        self.rank, self.world_size = rank, world_size
+        self.modality = index.modality
+        counts = index.class_counts()
+        if opts.minority is not None:
+            minority = tuple(CLASSES.index(c) for c in opts.minority)
+        else:
+            lo = min(range(len(CLASSES)), key=lambda c: (counts[CLASSES[c]], c))
+            minority = (lo,) if counts[CLASSES[lo]] < counts[CLASSES[1 - lo]] else ()
+        sr = index.manifest.get("sample_rate") or 16000
+        self.cfg = LoaderConfig(self.modality, opts.image_size, AudioFeatures(sample_rate=sr, seconds=opts.audio_seconds),
+                                minority if (opts.train and opts.minority_augment) else (), opts.train)
+        self.epoch, self.start_batch = 0, 0
+        self.skipped = 0
+        self.delivered = np.zeros(len(CLASSES), np.int64)
+        if opts.train:
+            if len(index) == 0:
+                raise ValueError(f"split '{index.split}' of {index.root} is empty")
+            self.sampler = EpochSampler(index.labels, opts.sampling, opts.epoch_len or len(index), opts.seed,
+                                        rank, world_size, opts.batch_size)
+        else:
+            self.sampler = None
+            self._eval = eval_indices(len(index), rank, world_size)
+        from . import dali as dali_backend, pytorch as torch_backend
+        self.producer = (dali_backend if backend == "dali" else torch_backend).Producer(self)
+
+    # ------------------------------------------------------------------ plan
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def batches(self) -> list[np.ndarray]:
+        if self.sampler is not None:
+            return list(self.sampler.batches(self.epoch, self.start_batch))
+        bs = self.opts.batch_size
+        return [self._eval[i:i + bs] for i in range(0, len(self._eval), bs)]
+
+    def __len__(self) -> int:
+        if self.sampler is not None:
+            return len(self.sampler) - self.start_batch
+        return -(-len(self._eval) // self.opts.batch_size)
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self):
+        skipped_before = self.skipped
+        for data, ok, idx in self.producer.run(self.batches()):
+            bad = int((~ok).sum())
+            self.skipped += bad
+            if not ok.any():
+                if self.sampler is not None:
+                    raise RuntimeError(f"a whole batch of {len(idx)} samples failed to decode in {self.index.root}; "
+                                       "run `dfp verify` on the shards")
+                continue
+            good = idx[ok]
+            if bad and self.sampler is not None:
+                # keep the batch shape: refill failed slots with samples of the same batch
+                rep = np.arange(len(idx)) % len(good)
+                data, good = data[torch.from_numpy(rep)], good[rep]
+            labels = self.index.labels[good]
+            self.delivered += np.bincount(labels, minlength=len(CLASSES))
+            x = self._finish(data, labels)
+            y = torch.from_numpy(labels.astype(np.float32)).to(self.device, non_blocking=True)
+            yield x, y, [self.index.key(i) for i in good]
+        if self.skipped > skipped_before:
+            print(f"warning: skipped {self.skipped - skipped_before} unreadable sample(s) in {self.index.root} "
+                  f"split {self.index.split} this epoch", file=sys.stderr)
+        self.start_batch = 0
+
+    def _finish(self, data: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+        """Device transfer and the last, cheap steps on the device: normalisation, log-mel, masks."""
+        x = data.to(self.device, non_blocking=True)
+        if self.modality == "audio":
+            if x.dim() == 2:  # waveforms from the torch backend
+                x = torch_log_mel(x, self.cfg.audio)
+            elif x.dim() == 3:
+                x = x.unsqueeze(1)
+            if self.cfg.augment:
+                strong = np.isin(labels, self.cfg.minority)
+                rng = np.random.default_rng([self.opts.seed, self.epoch, self.rank, int(self.delivered.sum())])
+                x = spec_masks(x, [AUDIO["strong" if s else "standard"] for s in strong], rng)
+            return x
+        x = normalize_images(x)
+        if self.device.type == "cuda" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def sources(self, keys: list[str]) -> dict[str, str]:
+        """key -> source path, read from the samples' JSON (evaluation output only)."""
+        pos = {k: i for i, k in enumerate(self.index.keys.astype(str))}
+        return {k: self.index.meta(pos[k]).get("source", "") for k in keys}
+
+    def class_counts_delivered(self) -> dict[str, int]:
+        return {c: int(self.delivered[i]) for i, c in enumerate(CLASSES)}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "start_batch": self.start_batch}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        from ..sources import InputError
+        raise InputError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        from ..sources import InputError
+        raise InputError(f"--device {device!r}: choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+def make_loader(shards, split: str, backend: str = "torch", device: str | torch.device = "cpu",
+                options: LoaderOptions | None = None, rank: int = 0, world_size: int = 1,
+                manifest: dict | None = None) -> Loader:
+    opts = options or LoaderOptions()
+    if backend not in BACKENDS:
+        from ..sources import InputError
+        raise InputError(f"--backend {backend!r}: choose dali or torch")
+    manifest = manifest or read_manifest(shards)
+    index = ShardIndex(shards, split, manifest, opts.max_samples_per_class, opts.seed)
+    return Loader(index, opts, torch.device(device), backend, rank, world_size)

@@ -1,0 +1,235 @@
+"""DALI backend: planned samples' bytes go in through `external_source`; DALI decodes and augments.
+
+Decoding runs on the GPU (`device="mixed"`) when the loader's device is CUDA and on DALI's CPU
+threads otherwise: the graph functions are the same, only the device string changes.
+Images: decode only the random crop (`decoders.image_slice`), then one fused affine warp
+(scale, rotation, flip) and a colour twist, all kept uint8; normalisation happens in torch on
+the target device. Per-sample parameters blend the standard and strong recipes with a 0/1
+`strong` input, so minority samples get stronger augmentation inside one batch.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import torch
+
+from ..augment import AUDIO, IMAGE
+from .decode import decode_batch
+
+_MAX_THREADS = 4
+
+
+def _blend(strong, standard: float, strong_value: float):
+    return standard + strong * (strong_value - standard)
+
+
+def image_train_graph(jpegs, strong, size: int, decode_device: str):
+    from nvidia.dali import fn, math as dmath, types
+    std, stg = IMAGE["standard"], IMAGE["strong"]
+    u = lambda lo=0.0, hi=1.0: fn.random.uniform(range=(lo, hi))
+    area_lo = _blend(strong, std.scale[0], stg.scale[0])
+    area = area_lo + u() * (1.0 - area_lo)
+    ratio = dmath.exp(u(math.log(std.ratio[0]), math.log(std.ratio[1])))
+    cw = dmath.min(dmath.sqrt(area * ratio), 1.0)
+    ch = dmath.min(dmath.sqrt(area / ratio), 1.0)
+    anchor = fn.stack(u() * (1.0 - cw), u() * (1.0 - ch))
+    shape = fn.stack(cw, ch)
+    img = fn.decoders.image_slice(jpegs, anchor, shape, device=decode_device, output_type=types.RGB,
+                                  normalized_anchor=True, normalized_shape=True)
+    # one warp: centre the crop, flip, rotate, scale to size, move to the output centre
+    hw = fn.cast(img.shape(), dtype=types.FLOAT)
+    h_px, w_px = hw[0], hw[1]
+    flip = fn.random.coin_flip(probability=std.flip)
+    sx = (1.0 - 2.0 * fn.cast(flip, dtype=types.FLOAT)) * (float(size) / w_px)
+    sy = float(size) / h_px
+    angle = u(-1.0, 1.0) * _blend(strong, std.rotate, stg.rotate)
+    mt = fn.transforms.translation(offset=fn.stack(-0.5 * w_px, -0.5 * h_px))
+    mt = fn.transforms.scale(mt, scale=fn.stack(sx, sy))
+    mt = fn.transforms.rotation(mt, angle=angle)
+    mt = fn.transforms.translation(mt, offset=[size / 2.0, size / 2.0])
+    img = fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False, fill_value=0,
+                         interp_type=types.INTERP_LINEAR)
+    jit = lambda a, b: 1.0 + u(-1.0, 1.0) * _blend(strong, a, b)
+    img = fn.color_twist(img, brightness=jit(std.brightness, stg.brightness), contrast=jit(std.contrast, stg.contrast),
+                         saturation=jit(std.saturation, stg.saturation))
+    return img
+
+
+def image_eval_graph(jpegs, size: int, decode_device: str):
+    from nvidia.dali import fn, types
+    img = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+    return fn.resize(img, resize_x=size, resize_y=size, antialias=True)
+
+
+def audio_graph(flac, strong, feat, train: bool, on_gpu: bool):
+    from nvidia.dali import fn, math as dmath, types
+    audio, _ = fn.decoders.audio(flac, dtype=types.FLOAT, downmix=True, sample_rate=feat.sample_rate)
+    n = feat.samples
+    length = fn.cast(audio.shape()[0], dtype=types.FLOAT)
+    start = fn.random.uniform(range=(0.0, 1.0)) * dmath.max(length - n, 0.0) if train else 0.0
+    audio = fn.slice(audio, fn.reshape(start, shape=[1]) if train else [0.0], [n], axes=[0],
+                     out_of_bounds_policy="pad", normalized_anchor=False, normalized_shape=False)
+    if train:
+        std, stg = AUDIO["standard"], AUDIO["strong"]
+        gain_db = fn.random.uniform(range=(-1.0, 1.0)) * _blend(strong, std.gain_db, stg.gain_db)
+        sigma = fn.random.uniform(range=(0.0, 1.0)) * _blend(strong, std.noise, stg.noise)
+        audio = audio * dmath.pow(10.0, gain_db / 20.0) + fn.random.normal(audio) * sigma
+    if on_gpu:
+        audio = audio.gpu()
+    spec = fn.spectrogram(audio, nfft=feat.n_fft, window_length=feat.win_length, window_step=feat.hop_length,
+                          center_windows=True, power=2)
+    mel = fn.mel_filter_bank(spec, sample_rate=feat.sample_rate, nfilter=feat.n_mels,
+                             freq_high=feat.sample_rate / 2.0, normalize=True, mel_formula="slaney")
+    return fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=-80.0)
+
+
+def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payload: int, seed: int):
+    from nvidia.dali import fn, pipeline_def, types
+    import os
+
+    threads = max(1, min(_MAX_THREADS, os.cpu_count() or 1))
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=seed,
+                  prefetch_queue_depth=2, exec_dynamic=True)
+    def pipe():
+        n_out = n_payload + (1 if cfg.augment else 0)
+        outs = fn.external_source(source=source, num_outputs=n_out, batch=True,
+                                  dtype=[types.UINT8] * n_payload + [types.FLOAT] * (n_out - n_payload))
+        payload, strong = outs[:n_payload], (outs[n_payload] if cfg.augment else None)
+        decode_device = "mixed" if on_gpu else "cpu"
+        if cfg.modality == "audio":
+            return audio_graph(payload[0], strong, cfg.audio, cfg.augment, on_gpu)
+        if cfg.augment:
+            if cfg.modality == "video":
+                # one random draw per clip: the frames share the per-sample parameters
+                return _video_train(payload, strong, cfg.image_size, decode_device)
+            img = image_train_graph(payload[0], strong, cfg.image_size, decode_device)
+        else:
+            frames = [image_eval_graph(p, cfg.image_size, decode_device) for p in payload]
+            img = frames[0] if cfg.modality == "image" else fn.stack(*frames)
+        return fn.transpose(img, perm=[0, 3, 1, 2] if cfg.modality == "video" else [2, 0, 1])
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def _video_train(payload, strong, size: int, decode_device: str):
+    """Same crop, flip, rotation and colour for every frame of a clip."""
+    from nvidia.dali import fn, math as dmath, types
+    std, stg = IMAGE["standard"], IMAGE["strong"]
+    u = lambda lo=0.0, hi=1.0: fn.random.uniform(range=(lo, hi))
+    area_lo = _blend(strong, std.scale[0], stg.scale[0])
+    area = area_lo + u() * (1.0 - area_lo)
+    ratio = dmath.exp(u(math.log(std.ratio[0]), math.log(std.ratio[1])))
+    cw = dmath.min(dmath.sqrt(area * ratio), 1.0)
+    ch = dmath.min(dmath.sqrt(area / ratio), 1.0)
+    anchor = fn.stack(u() * (1.0 - cw), u() * (1.0 - ch))
+    shape = fn.stack(cw, ch)
+    flip = fn.cast(fn.random.coin_flip(probability=std.flip), dtype=types.FLOAT)
+    angle = u(-1.0, 1.0) * _blend(strong, std.rotate, stg.rotate)
+    jit = lambda a, b: 1.0 + u(-1.0, 1.0) * _blend(strong, a, b)
+    b, c, s = jit(std.brightness, stg.brightness), jit(std.contrast, stg.contrast), jit(std.saturation, stg.saturation)
+    frames = []
+    for jpeg in payload:
+        img = fn.decoders.image_slice(jpeg, anchor, shape, device=decode_device, output_type=types.RGB,
+                                      normalized_anchor=True, normalized_shape=True)
+        hw = fn.cast(img.shape(), dtype=types.FLOAT)
+        mt = fn.transforms.translation(offset=fn.stack(-0.5 * hw[1], -0.5 * hw[0]))
+        mt = fn.transforms.scale(mt, scale=fn.stack((1.0 - 2.0 * flip) * (float(size) / hw[1]), float(size) / hw[0]))
+        mt = fn.transforms.rotation(mt, angle=angle)
+        mt = fn.transforms.translation(mt, offset=[size / 2.0, size / 2.0])
+        img = fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False, fill_value=0)
+        frames.append(fn.color_twist(img, brightness=b, contrast=c, saturation=s))
+    return fn.transpose(fn.stack(*frames), perm=[0, 3, 1, 2])
+
+
+class Producer:
+    """Feeds planned batches to one DALI pipeline; a batch DALI fails on is decoded again on the CPU."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.on_gpu = loader.device.type == "cuda"
+        self.device_id = (loader.device.index or 0) if self.on_gpu else None
+        self.pipe = None
+        self.fed: deque = deque()
+        self._iter = iter(())
+
+    def _source(self):
+        try:
+            idx = next(self._iter)
+        except StopIteration:
+            raise
+        ld = self.loader
+        comps, ok = [], np.ones(len(idx), bool)
+        for j, i in enumerate(idx):
+            c = ld.index.read(int(i))
+            if c is None or not all(_plausible(b, ld.modality) for b in c):
+                ok[j] = False
+            else:
+                comps.append(c)
+        if not comps:  # nothing readable: hand DALI a stand-in and let the rescue path report it
+            comps = [[np.frombuffer(b"\xff\xd8\xff\xd9", np.uint8)] * len(ld.index.exts)]
+            ok[:] = False
+        self.fed.append((idx, ok))
+        labels = ld.index.labels[idx[ok]] if ok.any() else ld.index.labels[idx[:1]]
+        strong = np.isin(labels, ld.cfg.minority).astype(np.float32) if ld.cfg.minority else np.zeros(len(labels), np.float32)
+        cols = [[np.frombuffer(c[k], np.uint8) if isinstance(c[k], bytes) else c[k] for c in comps]
+                for k in range(len(ld.index.exts))]
+        if not ld.cfg.augment:
+            return tuple(cols)
+        return (*cols, [np.array(s, np.float32) for s in strong])
+
+    def run(self, batches):
+        ld = self.loader
+        if not batches:
+            return
+        if self.pipe is None:
+            self.pipe = build_pipeline(ld.cfg, ld.opts.batch_size, self.on_gpu, self.device_id, self._source,
+                                       len(ld.index.exts), ld.opts.seed + 1000 * ld.rank)
+        else:
+            self.pipe.reset()
+        self.fed.clear()
+        self._iter = iter(batches)
+        done = 0
+        while done < len(batches):
+            try:
+                (out,) = self.pipe.run()
+            except StopIteration:
+                break
+            except RuntimeError:
+                # DALI could not decode something in this batch: decode it again sample by sample
+                idx, _ = self.fed.popleft()
+                yield self._rescue(idx, done)
+                done += 1
+                continue
+            idx, ok = self.fed.popleft()
+            yield self._to_torch(out), ok, idx
+            done += 1
+
+    def _to_torch(self, out) -> torch.Tensor:
+        if self.on_gpu:
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+            t = out.as_tensor()
+            res = torch.empty(t.shape(), dtype=torch.float32 if self.loader.modality == "audio" else torch.uint8,
+                              device=self.loader.device)
+            feed_ndarray(t, res, cuda_stream=torch.cuda.current_stream(self.loader.device))
+            return res
+        return torch.from_numpy(np.array(out.as_tensor()))
+
+    def _rescue(self, idx, b):
+        ld = self.loader
+        data, ok = decode_batch(ld.index.read, idx, ld.index.labels[idx], ld.cfg, (ld.opts.seed, ld.epoch, ld.rank, b, 7))
+        if data is not None and ld.modality == "audio":
+            from ..augment import torch_log_mel
+            data = torch_log_mel(data, ld.cfg.audio).squeeze(1)  # same (B, mels, frames) as the DALI output
+        return data, ok, idx
+
+
+def _plausible(b: bytes, modality: str) -> bool:
+    """Cheap checks that catch truncated payloads before they reach a decoder."""
+    if modality == "audio":
+        return b[:4] == b"fLaC"
+    return b[:2] == b"\xff\xd8" and b.rstrip(b"\x00")[-2:] == b"\xff\xd9"

@@ -1,0 +1,112 @@
+"""A split of a shard folder as flat arrays: label, shard, byte offsets and sizes per sample.
+
+Built from manifest.json and the `.idx` files, without opening a tar. Memory is a handful of
+numpy arrays (about 40 bytes a sample for images), never a Python object per sample.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..formats import CLASSES, read_manifest
+
+
+class ShardIndex:
+    def __init__(self, root: str | os.PathLike, split: str, manifest: dict | None = None,
+                 max_samples_per_class: int | None = None, seed: int = 0):
+        self.root = Path(root)
+        self.manifest = manifest or read_manifest(self.root)
+        self.split = split
+        self.modality = self.manifest["modality"]
+        self.exts: list[str] = list(self.manifest["payload"])
+        rows = [r for r in self.manifest["shards"] if r["split"] == split]
+        self.paths = [str(self.root / r["path"]) for r in rows]
+        n = sum(r["samples"] for r in rows)
+        c = len(self.exts)
+        self.labels = np.empty(n, np.int8)
+        self.shard = np.empty(n, np.int32)
+        self.offsets = np.empty((n, c + 1), np.int64)  # payload components, then the JSON metadata
+        self.sizes = np.empty((n, c + 1), np.int32)
+        self.keys = np.empty(n, "S20")
+        cols = self.exts + ["json"]
+        pos = 0
+        for si, r in enumerate(rows):
+            label = CLASSES.index(r["class"])
+            idx_path = self.root / r["path"][:-4]
+            with open(str(idx_path) + ".idx", encoding="ascii") as f:
+                header = f.readline().split()
+                count = int(header[1])
+                if count != r["samples"]:
+                    raise ValueError(f"{idx_path}.idx: {count} samples, manifest says {r['samples']}; run `dfp verify`")
+                for line in f:
+                    parts = line.split()
+                    if not parts:
+                        continue
+                    comp = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
+                    for j, ext in enumerate(cols):
+                        self.offsets[pos, j], self.sizes[pos, j] = comp.get(ext, (-1, 0))
+                    self.keys[pos] = parts[3].rsplit("/", 1)[-1].split(".", 1)[0]
+                    self.labels[pos] = label
+                    self.shard[pos] = si
+                    pos += 1
+        if max_samples_per_class:
+            keep = []
+            for ci in range(len(CLASSES)):
+                members = np.flatnonzero(self.labels == ci)
+                rng = np.random.default_rng([seed, 11, ci])
+                keep.append(np.sort(rng.permutation(members)[:max_samples_per_class]))
+            sel = np.sort(np.concatenate(keep))
+            for name in ("labels", "shard", "offsets", "sizes", "keys"):
+                setattr(self, name, getattr(self, name)[sel])
+        self._fds: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(CLASSES))
+        return {c: int(counts[i]) for i, c in enumerate(CLASSES)}
+
+    def _fd(self, shard: int) -> int:
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+        return fd
+
+    def read(self, i: int) -> list[bytes] | None:
+        """The payload components of sample i, or None when they cannot be read whole."""
+        fd = self._fd(int(self.shard[i]))
+        out = []
+        for j in range(len(self.exts)):
+            off, size = int(self.offsets[i, j]), int(self.sizes[i, j])
+            if off < 0 or size <= 0:
+                return None
+            b = os.pread(fd, size, off)
+            if len(b) != size:  # truncated shard
+                return None
+            out.append(b)
+        return out
+
+    def meta(self, i: int) -> dict:
+        fd = self._fd(int(self.shard[i]))
+        off, size = int(self.offsets[i, -1]), int(self.sizes[i, -1])
+        try:
+            return json.loads(os.pread(fd, size, off))
+        except (ValueError, OSError):
+            return {}
+
+    def key(self, i: int) -> str:
+        return self.keys[i].decode("ascii")
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __getstate__(self):  # file descriptors do not travel to worker processes
+        state = dict(self.__dict__)
+        state["_fds"] = {}
+        return state

@@ -1,0 +1,87 @@
+"""PyTorch backend: a DataLoader whose items are whole planned batches, decoded in worker processes.
+
+With `gpu_decode`, workers only read bytes and JPEGs are decoded in the main process with
+`torchvision.io.decode_jpeg(device=...)` (nvJPEG on CUDA), then augmented on that device.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .decode import decode_batch, visual_sample
+
+
+class _Batches(Dataset):
+    def __init__(self, index, batches, cfg, seed: tuple[int, ...], raw: bool):
+        self.index, self.batches, self.cfg, self.seed, self.raw = index, batches, cfg, seed, raw
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, b):
+        idx = self.batches[b]
+        if self.raw:
+            return [self.index.read(int(i)) for i in idx], idx
+        data, ok = decode_batch(self.index.read, idx, self.index.labels[idx], self.cfg, (*self.seed, b))
+        return data, ok, idx
+
+
+def _identity(x):
+    return x
+
+
+class Producer:
+    def __init__(self, loader):
+        self.loader = loader
+        self.raw = loader.opts.gpu_decode and loader.modality != "audio"
+
+    def run(self, batches: list[np.ndarray]):
+        ld = self.loader
+        ds = _Batches(ld.index, batches, ld.cfg, (ld.opts.seed, ld.epoch, ld.rank, ld.start_batch), self.raw)
+        workers = ld.opts.workers
+        dl = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
+                        pin_memory=ld.device.type == "cuda" and not self.raw,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+        for item in dl:
+            if self.raw:
+                yield self._decode_on_device(*item)
+            else:
+                yield item
+
+    def _decode_on_device(self, comps: list, idx: np.ndarray):
+        """JPEG bytes -> decoded and augmented on the loader's device, one sample at a time after a batched decode."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+        ld = self.loader
+        ok = np.array([c is not None for c in comps])
+        flat = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for c in comps if c is not None for b in c]
+        try:
+            decoded = decode_jpeg(flat, mode=ImageReadMode.RGB, device=ld.device) if flat else []
+        except RuntimeError:
+            decoded = None  # a corrupt JPEG fails the batched call: fall back to one by one
+        out, k = [], 0
+        strong = np.isin(ld.index.labels[idx], ld.cfg.minority) if ld.cfg.minority else np.zeros(len(idx), bool)
+        for j, c in enumerate(comps):
+            if c is None:
+                continue
+            if decoded is None:
+                x = visual_sample(c, ld.cfg, bool(strong[j]))
+                if x is not None:
+                    x = x.to(ld.device)
+            else:
+                frames = decoded[k:k + len(c)]
+                k += len(c)
+                x = _augment(frames, ld.cfg, bool(strong[j]))
+            if x is None:
+                ok[j] = False
+            else:
+                out.append(x)
+        return (torch.stack(out) if out else None), ok, idx
+
+
+def _augment(frames, cfg, strong):
+    from ..augment import IMAGE, torch_image_eval, torch_image_train
+    x = frames[0] if cfg.modality == "image" else torch.stack(frames)
+    if cfg.augment:
+        return torch_image_train(x, IMAGE["strong" if strong else "standard"], cfg.image_size)
+    return torch_image_eval(x, cfg.image_size)
