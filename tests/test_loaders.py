@@ -1,0 +1,186 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from factory import audio_tree, image_tree, video_tree
+from pipeline.formats import read_manifest
+from pipeline.loaders import LoaderOptions, make_loader
+from pipeline.shards import ShardParams, build_shards
+
+
+def shards_for(tmp_path_factory, modality):
+    root = tmp_path_factory.mktemp(modality)
+    make = {"image": lambda p: image_tree(p, 24, 8), "audio": audio_tree, "video": video_tree}[modality]
+    make(root / "in")
+    build_shards(root / "in", root / "out", ShardParams(frames=4, split="0.6,0.2,0.2"), workers=1, progress=False)
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def image_shards(tmp_path_factory):
+    return shards_for(tmp_path_factory, "image")
+
+
+def opts(**kw):
+    base = dict(batch_size=4, workers=0, image_size=48, audio_seconds=1.0)
+    base.update(kw)
+    return LoaderOptions(**base)
+
+
+def first_batch(loader):
+    return next(iter(loader))
+
+
+@pytest.mark.parametrize("modality", ["image", "audio", "video"])
+def test_backends_agree_on_shapes_and_dtypes(tmp_path_factory, modality):
+    out = shards_for(tmp_path_factory, modality)
+    for train in (True, False):
+        got = {}
+        for backend in ("torch", "dali"):
+            x, y, keys = first_batch(make_loader(out, "train", backend, "cpu", opts(train=train)))
+            got[backend] = (tuple(x.shape), x.dtype, y.dtype, len(keys))
+            assert torch.isfinite(x).all()
+        assert got["torch"] == got["dali"], (modality, train, got)
+    if modality == "audio":  # evaluation log-mels are the same computation in both backends
+        a = first_batch(make_loader(out, "train", "torch", "cpu", opts(train=False)))[0]
+        b = first_batch(make_loader(out, "train", "dali", "cpu", opts(train=False)))[0]
+        assert torch.allclose(a, b, atol=1e-2)
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_evaluation_covers_each_sample_once_across_ranks(image_shards, backend):
+    keys = []
+    for rank in range(2):
+        ld = make_loader(image_shards, "train", backend, "cpu", opts(train=False, batch_size=5), rank=rank, world_size=2)
+        for _, _, k in ld:
+            keys += k
+    m = read_manifest(image_shards)
+    assert len(keys) == len(set(keys)) == sum(m["splits"]["train"].values())
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_training_ranks_disjoint_equal_and_deterministic(image_shards, backend):
+    def plan(rank, seed=0):
+        ld = make_loader(image_shards, "train", backend, "cpu", opts(seed=seed), rank=rank, world_size=2)
+        xs, ks = [], []
+        for x, _, k in ld:
+            xs.append(x)
+            ks.append(tuple(k))
+        return len(ld), xs, ks
+
+    n0, x0, k0 = plan(0)
+    n1, _, k1 = plan(1)
+    assert n0 == n1 == len(k0) == len(k1) > 0
+    again = plan(0)
+    assert again[2] == k0 and all(torch.equal(a, b) for a, b in zip(again[1], x0))
+    assert plan(0, seed=1)[2] != k0
+
+
+def test_weighted_sampling_balances_delivered_classes(image_shards):
+    ld = make_loader(image_shards, "train", "torch", "cpu", opts(sampling="inverse", epoch_len=400, batch_size=20))
+    ld.producer = _NoDecode(ld)
+    for _ in ld:
+        pass
+    got = ld.class_counts_delivered()
+    assert abs(got["fake"] / 400 - 0.5) < 0.1, got
+    nat = make_loader(image_shards, "train", "torch", "cpu", opts(sampling="natural", batch_size=4))
+    nat.producer = _NoDecode(nat)
+    keys = [k for _, _, ks in nat for k in ks]
+    # one pass over the data: every sample once, the last batch topped up by wrap-around
+    assert set(keys) == set(nat.index.keys.astype(str))
+    assert len(keys) - len(set(keys)) < 4
+
+
+class _NoDecode:
+    """Stand-in producer that skips decoding: the plan alone decides which labels are delivered."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def run(self, batches):
+        for idx in batches:
+            yield torch.zeros(len(idx), 3, 2, 2, dtype=torch.uint8), np.ones(len(idx), bool), idx
+
+
+def test_minority_augmentation_reaches_only_minority_samples(image_shards, monkeypatch):
+    import pipeline.loaders.decode as dec
+    seen = []
+    real = dec.torch_image_train
+
+    def spy(img, aug, size):
+        seen.append(aug)
+        return real(img, aug, size)
+
+    monkeypatch.setattr(dec, "torch_image_train", spy)
+    ld = make_loader(image_shards, "train", "torch", "cpu", opts(batch_size=8))
+    assert ld.cfg.minority == (1,)  # fake is the smaller class here
+    labels = []
+    for _, y, _ in ld:
+        labels += y.int().tolist()
+    from pipeline.augment import IMAGE
+    assert [a is IMAGE["strong"] for a in seen] == [l == 1 for l in labels]
+    # the DALI feed marks exactly the minority samples as strong
+    dl = make_loader(image_shards, "train", "dali", "cpu", opts(batch_size=8))
+    dl.producer._iter = iter(dl.batches())
+    *_, strong = dl.producer._source()
+    idx, ok = dl.producer.fed[0]
+    assert [float(s) for s in strong] == [float(l == 1) for l in dl.index.labels[idx[ok]]]
+    off = make_loader(image_shards, "train", "torch", "cpu", opts(minority_augment=False))
+    assert off.cfg.minority == ()
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_corrupt_samples_are_skipped_and_counted(image_shards, tmp_path, backend):
+    out = tmp_path / "bad"
+    shutil.copytree(image_shards, out)
+    m = read_manifest(out)
+    real_shard = next(r for r in m["shards"] if r["split"] == "train" and r["class"] == "real")
+    from pipeline.formats import read_index
+    path = out / real_shard["path"]
+    idx = read_index(path.with_suffix(".idx"))
+    data = bytearray(path.read_bytes())
+    off, size = idx[0]["jpg"]
+    data[off + 2: off + 40] = b"\x00" * 38  # wreck the JPEG header of the first sample
+    path.write_bytes(bytes(data))
+    # truncate the fake shard in the middle of its last sample
+    fake_shard = next(r for r in m["shards"] if r["split"] == "train" and r["class"] == "fake")
+    fpath = out / fake_shard["path"]
+    last = read_index(fpath.with_suffix(".idx"))[-1]["jpg"]
+    with open(fpath, "r+b") as f:
+        f.truncate(last[0] + last[1] // 2)
+
+    ev = make_loader(out, "train", backend, "cpu", opts(train=False, batch_size=6))
+    keys = [k for _, _, ks in ev for k in ks]
+    assert ev.skipped == 2
+    assert len(keys) == sum(m["splits"]["train"].values()) - 2
+
+    tr = make_loader(out, "train", backend, "cpu", opts(batch_size=6, epoch_len=60, sampling="natural"))
+    shapes = {tuple(x.shape) for x, _, _ in tr}
+    assert shapes == {(6, 3, 48, 48)}  # failed slots refilled: every batch keeps its shape
+    assert tr.skipped >= 1
+
+
+def test_resume_mid_epoch_gives_the_remaining_batches(image_shards):
+    full = make_loader(image_shards, "train", "torch", "cpu", opts())
+    ks = [k for _, _, k in full]
+    part = make_loader(image_shards, "train", "torch", "cpu", opts())
+    part.set_epoch(0, start_batch=2)
+    assert len(part) == len(ks) - 2
+    assert [k for _, _, k in part] == ks[2:]
+
+
+def test_torch_backend_main_process_jpeg_decode_path(image_shards):
+    """The torchvision decode_jpeg(device=...) path; on this machine the device is the CPU."""
+    ld = make_loader(image_shards, "train", "torch", "cpu", opts(gpu_decode=True))
+    x, y, k = first_batch(ld)
+    assert x.shape == (4, 3, 48, 48) and x.dtype == torch.float32 and len(k) == 4
+
+
+def test_loader_index_memory_is_arrays_only(image_shards):
+    ld = make_loader(image_shards, "train", "torch", "cpu", opts())
+    idx = ld.index
+    assert all(isinstance(getattr(idx, a), np.ndarray) for a in ("labels", "shard", "offsets", "sizes", "keys"))
+    per_sample = sum(getattr(idx, a).nbytes for a in ("labels", "shard", "offsets", "sizes", "keys")) / len(idx)
+    assert per_sample < 64
