@@ -1,0 +1,226 @@
+"""Image / audio / video backbones from torchvision with a one-logit head (fake = positive, logit > 0 ~ fake).
+
+Every model is a ``Detector``: ``backbone`` maps an input batch to an embedding (B, D) (the torchvision network with
+its final Linear removed), ``head`` is ``nn.Linear(D, 1)``, and ``forward`` returns logits of shape (B,).
+State-dict keys are therefore ``backbone.<torchvision key>`` and ``head.weight`` / ``head.bias``.
+
+Inputs:
+  image  (B, 3, H, W)                   efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large
+  audio  (B, 1, n_mels, T) log-mel      audio_resnet18: ResNet-18 whose first conv takes 1 channel
+  video  (B, T, 3, H, W)                frame_pool: a 2D image backbone per frame, mean over time;
+                                        r2plus1d_18: torchvision's (2+1)D ResNet (permutes to (B, 3, T, H, W) inside)
+All work with ``channels_last`` (4-D) / ``channels_last_3d`` (r2plus1d_18) memory formats.
+
+Weights: ``pretrained=True`` loads torchvision's default weights (ImageNet; Kinetics-400 for r2plus1d_18; for
+audio_resnet18 the ImageNet ResNet-18 with its first conv summed over RGB). ``weights_file`` is read with
+``torch.load(weights_only=True)`` and may hold: a dfp model state dict, a dfp checkpoint (a dict with ``"model"``),
+or a plain torchvision state dict of the underlying network (e.g. a downloaded ``resnet18-f37072fd.pth``; its
+1000-class classifier is ignored), the offline replacement for ``--pretrained``. ``module.`` (DDP) and
+``_orig_mod.`` (torch.compile) key prefixes are accepted.
+"""
+from __future__ import annotations
+
+from typing import Callable
+from urllib.error import URLError
+
+import torch
+import torchvision
+from torch import nn
+
+IMAGE_MODELS = ("efficientnet_b0", "efficientnet_b4", "resnet18", "resnet50", "mobilenet_v3_large")
+AUDIO_MODELS = ("audio_resnet18",)
+VIDEO_MODELS = ("frame_pool", "r2plus1d_18")
+MODELS = {"image": IMAGE_MODELS, "audio": AUDIO_MODELS, "video": VIDEO_MODELS}
+DEFAULT_MODEL = {"image": "efficientnet_b0", "audio": "audio_resnet18", "video": "frame_pool"}
+
+# torchvision attribute path of the final Linear of each underlying network
+_FINAL = {"efficientnet_b0": "classifier.1", "efficientnet_b4": "classifier.1", "resnet18": "fc", "resnet50": "fc",
+          "mobilenet_v3_large": "classifier.3", "r2plus1d_18": "fc"}
+
+
+class ModelError(ValueError):
+    """Unknown model, modality/model mismatch, unusable weights: one line, meant for the console (exit code 2)."""
+
+
+class FramePool(nn.Module):
+    """(B, T, C, H, W) -> 2D backbone on every frame -> mean over T -> (B, D)."""
+
+    def __init__(self, frame: nn.Module):
+        super().__init__()
+        self.frame = frame
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"frame_pool expects (B, T, C, H, W), got {tuple(x.shape)}")
+        b, t = x.shape[:2]
+        emb = self.frame(x.reshape(b * t, *x.shape[2:]))
+        return emb.reshape(b, t, -1).mean(dim=1)
+
+
+class Video3D(nn.Module):
+    """(B, T, C, H, W) -> torchvision video network, which takes (B, C, T, H, W) -> (B, D)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"r2plus1d_18 expects (B, T, C, H, W), got {tuple(x.shape)}")
+        return self.net(x.permute(0, 2, 1, 3, 4))
+
+
+class Detector(nn.Module):
+    """``head(backbone(x))`` squeezed to (B,) logits."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, name: str, modality: str):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.name = name
+        self.modality = modality
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x)).squeeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, modality={self.modality}"
+
+
+def _arch(name: str, frame_backbone: str) -> str:
+    """The torchvision network a dfp model is built from."""
+    return {"audio_resnet18": "resnet18", "frame_pool": frame_backbone}.get(name, name)
+
+
+def _check(name: str, modality: str, frame_backbone: str) -> None:
+    if modality not in MODELS:
+        raise ModelError(f"unknown modality {modality!r}; choose one of: {', '.join(MODELS)}")
+    owner = next((m for m, names in MODELS.items() if name in names), None)
+    if owner is None:
+        raise ModelError(f"unknown model {name!r}; {modality} models: {', '.join(MODELS[modality])}")
+    if owner != modality:
+        raise ModelError(f"model {name!r} is for {owner}, not {modality}; {modality} models: "
+                         f"{', '.join(MODELS[modality])}")
+    if name == "frame_pool" and frame_backbone not in IMAGE_MODELS:
+        raise ModelError(f"unknown frame backbone {frame_backbone!r}; choose one of: {', '.join(IMAGE_MODELS)}")
+
+
+def _torchvision_net(name: str, arch: str, pretrained: bool) -> nn.Module:
+    if not pretrained:
+        return torchvision.models.get_model(arch, weights=None)
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        return torchvision.models.get_model(arch, weights=weights)
+    except (URLError, OSError, RuntimeError) as e:
+        label = name if name == arch else f"{name} ({arch})"
+        raise ModelError(f"--pretrained: could not fetch torchvision weights for {label} (offline?); "
+                         f"use --weights FILE or drop --pretrained") from e
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module
+
+
+def _set(module: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, last = path.rpartition(".")
+    owner = _get(module, parent) if parent else module
+    if last.isdigit():
+        owner[int(last)] = new
+    else:
+        setattr(owner, last, new)
+
+
+def _strip_prefixes(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        for p in ("module.", "_orig_mod."):
+            while k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def _read_weights(path: str) -> tuple[dict, bool]:
+    """State dict from a file, and whether it is a dfp Detector's (else a plain torchvision network's)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"--weights {path}: file not found") from None
+    except Exception as e:  # unpickling refusal, truncated file, not a torch file ...
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"--weights {path}: not a readable weights file ({first})") from None
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        raise ModelError(f"--weights {path}: holds no state dict (expected tensors by name, or a checkpoint with 'model')")
+    sd = _strip_prefixes(obj)
+    is_dfp = all(k.startswith(("backbone.", "head.")) for k in sd)
+    return sd, is_dfp
+
+
+def _load_strict(module: nn.Module, sd: dict, path: str, name: str, ignore: tuple[str, ...] = ()) -> None:
+    sd = {k: v for k, v in sd.items() if not k.startswith(ignore)}
+    expected = {k for k in module.state_dict() if not k.startswith(ignore)}
+    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise ModelError(f"--weights {path}: does not fit model {name}: {', '.join(parts)}")
+    try:
+        module.load_state_dict(sd, strict=False)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        detail = lines[0] if lines else str(e).strip().splitlines()[0]
+        raise ModelError(f"--weights {path}: does not fit model {name}: {detail[:300]}") from None
+
+
+def build_model(name: str, modality: str, pretrained: bool = False, weights_file: str | None = None,
+                frame_backbone: str = "efficientnet_b0") -> Detector:
+    """A ``Detector`` with (B,) logits; see the module docstring for inputs and weights. Raises ModelError."""
+    _check(name, modality, frame_backbone)
+    arch = _arch(name, frame_backbone)
+    net = _torchvision_net(name, arch, pretrained)
+    sd, is_dfp = _read_weights(str(weights_file)) if weights_file else (None, False)
+    final = _FINAL[arch]
+    if sd is not None and not is_dfp:
+        # a plain torchvision state dict of `arch`; its classifier (any number of classes) is not used
+        _load_strict(net, sd, str(weights_file), name, ignore=(final + ".",))
+    dim = _get(net, final).in_features
+    _set(net, final, nn.Identity())
+    if name == "audio_resnet18":
+        old = net.conv1
+        net.conv1 = nn.Conv2d(1, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        with torch.no_grad():   # a gray image replicated over RGB gives the same response
+            net.conv1.weight.copy_(old.weight.sum(dim=1, keepdim=True))
+    backbone = {"frame_pool": FramePool, "r2plus1d_18": Video3D}.get(name, lambda m: m)(net)
+    model = Detector(backbone, nn.Linear(dim, 1), name, modality)
+    if sd is not None and is_dfp:
+        _load_strict(model, sd, str(weights_file), name)
+    return model
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while True:
+        if hasattr(model, "_orig_mod"):       # torch.compile
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def embed_and_head(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear]:
+    """For SMOTE on embeddings: ``(embed, head)`` with ``embed(x) -> (B, D)`` and ``head: nn.Linear(D, 1)``;
+    ``head(embed(x)).squeeze(-1) == model(x)``. Accepts DDP- or torch.compile-wrapped models."""
+    inner = _unwrap(model)
+    if not isinstance(inner, Detector):
+        raise ModelError(f"embed_and_head needs a model from build_model, got {type(inner).__name__}")
+    return inner.backbone, inner.head
