@@ -134,13 +134,88 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT"),
             typer.echo(f"plot: {plot}")
 
 
+@app.command()
+def train(shards: Path = typer.Argument(..., help="shard folder from dfp shard"),
+          out: Path = typer.Option(Path("runs/exp"), help="run directory"),
+          device: str = typer.Option("auto", help="auto, cpu or cuda"),
+          backend: str = typer.Option("auto", help="loader backend: auto (dali if installed), dali or torch"),
+          epochs: int = typer.Option(10), batch_size: int = typer.Option(32), lr: float = typer.Option(3e-4),
+          weight_decay: float = typer.Option(1e-4), seed: int = typer.Option(0),
+          model: Optional[str] = typer.Option(None, help="image: efficientnet_b0 (default), efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18; video: frame_pool, r2plus1d_18"),
+          frame_backbone: str = typer.Option("efficientnet_b0", help="video frame_pool: the per-frame 2D backbone"),
+          pretrained: bool = typer.Option(False, help="start from torchvision's ImageNet weights (needs network or a cached download)"),
+          weights: Optional[Path] = typer.Option(None, help="start from a local state dict or dfp checkpoint"),
+          strategy: str = typer.Option("auto", help="auto: choose techniques from the imbalance ratio; manual: use the options below"),
+          loss: str = typer.Option("focal", help="manual: focal, weighted_bce or bce"),
+          focal_alpha: str = typer.Option("0.25", help="weight of the fake class in focal loss, or 'auto' (= real share)"),
+          focal_gamma: float = typer.Option(2.0),
+          sampling: str = typer.Option("inverse", help="manual: inverse, sqrt or natural"),
+          class_weights: Optional[str] = typer.Option(None, help="manual: per-sample class weights, e.g. real=1,fake=3"),
+          minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment"),
+          smote: bool = typer.Option(False, "--smote/--no-smote", help="manual: refit the head on SMOTE-balanced embeddings"),
+          amp: str = typer.Option("auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or off"),
+          compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
+          workers: int = typer.Option(2, help="loader worker processes (torch backend)"),
+          image_size: int = typer.Option(224), audio_seconds: float = typer.Option(4.0),
+          max_samples_per_class: Optional[int] = typer.Option(None), epoch_len: Optional[int] = typer.Option(None, help="samples drawn per epoch (default: train split size)"),
+          patience: int = typer.Option(5, help="early stopping: epochs without val F1 improvement (0: off)"),
+          threshold_method: str = typer.Option("f1", help="f1, youden, eer, precision:P or recall:R"),
+          resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its last.pth"),
+          tensorboard: bool = typer.Option(False, "--tensorboard"),
+          no_report: bool = typer.Option(False, "--no-report", help="skip plots and report.html"),
+          quiet: bool = typer.Option(False, help="no progress bars")):
+    """Train a real/fake detector and write the run directory (works under torchrun)."""
+    from .thresholds import parse_method
+    from .train import TrainConfig, run_training
+    for name, v in (("--epochs", epochs), ("--batch-size", batch_size)):
+        if v < 1:
+            raise UsageError(f"{name} must be at least 1")
+    if lr <= 0:
+        raise UsageError("--lr must be positive")
+    try:
+        parse_method(threshold_method)
+    except ValueError as e:
+        raise UsageError(f"--threshold-method: {e}") from None
+    if backend not in ("auto", "dali", "torch"):
+        raise UsageError(f"--backend {backend!r}: choose auto, dali or torch")
+    if loss not in ("focal", "weighted_bce", "bce"):
+        raise UsageError(f"--loss {loss!r}: choose focal, weighted_bce or bce")
+    if sampling not in ("inverse", "sqrt", "natural"):
+        raise UsageError(f"--sampling {sampling!r}: choose inverse, sqrt or natural")
+    if class_weights:
+        from .sampling import parse_class_weights
+        try:
+            parse_class_weights(class_weights)
+        except ValueError as e:
+            raise UsageError(f"--class-weights: {e}") from None
+    try:
+        from .losses import resolve_alpha
+        resolve_alpha(focal_alpha, [1, 1])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    cfg = TrainConfig(shards=str(shards), out=str(out), backend=backend, device=device, epochs=epochs,
+                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, model=model,
+                      frame_backbone=frame_backbone, pretrained=pretrained, weights=str(weights) if weights else None,
+                      strategy=strategy, loss=loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma, sampling=sampling,
+                      class_weights=class_weights, minority_augment=minority_augment, smote=smote, amp=amp,
+                      compile=compile, workers=workers, image_size=image_size, audio_seconds=audio_seconds,
+                      max_samples_per_class=max_samples_per_class, epoch_len=epoch_len, patience=patience,
+                      threshold_method=threshold_method, resume=str(resume) if resume else None,
+                      tensorboard=tensorboard, progress=not quiet, report=not no_report)
+    run_training(cfg)
+
+
 def main() -> None:
+    from .engine import TrainingError
     errors = _bad_input_errors()
     try:
         app()
     except errors as e:
         _echo_err(str(e))
         sys.exit(2)
+    except TrainingError as e:
+        _echo_err(str(e))
+        sys.exit(1)
     except KeyboardInterrupt:
         _echo_err("interrupted")
         sys.exit(130)
