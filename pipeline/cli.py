@@ -205,6 +205,52 @@ def train(shards: Path = typer.Argument(..., help="shard folder from dfp shard")
     run_training(cfg)
 
 
+@app.command()
+def evaluate(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
+             shards: Path = typer.Argument(..., help="shard folder"),
+             split: str = typer.Option("test", help="train, val or test"),
+             out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/eval_SPLIT)"),
+             device: str = typer.Option("auto"), backend: str = typer.Option("auto"),
+             batch_size: int = typer.Option(64)):
+    """Metrics at 0.5 and at the stored threshold, predictions and plots for a saved model."""
+    from .evaluate import evaluate as run
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"--split {split!r}: choose train, val or test")
+    run(ckpt, shards, split, out, device, backend, batch_size)
+
+
+@app.command()
+def tune(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
+         shards: Path = typer.Argument(..., help="shard folder (its val split is used)"),
+         method: str = typer.Option("f1", help="f1, youden, eer, precision:P or recall:R"),
+         device: str = typer.Option("auto"), backend: str = typer.Option("auto"), batch_size: int = typer.Option(64)):
+    """Re-tune the decision threshold on the val split and store it in the checkpoint."""
+    from .evaluate import tune as run
+    run(ckpt, shards, method, device, backend, batch_size)
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="run directory")):
+    """Re-render plots, training_results.txt and report.html from a run's saved files (no model needed)."""
+    from .report import render_report
+    if not run.is_dir():
+        raise UsageError(f"run directory {run} not found")
+    if not any((run / f).exists() for f in ("metrics.json", "predictions_val.csv", "history.csv")):
+        raise UsageError(f"{run} has no metrics.json, predictions or history.csv: is it a dfp run directory?")
+    written = render_report(run)
+    typer.echo(f"wrote {len(written)} files; open {run / 'report.html'}")
+
+
+@app.command()
+def predict(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
+            paths: List[Path] = typer.Argument(..., help="files and folders of raw images, audio or video"),
+            out: Path = typer.Option(Path("preds.csv"), help="CSV: path,score,label,error"),
+            device: str = typer.Option("auto"), batch_size: int = typer.Option(32)):
+    """Score raw files with the stored threshold; unreadable files get a row with an error."""
+    from .predict import predict_files
+    predict_files(ckpt, paths, out, device, batch_size)
+
+
 def main() -> None:
     from .engine import TrainingError
     errors = _bad_input_errors()

@@ -1,0 +1,87 @@
+"""`dfp evaluate` and `dfp tune`: a saved model on a split of shards."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint
+from .engine import Dist, amp_setup, predict
+from .loaders import LoaderOptions, make_loader, resolve_device
+from .sources import InputError
+
+
+def _predict_split(ckpt_path, shards, split, device, backend, batch_size, workers=2):
+    device = resolve_device(device)
+    ckpt = checkpoint.load(ckpt_path, map_location=device)
+    from .formats import read_manifest
+    manifest = read_manifest(shards)
+    if manifest["modality"] != ckpt["modality"]:
+        raise InputError(f"{ckpt_path} is a {ckpt['modality']} model but {shards} holds {manifest['modality']} shards")
+    if split not in manifest["splits"] or sum(manifest["splits"][split].values()) == 0:
+        raise InputError(f"{shards}: split '{split}' is empty")
+    pre = ckpt["preprocess"]
+    model = checkpoint.model_from_checkpoint(ckpt, device)
+    from .train import _resolve_backend
+    loader = make_loader(shards, split, _resolve_backend(backend), device, LoaderOptions(
+        batch_size=batch_size, train=False, image_size=pre["image_size"], audio_seconds=pre["audio_seconds"],
+        workers=workers), manifest=manifest)
+    amp_dtype, _ = amp_setup(device, "auto")
+    keys, labels, scores, _ = predict(model, loader, device, amp_dtype, progress=True, desc=split)
+    if np.isnan(scores).any():
+        raise InputError(f"{ckpt_path}: the model produced NaN scores on {shards} split {split}")
+    return ckpt, loader, keys, labels, scores
+
+
+def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="auto", batch_size=64, log=print) -> dict:
+    from .metrics import split_report
+    from .report import render_report
+    from .train import _write_json, write_predictions
+    ckpt, loader, keys, labels, scores = _predict_split(ckpt_path, shards, split, device, backend, batch_size)
+    thr = ckpt.get("threshold") or {"method": "default", "value": 0.5}
+    rep = split_report(labels, scores, 0.5, thr["value"])
+    out = Path(out) if out else Path(ckpt_path).parent / f"eval_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, loader.sources(keys))
+    metrics = {"val": rep if split == "val" else None, "test": rep if split != "val" else None,
+               "thresholds": {thr["method"]: thr["value"]}, "chosen": {"method": thr["method"], "threshold": thr["value"]},
+               "evaluated_split": split}
+    _write_json(out / "metrics.json", metrics)
+    cfg = dict(ckpt["config"])
+    from .formats import read_manifest
+    cfg["dataset"] = {"shards": str(shards), "modality": ckpt["modality"], "splits": read_manifest(shards)["splits"]}
+    _write_json(out / "config.json", cfg)
+    if split in ("val", "test"):
+        render_report(out)
+    fmt = lambda m: (f"acc {m['accuracy']:.4f}  bal.acc {m['balanced_accuracy']:.4f}  P {m['precision']:.4f}  "
+                     f"R {m['recall']:.4f}  F1 {m['f1']:.4f}  MCC {m['mcc']:.4f}")
+    log(f"{split}: {len(labels)} samples ({int((labels == 0).sum())} real, {int(labels.sum())} fake)")
+    log(f"  at 0.5:             {fmt(rep['default'])}")
+    log(f"  at {thr['value']:.4f} ({thr['method']}): {fmt(rep['tuned'])}")
+    auc = rep["auc"]
+    log(f"  AUC {auc:.4f}  AP {rep['ap']:.4f}  EER {rep['eer']:.4f}" if auc is not None else
+        "  AUC/AP/EER undefined: the split has a single class")
+    log(f"written: {out}")
+    return metrics
+
+
+def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_size=64, log=print) -> float:
+    from .metrics import metric_dict
+    from .thresholds import ThresholdUndefined, all_thresholds, canonical_method, parse_method, tune as tune_threshold
+    try:
+        parse_method(method)
+    except ValueError as e:
+        raise InputError(f"--method: {e}") from None
+    _, _, _, labels, scores = _predict_split(ckpt_path, shards, "val", device, backend, batch_size)
+    try:
+        t = tune_threshold(labels, scores, method)
+        table = all_thresholds(labels, scores, [method] if ":" in method else [])
+    except ThresholdUndefined as e:
+        raise InputError(f"cannot tune on the val split of {shards}: {e}") from None
+    for name, value in table.items():
+        m = metric_dict(labels, scores, value)
+        log(f"  {name:>16s}: threshold {value:.4f}  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}")
+    checkpoint.set_threshold(ckpt_path, canonical_method(method), t)
+    log(f"stored threshold {t:.4f} ({canonical_method(method)}) in {ckpt_path}")
+    return t
