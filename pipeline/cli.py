@@ -62,7 +62,10 @@ def synth(out: Path = typer.Argument(..., help="output folder (OUT/real, OUT/fak
             size = (w, h)
         except ValueError:
             raise UsageError(f"--image-size {image_size!r}: use WxH, e.g. 512x384") from None
-    res = synth_dataset(out, modality, n_real, n_fake, seed, image_size=size, progress=True)
+    try:
+        res = synth_dataset(out, modality, n_real, n_fake, seed, image_size=size, progress=True)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     typer.echo(f"wrote {res['real']} real and {res['fake']} fake {modality} files to {out}")
 
 

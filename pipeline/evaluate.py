@@ -24,6 +24,8 @@ def _predict_split(ckpt_path, shards, split, device, backend, batch_size, worker
     pre = ckpt["preprocess"]
     model = checkpoint.model_from_checkpoint(ckpt, device)
     from .train import _resolve_backend
+    if backend == "auto":  # the backend the model was trained and tuned with: same eval transforms, same scores
+        backend = ckpt["config"].get("backend", "auto")
     loader = make_loader(shards, split, _resolve_backend(backend), device, LoaderOptions(
         batch_size=batch_size, train=False, image_size=pre["image_size"], audio_seconds=pre["audio_seconds"],
         workers=workers), manifest=manifest)

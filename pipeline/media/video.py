@@ -36,6 +36,8 @@ def _decode(path, frames: int, size: tuple[int, int] | None):
     if n == 0:
         raise MediaError("corrupt: no frames")
     batch = vr.get_batch(list(frame_indices(n, frames))).asnumpy()
+    if batch.ndim != 4 or batch.shape[-1] != 3:  # the same decord row-alignment bug, without an exception
+        raise RuntimeError(f"DECORDArrayCopyFromTo: frames came back with shape {batch.shape}")
     return batch, n, float(vr.get_avg_fps())
 
 

@@ -1,0 +1,235 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from factory import audio_tree, image_tree, smooth_image, video_tree, write_jpeg
+from pipeline.shards import ShardParams, build_shards
+from pipeline.train import TrainConfig, decide_strategy, run_training
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_shards(root: Path, modality: str) -> Path:
+    make = {"image": lambda p: image_tree(p, 18, 9), "audio": audio_tree, "video": video_tree}[modality]
+    make(root / "in")
+    build_shards(root / "in", root / "shards", ShardParams(frames=2, split="0.6,0.2,0.2"), workers=1, progress=False)
+    return root / "shards"
+
+
+def tiny_config(shards, out, **kw) -> TrainConfig:
+    base = dict(shards=str(shards), out=str(out), backend="torch", device="cpu", epochs=1, batch_size=4,
+                image_size=32, audio_seconds=0.5, workers=0, progress=False, model=None)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def image_shards(tmp_path_factory):
+    return tiny_shards(tmp_path_factory.mktemp("imgs"), "image")
+
+
+RUN_FILES = ["best_model.pth", "last.pth", "config.json", "history.csv", "predictions_val.csv", "predictions_test.csv",
+             "metrics.json", "training_curves.png", "confusion_matrix_default.png", "confusion_matrix_optimal.png",
+             "roc_curve.png", "pr_curve.png", "threshold_analysis.png", "dataset_stats.png", "training_results.txt",
+             "report.html"]
+
+
+def test_image_run_writes_the_whole_run_directory(image_shards, tmp_path):
+    out = run_training(tiny_config(image_shards, tmp_path / "run", model="resnet18", epochs=2, backend="dali"), log=lambda *a: None)
+    for f in RUN_FILES:
+        assert (out / f).is_file(), f
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"val", "test", "thresholds", "chosen"}
+    assert set(metrics["val"]["default"]) >= {"threshold", "accuracy", "balanced_accuracy", "precision", "recall", "f1",
+                                              "specificity", "mcc", "confusion_matrix"}
+    ckpt = torch.load(out / "best_model.pth", weights_only=True)
+    assert ckpt["threshold"]["value"] == metrics["chosen"]["threshold"]
+    assert ckpt["modality"] == "image" and ckpt["classes"] == ["real", "fake"]
+    assert ckpt["preprocess"]["image_size"] == 32
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["samples_per_s"]) > 0
+    preds = list(csv.DictReader(open(out / "predictions_test.csv")))
+    assert preds and all(p["source"].startswith(("real/", "fake/")) for p in preds)
+    config = json.loads((out / "config.json").read_text())
+    assert config["strategy_decision"]["severity"] == "moderate"  # 2:1 train split
+    assert config["strategy_decision"]["sampling"] == "inverse"
+
+
+@pytest.mark.parametrize("modality", ["audio", "video"])
+def test_one_short_epoch_per_modality(tmp_path, modality):
+    shards = tiny_shards(tmp_path, modality)
+    kw = {"frame_backbone": "resnet18"} if modality == "video" else {}
+    out = run_training(tiny_config(shards, tmp_path / "run", report=False, **kw), log=lambda *a: None)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["val"]["default"]["accuracy"] <= 1.0
+    ckpt = torch.load(out / "best_model.pth", weights_only=True)
+    assert ckpt["modality"] == modality
+
+
+def test_bf16_autocast_on_cpu_trains(image_shards, tmp_path):
+    out = run_training(tiny_config(image_shards, tmp_path / "run", model="resnet18", amp="bf16", report=False),
+                       log=lambda *a: None)
+    assert json.loads((out / "config.json").read_text())["precision"] == "torch.bfloat16"
+    assert np.isfinite(float(list(csv.DictReader(open(out / "history.csv")))[0]["train_loss"]))
+
+
+@pytest.mark.parametrize("counts,severity,sampling,smote", [
+    ({"real": 150, "fake": 100}, "mild", "natural", False),
+    ({"real": 300, "fake": 100}, "moderate", "inverse", False),
+    ({"real": 1000, "fake": 100}, "severe", "inverse", True),
+])
+def test_strategy_auto_follows_the_seed_table(counts, severity, sampling, smote):
+    cfg, decision = decide_strategy(TrainConfig(shards="x", sampling="sqrt", loss="bce"), counts)
+    assert decision["severity"] == severity and cfg.sampling == sampling and cfg.smote is smote
+    assert cfg.loss == "focal" and cfg.minority_augment is (severity != "mild")
+    manual, _ = decide_strategy(TrainConfig(shards="x", strategy="manual", sampling="sqrt", loss="bce"), counts)
+    assert manual.sampling == "sqrt" and manual.loss == "bce"
+
+
+def test_smote_refits_the_head_and_reports(image_shards, tmp_path):
+    out = run_training(tiny_config(image_shards, tmp_path / "run", model="resnet18", strategy="manual", smote=True,
+                                   report=False), log=lambda *a: None)
+    info = json.loads((out / "config.json").read_text())["smote"]
+    assert info["applied"] and info["train_after"]["real"] == info["train_after"]["fake"]
+    assert "f1_tuned" in info["val_before"] and "f1_tuned" in info["val_after"]
+
+
+def test_nonfinite_loss_steps_are_skipped_then_stop(image_shards):
+    from pipeline.engine import TrainingError, train_one_epoch
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(2, 3), torch.ones(2), ["a", "b"])] * 6
+    calls = {"n": 0}
+
+    def loss_fn(logits, y):
+        calls["n"] += 1
+        bad = calls["n"] in (2, 3)
+        return logits.sum() * (float("nan") if bad else 1.0)
+
+    before = model.weight.detach().clone()
+    st = train_one_epoch(model, loss_fn, opt, None, batches, torch.device("cpu"), None, None, progress=False,
+                         max_nonfinite=3)
+    assert st["nonfinite_steps"] == 2 and st["steps"] == 4
+    assert not torch.equal(before, model.weight)
+    with pytest.raises(TrainingError, match="not finite for 3 steps"):
+        train_one_epoch(model, lambda l, y: l.sum() * float("inf"), opt, None, batches, torch.device("cpu"), None,
+                        None, progress=False, max_nonfinite=3)
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, env=env, **kw)
+
+
+def test_kill_and_resume(image_shards, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", image_shards, "--out", out, "--epochs", "3", "--batch-size", "4", "--image-size", "32",
+            "--model", "resnet18", "--backend", "torch", "--workers", "0", "--device", "cpu", "--quiet", "--no-report"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "last.pth").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(out / "last.pth", weights_only=True)
+    done = int(saved["epoch"]) + 1
+    assert done < 3, "the run finished before it could be killed"
+    r = _cli("train", image_shards, "--resume", out, "--epochs", "3", "--quiet", "--no-report", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [int(x["epoch"]) for x in rows] == [1, 2, 3]
+    assert rows[0] == {k: str(v) for k, v in saved["history"][0].items()}  # earlier epochs kept as they were
+    assert "resuming" in r.stdout
+
+
+def test_torchrun_two_ranks_gloo(image_shards, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, DFP_RECORD_KEYS="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                        str(REPO / "scripts" / "train.py"), str(image_shards), "--out", str(out), "--epochs", "1",
+                        "--batch-size", "3", "--image-size", "32", "--model", "resnet18", "--backend", "torch",
+                        "--workers", "0", "--device", "cpu", "--quiet", "--no-report", "--strategy", "manual",
+                        "--sampling", "natural"], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    k0 = (out / "keys_rank0_epoch0.txt").read_text().split()
+    k1 = (out / "keys_rank1_epoch0.txt").read_text().split()
+    assert len(k0) == len(k1) > 0
+    # natural sampling is a permutation: ranks see disjoint samples apart from the wrap-around top-up
+    assert len(set(k0) & set(k1)) <= 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["distributed"] == {"world_size": 2, "weights_identical": True}
+    metrics = json.loads((out / "metrics.json").read_text())
+    preds = list(csv.DictReader(open(out / "predictions_val.csv")))
+    assert len(preds) == len({p["key"] for p in preds}) == sum(metrics["val"]["default"]["confusion_matrix"][0]) + \
+        sum(metrics["val"]["default"]["confusion_matrix"][1])
+
+
+def test_bad_training_inputs_exit_2(tmp_path, image_shards):
+    one = tmp_path / "one"
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_jpeg(one / "real" / f"{i}.jpg", smooth_image(rng, 16, 16))
+    for i, split in enumerate(["val", "test"]):
+        pass
+    # a pre-split input whose train split holds a single class
+    pre = tmp_path / "pre"
+    for split in ("train", "val", "test"):
+        write_jpeg(pre / split / "real" / "a.jpg", smooth_image(rng, 16, 16))
+        if split != "train":
+            write_jpeg(pre / split / "fake" / "b.jpg", smooth_image(rng, 16, 16))
+    build_shards(pre, tmp_path / "pre_shards", ShardParams(), workers=1, progress=False)
+    cases = [
+        (["train", tmp_path / "pre_shards", "--out", tmp_path / "r1", "--device", "cpu"], "no 'fake' samples"),
+        (["train", image_shards, "--out", tmp_path / "r2", "--model", "audio_resnet18", "--device", "cpu"], "does not take image"),
+        (["train", tmp_path / "nowhere", "--out", tmp_path / "r3"], "not found"),
+        (["train", image_shards, "--resume", tmp_path / "r4"], "not found"),
+        (["train", image_shards, "--threshold-method", "precision:2"], "--threshold-method"),
+    ]
+    (tmp_path / "r4").mkdir()
+    (tmp_path / "r4" / "last.pth").write_bytes(b"not a checkpoint")
+    cases[3] = (["train", image_shards, "--resume", tmp_path / "r4"], "unreadable")
+    for args, needle in cases:
+        r = _cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_evaluate_tune_predict_and_report_commands(image_shards, tmp_path):
+    out = run_training(tiny_config(image_shards, tmp_path / "run", model="resnet18"), log=lambda *a: None)
+    r = _cli("evaluate", out / "best_model.pth", image_shards, "--split", "test", "--out", tmp_path / "ev", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    run_metrics = json.loads((out / "metrics.json").read_text())
+    assert ev["test"]["auc"] == pytest.approx(run_metrics["test"]["auc"], abs=1e-6)
+    r = _cli("tune", out / "best_model.pth", image_shards, "--method", "youden", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(out / "best_model.pth", weights_only=True)
+    assert ckpt["threshold"]["method"] == "youden"
+    assert ckpt["threshold"]["value"] == pytest.approx(run_metrics["thresholds"]["youden"], abs=1e-6)
+    folder = tmp_path / "raw"
+    image_tree(folder, 3, 2)
+    (folder / "real" / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+    r = _cli("predict", out / "best_model.pth", folder, "--out", tmp_path / "p.csv", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 6
+    broken = [x for x in rows if x["path"].endswith("broken.jpg")][0]
+    assert broken["error"] and not broken["score"]
+    for x in rows:
+        if not x["error"]:
+            assert x["label"] == ("fake" if float(x["score"]) >= ckpt["threshold"]["value"] else "real")
+    (out / "report.html").unlink()
+    r = _cli("report", out)
+    assert r.returncode == 0 and (out / "report.html").stat().st_size > 10000
