@@ -254,6 +254,90 @@ def predict(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
     predict_files(ckpt, paths, out, device, batch_size)
 
 
+@bench_app.command("shard")
+def bench_shard_cmd(input_dir: Path = typer.Argument(..., metavar="INPUT"),
+                    json_out: Optional[Path] = typer.Option(None, "--json", help="write results here"),
+                    workers: Optional[int] = typer.Option(None)):
+    """Packing throughput (files/s, MB/s) beside `tar cf` of the same files."""
+    from .bench import bench_shard, format_table, machine
+    if not input_dir.is_dir():
+        raise UsageError(f"INPUT {input_dir} is not a folder")
+    res = {"machine": machine(), "shard": bench_shard(input_dir, workers)}
+    _emit(res, json_out, format_table(res))
+
+
+@bench_app.command("loader")
+def bench_loader_cmd(shards: Path = typer.Argument(...),
+                     backend: str = typer.Option("dali", help="dali, torch or seed (needs --raw)"),
+                     device: str = typer.Option("auto"), split: str = typer.Option("train"),
+                     sampling: str = typer.Option("inverse", help="inverse (weighted) or natural"),
+                     batch_size: int = typer.Option(64), batches: int = typer.Option(30), warmup: int = typer.Option(3),
+                     workers: int = typer.Option(2), gpu_decode: bool = typer.Option(False, "--gpu-decode"),
+                     image_size: int = typer.Option(224),
+                     json_out: Optional[Path] = typer.Option(None, "--json")):
+    """Loader samples/s after warm-up with the training augmentation; JSON holds class_counts delivered."""
+    from .bench import bench_loader, bench_seed_baseline, machine
+    from .loaders import resolve_device
+    dev = str(resolve_device(device))
+    if backend == "seed":
+        row = bench_seed_baseline(shards, dev, batch_size, batches, warmup, workers, image_size)
+    elif backend in ("dali", "torch"):
+        row = bench_loader(shards, backend, dev, split, sampling, batch_size, batches, warmup, workers, gpu_decode, image_size)
+    else:
+        raise UsageError(f"--backend {backend!r}: choose dali, torch or seed")
+    row["machine"] = machine()
+    _emit(row, json_out, f"{row['backend']} on {row['device']}: {row['samples_per_s']:.1f} samples/s "
+                         f"({row['samples']} samples in {row['seconds']:.2f}s), delivered {row['class_counts']}")
+
+
+@bench_app.command("train")
+def bench_train_cmd(shards: Path = typer.Argument(...), device: str = typer.Option("auto"),
+                    backend: str = typer.Option("dali"), model: Optional[str] = typer.Option(None),
+                    batch_size: int = typer.Option(32), batches: int = typer.Option(10), image_size: int = typer.Option(224),
+                    json_out: Optional[Path] = typer.Option(None, "--json")):
+    """Training samples/s, fp32 vs AMP, with the share of time spent waiting for data."""
+    from .bench import bench_train, format_table, machine
+    res = {"machine": machine(), "train": bench_train(shards, device, backend, model, batch_size, batches, image_size)}
+    _emit(res, json_out, format_table(res))
+
+
+@bench_app.command("all")
+def bench_all_cmd(samples: int = typer.Option(2000, help="synthetic 512x384 JPEG images to build"),
+                  work: Optional[Path] = typer.Option(None, help="work folder (default: a temporary one)"),
+                  batches: int = typer.Option(20, help="timed loader batches per contender"),
+                  train_model: str = typer.Option("resnet18"), train_batches: int = typer.Option(6),
+                  memory_sizes: str = typer.Option("20000,200000", help="dataset sizes for the loader memory probe"),
+                  json_out: Optional[Path] = typer.Option(None, "--json")):
+    """Everything side by side in one run: packing, loaders, training, sampler planning, loader memory."""
+    from .bench import bench_all
+    try:
+        sizes = tuple(int(x) for x in memory_sizes.split(","))
+    except ValueError:
+        raise UsageError("--memory-sizes: comma-separated integers") from None
+    if samples < 20:
+        raise UsageError("--samples must be at least 20")
+    bench_all(samples, json_out, work, batches, train_model, train_batches, sizes)
+
+
+def _emit(res: dict, json_out: Optional[Path], text: str) -> None:
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=2))
+    typer.echo(text)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo_out"), help="work folder: data, shards, run"),
+         modality: str = typer.Option("image", help="image, audio or video"),
+         device: str = typer.Option("auto"), epochs: Optional[int] = typer.Option(None),
+         batch_size: int = typer.Option(32), backend: str = typer.Option("auto")):
+    """The whole job on an embedded synthetic dataset: synth -> shard -> train -> tune -> report."""
+    from .demo import run_demo
+    if modality not in ("image", "audio", "video"):
+        raise UsageError(f"--modality {modality!r}: choose image, audio or video")
+    run_demo(out, modality, device, epochs, batch_size, backend)
+
+
 def main() -> None:
     from .engine import TrainingError
     errors = _bad_input_errors()

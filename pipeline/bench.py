@@ -1,0 +1,302 @@
+"""Throughput benchmarks. Every figure is measured in the run that reports it; ratios sit next to
+the absolute numbers. Timed tests are not benchmarks: nothing here asserts a speed.
+
+The loader reference is the seed's way: one file per sample, PIL + torchvision transforms,
+WeightedRandomSampler, DataLoader with workers, same images, same 224x224 output.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .formats import CLASSES
+
+
+def machine() -> dict:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu_cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------- packing
+def bench_shard(input_dir: Path, workers: int | None = None, work: Path | None = None) -> dict:
+    from .shards import ShardParams, build_shards
+    work = Path(work or tempfile.mkdtemp(prefix="dfp-bench-"))
+    files = _files(input_dir)
+    nbytes = sum(p.stat().st_size for p in files)
+    _ = [p.read_bytes() for p in files]  # warm the page cache for both contenders alike
+    t = time.perf_counter()
+    subprocess.run(["tar", "cf", str(work / "plain.tar"), "-C", str(input_dir), "."], check=True)
+    tar_s = time.perf_counter() - t
+    out = work / "shards"
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    summary = build_shards(input_dir, out, ShardParams(), workers=workers, progress=False)
+    shard_s = time.perf_counter() - t
+    return {"files": len(files), "mb": nbytes / 1e6, "dfp_seconds": shard_s, "tar_seconds": tar_s,
+            "dfp_files_per_s": len(files) / shard_s, "dfp_mb_per_s": nbytes / 1e6 / shard_s,
+            "tar_files_per_s": len(files) / tar_s, "tar_mb_per_s": nbytes / 1e6 / tar_s,
+            "speed_vs_tar": tar_s / shard_s, "packed": summary["packed"], "shards": str(out)}
+
+
+# ---------------------------------------------------------------- loaders
+def _time_iter(it, batches: int, warmup: int, on_batch=None) -> tuple[int, float]:
+    it = iter(it)
+    for _ in range(warmup):
+        next(it)
+    n, t = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            x, y, *_ = next(it)
+        except StopIteration:
+            break
+        if on_batch:
+            on_batch(x, y)
+        n += len(y)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return n, time.perf_counter() - t
+
+
+def bench_loader(shards: Path, backend: str, device: str, split: str = "train", sampling: str = "inverse",
+                 batch_size: int = 64, batches: int = 30, warmup: int = 3, workers: int = 2,
+                 gpu_decode: bool = False, image_size: int = 224) -> dict:
+    from .loaders import LoaderOptions, make_loader, resolve_device
+    dev = resolve_device(device)
+    need = (batches + warmup + 1) * batch_size
+    ld = make_loader(shards, split, backend, dev, LoaderOptions(
+        batch_size=batch_size, sampling=sampling, epoch_len=need, workers=workers, gpu_decode=gpu_decode,
+        image_size=image_size))
+    counts = np.zeros(len(CLASSES), np.int64)
+
+    def tally(x, y):
+        counts[:] += np.bincount(y.long().cpu().numpy(), minlength=len(CLASSES))
+
+    n, s = _time_iter(ld, batches, warmup, tally)
+    return {"backend": backend + ("+gpu_decode" if gpu_decode else ""), "device": str(dev), "split": split,
+            "sampling": sampling, "batch_size": batch_size, "samples": n, "seconds": s, "samples_per_s": n / s,
+            "class_counts": {c: int(counts[i]) for i, c in enumerate(CLASSES)}, "skipped": ld.skipped}
+
+
+class _SeedDataset(torch.utils.data.Dataset):
+    """The seed's dataset: a list of files, PIL open, torchvision transforms per sample."""
+
+    def __init__(self, files, labels, transform):
+        self.files, self.labels, self.transform = files, labels, transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        with Image.open(self.files[i]) as im:
+            return self.transform(im.convert("RGB")), self.labels[i]
+
+
+def bench_seed_baseline(input_dir: Path, device: str = "cpu", batch_size: int = 64, batches: int = 30,
+                        warmup: int = 3, workers: int = 2, image_size: int = 224) -> dict:
+    from torch.utils.data import DataLoader, WeightedRandomSampler
+    from torchvision import transforms as T
+    files, labels = [], []
+    for ci, c in enumerate(CLASSES):
+        fs = [p for p in _files(input_dir / c) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+        files += fs
+        labels += [ci] * len(fs)
+    labels_np = np.array(labels)
+    weights = (1.0 / np.bincount(labels_np))[labels_np]
+    tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.RandomRotation(15),
+                    T.ColorJitter(0.2, 0.2, 0.2), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    sampler = WeightedRandomSampler(torch.as_tensor(weights), (batches + warmup + 1) * batch_size, replacement=True)
+    dl = DataLoader(_SeedDataset(files, labels, tf), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                    pin_memory=device == "cuda")
+    dev = torch.device(device)
+    counts = np.zeros(2, np.int64)
+
+    def move(x, y):
+        x.to(dev, non_blocking=True)
+        counts[:] += np.bincount(y.numpy(), minlength=2)
+
+    n, s = _time_iter(dl, batches, warmup, move)
+    return {"backend": "seed (files + PIL + torchvision + DataLoader)", "device": device, "samples": n, "seconds": s,
+            "samples_per_s": n / s, "class_counts": {c: int(counts[i]) for i, c in enumerate(CLASSES)}}
+
+
+# ---------------------------------------------------------------- training
+def bench_train(shards: Path, device: str = "auto", backend: str = "dali", model: str | None = None,
+                batch_size: int = 32, batches: int = 10, image_size: int = 224, precisions=("off", "auto")) -> list[dict]:
+    from .engine import amp_setup, train_one_epoch
+    from .formats import read_manifest
+    from .loaders import LoaderOptions, make_loader, resolve_device
+    from .losses import make_loss
+    from .models import DEFAULT_MODEL, build_model
+    dev = resolve_device(device)
+    modality = read_manifest(shards)["modality"]
+    rows = []
+    for amp in precisions:
+        if amp == "auto" and dev.type == "cpu":
+            amp = "bf16"  # the CPU's AMP path
+        dtype, scaler = amp_setup(dev, amp)
+        torch.manual_seed(0)
+        net = build_model(model or DEFAULT_MODEL[modality], modality).to(dev)
+        if dev.type == "cuda" and modality != "audio":
+            net = net.to(memory_format=torch.channels_last)
+        ld = make_loader(shards, "train", backend, dev, LoaderOptions(batch_size=batch_size, epoch_len=(batches + 2) * batch_size,
+                                                                     image_size=image_size))
+        loss = make_loss("focal", [1, 1]).to(dev)
+        opt = torch.optim.AdamW(net.parameters(), 1e-4)
+        warm = list(ld.batches())[:2]
+        ld.set_epoch(0, start_batch=0)
+        st = train_one_epoch(net, loss, opt, None, ld, dev, dtype, scaler, progress=False)
+        # the first two batches carry one-off costs (allocations, autotuning): time the rest separately
+        rows.append({"model": model or DEFAULT_MODEL[modality], "precision": str(dtype or "fp32"), "device": str(dev),
+                     "backend": backend, "batch_size": batch_size, "samples": st["samples"], "seconds": st["seconds"],
+                     "samples_per_s": st["samples"] / st["seconds"], "data_wait_share": st["data_wait"] / st["seconds"]})
+        del warm
+    return rows
+
+
+# ---------------------------------------------------------------- sampler and memory
+def bench_sampler(sizes=(1_000_000, 100_000_000)) -> list[dict]:
+    from .sampling import class_index, epoch_plan
+    rows = []
+    for n in sizes:
+        labels = np.zeros(n, np.int8)
+        labels[: n // 10] = 1
+        t = time.perf_counter()
+        idx = class_index(labels)
+        plan = epoch_plan(None, [0.5, 0.5], n, 0, 0, index=idx)
+        s = time.perf_counter() - t
+        rows.append({"samples": n, "seconds": s, "plan_len": int(len(plan))})
+        del labels, idx, plan
+    return rows
+
+
+def make_scaled_shards(out: Path, n: int, jpeg: bytes, per_shard: int = 50_000) -> Path:
+    """A shard folder of n samples that all share one small JPEG: cheap to build, real to read."""
+    import webdataset as wds
+    from .formats import FORMAT, encode_sample, index_text, tar_samples, write_manifest
+    rows = []
+    counts = {"train": {"real": 0, "fake": 0}, "val": {"real": 0, "fake": 0}, "test": {"real": 0, "fake": 0}}
+    (out / "train").mkdir(parents=True, exist_ok=True)
+    for cls, m in (("real", n - n // 4), ("fake", n // 4)):
+        for s0 in range(0, m, per_shard):
+            path = out / "train" / f"{cls}-{s0 // per_shard:06d}.tar"
+            with wds.TarWriter(str(path), mtime=0) as w:
+                for i in range(s0, min(m, s0 + per_shard)):
+                    w.write(encode_sample(f"{cls[0]}{i:09d}", f"{cls}/{i}.jpg", cls, {"jpg": jpeg}))
+            samples = tar_samples(path)
+            path.with_suffix(".idx").write_text(index_text(samples))
+            rows.append({"path": f"train/{path.name}", "split": "train", "class": cls, "samples": len(samples),
+                         "bytes": path.stat().st_size, "sha256": ""})
+            counts["train"][cls] += len(samples)
+    write_manifest(out, {"format": FORMAT, "modality": "image", "classes": list(CLASSES), "payload": ["jpg"],
+                         "splits": counts, "shards": rows, "rejected": 0, "params": {}})
+    return out
+
+
+_RSS_PROBE = """
+import resource, sys
+from pipeline.loaders import LoaderOptions, make_loader
+ld = make_loader(sys.argv[1], "train", sys.argv[2], "cpu", LoaderOptions(batch_size=32, workers=0, epoch_len=640))
+for i, _ in zip(range(20), ld):
+    pass
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_memory(work: Path, sizes=(20_000, 200_000), backend: str = "torch") -> list[dict]:
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
+    rows = []
+    for n in sizes:
+        d = make_scaled_shards(work / f"scaled_{n}", n, buf.getvalue())
+        r = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(d), backend], capture_output=True, text=True,
+                           check=True, cwd=Path(__file__).resolve().parents[1])
+        rows.append({"samples": n, "peak_rss_mb": int(r.stdout.strip().splitlines()[-1]) / 1024, "backend": backend})
+        shutil.rmtree(d, ignore_errors=True)
+    return rows
+
+
+# ---------------------------------------------------------------- all
+def bench_all(samples: int, out_json: Path | None, work: Path | None = None, batches: int = 20,
+              train_model: str = "resnet18", train_batches: int = 6, memory_sizes=(20_000, 200_000),
+              sampler_sizes=(1_000_000, 100_000_000), log=print) -> dict:
+    from .synth import synth_dataset
+    work = Path(work or tempfile.mkdtemp(prefix="dfp-bench-"))
+    data = work / "data"
+    if not data.exists():
+        log(f"synthesising {samples} 512x384 JPEG images (3:1 real:fake) in {data}")
+        synth_dataset(data, "image", samples - samples // 4, samples // 4, seed=0, image_size=(512, 384), progress=True)
+    res: dict = {"machine": machine(), "samples": samples}
+    log("packing: dfp shard vs tar cf")
+    res["shard"] = bench_shard(data, work=work)
+    shards = Path(res["shard"]["shards"])
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    res["loaders"] = []
+    for dev in devices:
+        log(f"loaders on {dev}: seed baseline, torch, dali")
+        res["loaders"].append(bench_seed_baseline(data, dev, batches=batches))
+        res["loaders"].append(bench_loader(shards, "torch", dev, batches=batches))
+        if dev == "cuda":
+            res["loaders"].append(bench_loader(shards, "torch", dev, batches=batches, gpu_decode=True))
+        res["loaders"].append(bench_loader(shards, "dali", dev, batches=batches))
+    for row in res["loaders"]:
+        base = next(r for r in res["loaders"] if r["device"] == row["device"] and r["backend"].startswith("seed"))
+        row["vs_seed"] = row["samples_per_s"] / base["samples_per_s"]
+    log("training: fp32 vs AMP")
+    res["train"] = bench_train(shards, "auto", "dali", train_model, batches=train_batches)
+    log("sampler planning")
+    res["sampler"] = bench_sampler(sampler_sizes)
+    log("loader peak memory at two dataset sizes")
+    res["memory"] = bench_memory(work, memory_sizes)
+    if out_json:
+        out_json = Path(out_json)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(res, indent=2))
+    log(format_table(res))
+    return res
+
+
+def format_table(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"machine: {m['cpu_cores']} CPU cores ({m['cpu']}), GPU: {m['gpu'] or 'none'}, torch {m['torch']}"]
+    s = res.get("shard")
+    if s:
+        lines += ["", f"packing {s['files']} files ({s['mb']:.1f} MB)",
+                  f"  dfp shard : {s['dfp_files_per_s']:8.0f} files/s {s['dfp_mb_per_s']:7.1f} MB/s",
+                  f"  tar cf    : {s['tar_files_per_s']:8.0f} files/s {s['tar_mb_per_s']:7.1f} MB/s",
+                  f"  dfp / tar speed: {s['speed_vs_tar']:.2f}x"]
+    if res.get("loaders"):
+        lines += ["", f"{'loader (train aug, 224x224)':48s} {'device':6s} {'samples/s':>10s} {'vs seed':>8s}  delivered real/fake"]
+        for r in res["loaders"]:
+            c = r["class_counts"]
+            lines.append(f"  {r['backend']:46s} {r['device']:6s} {r['samples_per_s']:10.1f} {r['vs_seed']:7.2f}x  {c['real']}/{c['fake']}")
+    if res.get("train"):
+        lines += ["", f"{'training':30s} {'precision':16s} {'samples/s':>10s} {'data wait':>10s}"]
+        base = res["train"][0]["samples_per_s"]
+        for r in res["train"]:
+            lines.append(f"  {r['model'] + ' ' + r['device']:28s} {r['precision']:16s} {r['samples_per_s']:10.1f} "
+                         f"{100 * r['data_wait_share']:9.1f}%  ({r['samples_per_s'] / base:.2f}x fp32)")
+    if res.get("sampler"):
+        lines += [""] + [f"sampler plan of {r['samples']:,} samples: {r['seconds']:.2f} s" for r in res["sampler"]]
+    if res.get("memory"):
+        lines += [""] + [f"loader peak RSS with {r['samples']:,} samples: {r['peak_rss_mb']:.0f} MB" for r in res["memory"]]
+    return "\n".join(lines)
