@@ -140,7 +140,7 @@ def _natural_image(rng: np.random.Generator, h: int, w: int, grp: dict) -> np.nd
 
 
 def _fake_artifact(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    """Blend in a region re-generated at 1/3 to 1/6 resolution and upsampled (blur, periodic interpolation
+    """Blend in a region re-generated at 1/4 to 1/8 resolution and upsampled (blur, periodic interpolation
     traces, lost grain), with a faint period-2 checkerboard and slightly different colour statistics."""
     h, w, _ = img.shape
     if rng.random() < 0.5:
@@ -148,12 +148,12 @@ def _fake_artifact(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     else:
         mask = _soft_ellipse(h, w, rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w,
                              rng.uniform(0.3, 0.48) * h, rng.uniform(0.3, 0.48) * w, rng.uniform(0.1, 0.4))
-    factor = int(rng.choice([3, 4, 6]))  # coarse enough to survive the loaders' resampling augmentations
+    factor = int(rng.choice([4, 6, 8]))  # coarse enough to survive the loaders' resampling augmentations
     nearest = factor == 2 and rng.random() < 0.4
     method = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
     small = _resize_f(img, (max(1, w // factor), max(1, h // factor)), Image.Resampling.BOX)
     up = _resize_f(small, (w, h), method)
-    strength = rng.uniform(0.35, 1.0)
+    strength = rng.uniform(0.5, 1.0)
     yy, xx = np.mgrid[0:h, 0:w]
     checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None] * rng.uniform(0.0, 1.2)
     m = mask[..., None]

@@ -19,7 +19,7 @@ import torch
 
 from ..augment import AudioFeatures, normalize_images, spec_masks, torch_log_mel, AUDIO
 from ..formats import CLASSES, read_manifest
-from ..sampling import EpochSampler, eval_indices
+from ..sampling import EpochSampler, eval_indices, rank_slice
 from .decode import LoaderConfig
 from .index import ShardIndex
 
@@ -40,6 +40,24 @@ class LoaderOptions:
     workers: int = 2
     max_samples_per_class: int | None = None
     gpu_decode: bool = False  # torch backend: decode JPEGs with torchvision on the target device
+
+
+class Chunks:
+    """Consecutive fixed-size slices of an index array; the last may be shorter."""
+
+    def __init__(self, idx: np.ndarray, size: int):
+        self.idx, self.size = idx, size
+
+    def __len__(self) -> int:
+        return -(-len(self.idx) // self.size)
+
+    def __getitem__(self, b: int) -> np.ndarray:
+        if not 0 <= b < len(self):
+            raise IndexError(b)
+        return self.idx[b * self.size:(b + 1) * self.size]
+
+    def __iter__(self):
+        return (self[b] for b in range(len(self)))
 
 
 class Loader:
@@ -75,11 +93,13 @@ class Loader:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def batches(self) -> list[np.ndarray]:
+    def batches(self) -> "Chunks":
+        """This rank's batches of the current epoch, as views of one index array (no per-batch objects)."""
         if self.sampler is not None:
-            return list(self.sampler.batches(self.epoch, self.start_batch))
-        bs = self.opts.batch_size
-        return [self._eval[i:i + bs] for i in range(0, len(self._eval), bs)]
+            s = self.sampler
+            idx = rank_slice(s.plan(self.epoch), self.rank, self.world_size, s.batch_size, self.start_batch)
+            return Chunks(idx, s.batch_size)
+        return Chunks(self._eval, self.opts.batch_size)
 
     def __len__(self) -> int:
         if self.sampler is not None:

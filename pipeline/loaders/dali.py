@@ -49,7 +49,7 @@ def image_train_graph(jpegs, strong, size: int, decode_device: str):
     mt = fn.transforms.scale(mt, scale=fn.stack(sx, sy))
     mt = fn.transforms.rotation(mt, angle=angle)
     mt = fn.transforms.translation(mt, offset=[size / 2.0, size / 2.0])
-    img = fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False, fill_value=0,
+    img = fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False,
                          interp_type=types.INTERP_LINEAR)
     jit = lambda a, b: 1.0 + u(-1.0, 1.0) * _blend(strong, a, b)
     img = fn.color_twist(img, brightness=jit(std.brightness, stg.brightness), contrast=jit(std.contrast, stg.contrast),
@@ -141,7 +141,7 @@ def _video_train(payload, strong, size: int, decode_device: str):
         mt = fn.transforms.scale(mt, scale=fn.stack((1.0 - 2.0 * flip) * (float(size) / hw[1]), float(size) / hw[0]))
         mt = fn.transforms.rotation(mt, angle=angle)
         mt = fn.transforms.translation(mt, offset=[size / 2.0, size / 2.0])
-        img = fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False, fill_value=0)
+        img = fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False)
         frames.append(fn.color_twist(img, brightness=b, contrast=c, saturation=s))
     return fn.transpose(fn.stack(*frames), perm=[0, 3, 1, 2])
 
