@@ -145,7 +145,8 @@ class Loader:
                 rng = np.random.default_rng([self.opts.seed, self.epoch, self.rank, int(self.delivered.sum())])
                 x = spec_masks(x, [AUDIO["strong" if s else "standard"] for s in strong], rng)
             return x
-        x = normalize_images(x)
+        if x.dtype == torch.uint8:
+            x = normalize_images(x)
         if self.device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

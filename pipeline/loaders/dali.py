@@ -15,7 +15,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from ..augment import AUDIO, IMAGE
+from ..augment import AUDIO, IMAGE, MEAN, STD
 from .decode import decode_batch
 
 _MAX_THREADS = 4
@@ -50,11 +50,27 @@ def image_train_graph(jpegs, strong, size: int, decode_device: str):
     mt = fn.transforms.rotation(mt, angle=angle)
     mt = fn.transforms.translation(mt, offset=[size / 2.0, size / 2.0])
     img = fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False,
-                         interp_type=types.INTERP_LINEAR)
-    jit = lambda a, b: 1.0 + u(-1.0, 1.0) * _blend(strong, a, b)
-    img = fn.color_twist(img, brightness=jit(std.brightness, stg.brightness), contrast=jit(std.contrast, stg.contrast),
-                         saturation=jit(std.saturation, stg.saturation))
+                         interp_type=types.INTERP_NN)
+    return _colour(img, strong)
+
+
+def _colour(img, strong, params=None):
+    """Brightness and contrast for every sample; saturation (a colour-space round trip) only where the
+    recipe asks for it, i.e. for strong samples, through a DALI conditional so the others skip the cost."""
+    from nvidia.dali import fn
+    std, stg = IMAGE["standard"], IMAGE["strong"]
+    b, c, s = params or _colour_params(strong)
+    img = fn.brightness_contrast(img, brightness=b, contrast=c)
+    if stg.saturation and strong > 0.5:
+        img = fn.hsv(img, saturation=s)
     return img
+
+
+def _colour_params(strong):
+    from nvidia.dali import fn
+    std, stg = IMAGE["standard"], IMAGE["strong"]
+    jit = lambda a, b: 1.0 + fn.random.uniform(range=(-1.0, 1.0)) * _blend(strong, a, b)
+    return jit(std.brightness, stg.brightness), jit(std.contrast, stg.contrast), jit(std.saturation, stg.saturation)
 
 
 def image_eval_graph(jpegs, size: int, decode_device: str):
@@ -92,7 +108,7 @@ def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payl
     threads = max(1, min(_MAX_THREADS, os.cpu_count() or 1))
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=seed,
-                  prefetch_queue_depth=2, exec_dynamic=True)
+                  prefetch_queue_depth=2, exec_dynamic=True, enable_conditionals=True)
     def pipe():
         n_out = n_payload + (1 if cfg.augment else 0)
         outs = fn.external_source(source=source, num_outputs=n_out, batch=True,
@@ -109,6 +125,11 @@ def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payl
         else:
             frames = [image_eval_graph(p, cfg.image_size, decode_device) for p in payload]
             img = frames[0] if cfg.modality == "image" else fn.stack(*frames)
+        if cfg.modality == "image" and not on_gpu:
+            # On a CPU the "device" is the host: normalising here spreads it over DALI's threads
+            # instead of leaving it to the training process's main thread.
+            return fn.crop_mirror_normalize(img, dtype=types.FLOAT, output_layout="CHW",
+                                            mean=[255.0 * m for m in MEAN], std=[255.0 * s for s in STD])
         return fn.transpose(img, perm=[0, 3, 1, 2] if cfg.modality == "video" else [2, 0, 1])
 
     p = pipe()
@@ -130,8 +151,7 @@ def _video_train(payload, strong, size: int, decode_device: str):
     shape = fn.stack(cw, ch)
     flip = fn.cast(fn.random.coin_flip(probability=std.flip), dtype=types.FLOAT)
     angle = u(-1.0, 1.0) * _blend(strong, std.rotate, stg.rotate)
-    jit = lambda a, b: 1.0 + u(-1.0, 1.0) * _blend(strong, a, b)
-    b, c, s = jit(std.brightness, stg.brightness), jit(std.contrast, stg.contrast), jit(std.saturation, stg.saturation)
+    colour = _colour_params(strong)
     frames = []
     for jpeg in payload:
         img = fn.decoders.image_slice(jpeg, anchor, shape, device=decode_device, output_type=types.RGB,
@@ -142,7 +162,7 @@ def _video_train(payload, strong, size: int, decode_device: str):
         mt = fn.transforms.rotation(mt, angle=angle)
         mt = fn.transforms.translation(mt, offset=[size / 2.0, size / 2.0])
         img = fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False)
-        frames.append(fn.color_twist(img, brightness=b, contrast=c, saturation=s))
+        frames.append(_colour(img, strong, colour))
     return fn.transpose(fn.stack(*frames), perm=[0, 3, 1, 2])
 
 
