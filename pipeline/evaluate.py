@@ -1,13 +1,12 @@
 """`dfp evaluate` and `dfp tune`: a saved model on a split of shards."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint
-from .engine import Dist, amp_setup, predict
+from .engine import amp_setup, predict
 from .loaders import LoaderOptions, make_loader, resolve_device
 from .sources import InputError
 

@@ -330,14 +330,18 @@ def plot_training_curves(history: dict[str, np.ndarray]) -> Figure | None:
         if has(col):
             ax_loss.plot(epoch, history[col], marker="o", label=label, color=color)
     ax_loss.set(title="Loss per epoch", xlabel="Epoch", ylabel="Loss")
-    for col, label, color in (("val_f1", "val F1 (threshold 0.5)", "#2ca02c"), ("val_auc", "val ROC AUC", "#9467bd")):
+    for col, label, color in (("val_f1", "val F1 (threshold 0.5)", "#2ca02c"),
+                              ("val_f1_tuned", "val F1 (at its F1-optimal threshold)", "#17becf"),
+                              ("val_auc", "val ROC AUC", "#9467bd")):
         if has(col):
             ax_score.plot(epoch, history[col], marker="o", label=label, color=color)
-    if has("val_f1"):
-        f1 = np.where(np.isfinite(history["val_f1"]), history["val_f1"], -np.inf)
+    # dfp train keeps the epoch with the best tuned val F1 (the threshold is tuned anyway)
+    best_col = "val_f1_tuned" if has("val_f1_tuned") else "val_f1"
+    if has(best_col):
+        f1 = np.where(np.isfinite(history[best_col]), history[best_col], -np.inf)
         i = int(np.argmax(f1))
         ax_score.axvline(epoch[i], color="grey", linestyle="--", linewidth=1,
-                         label=f"best val F1 {history['val_f1'][i]:.4f} (epoch {epoch[i]:g})")
+                         label=f"best epoch {epoch[i]:g} (val F1 {history[best_col][i]:.4f})")
     ax_score.set(title="Validation scores per epoch", xlabel="Epoch", ylabel="Score", ylim=(0, 1.02))
     for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)

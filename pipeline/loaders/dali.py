@@ -58,7 +58,7 @@ def _colour(img, strong, params=None):
     """Brightness and contrast for every sample; saturation (a colour-space round trip) only where the
     recipe asks for it, i.e. for strong samples, through a DALI conditional so the others skip the cost."""
     from nvidia.dali import fn
-    std, stg = IMAGE["standard"], IMAGE["strong"]
+    stg = IMAGE["strong"]
     b, c, s = params or _colour_params(strong)
     img = fn.brightness_contrast(img, brightness=b, contrast=c)
     if stg.saturation and strong > 0.5:
