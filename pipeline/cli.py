@@ -157,6 +157,7 @@ def train(shards: Path = typer.Argument(..., help="shard folder from dfp shard")
           minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment"),
           smote: bool = typer.Option(False, "--smote/--no-smote", help="manual: refit the head on SMOTE-balanced embeddings"),
           amp: str = typer.Option("auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or off"),
+          no_amp: bool = typer.Option(False, "--no-amp", help="fp32 everywhere (same as --amp off)"),
           compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
           workers: int = typer.Option(2, help="loader worker processes (torch backend)"),
           image_size: int = typer.Option(224), audio_seconds: float = typer.Option(4.0),
@@ -181,6 +182,10 @@ def train(shards: Path = typer.Argument(..., help="shard folder from dfp shard")
         raise UsageError(f"--threshold-method: {e}") from None
     if backend not in ("auto", "dali", "torch"):
         raise UsageError(f"--backend {backend!r}: choose auto, dali or torch")
+    if no_amp:
+        amp = "off"
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise UsageError(f"--amp {amp!r}: choose auto, bf16, fp16 or off")
     if loss not in ("focal", "weighted_bce", "bce"):
         raise UsageError(f"--loss {loss!r}: choose focal, weighted_bce or bce")
     if sampling not in ("inverse", "sqrt", "natural"):

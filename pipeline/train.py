@@ -242,7 +242,8 @@ def run_training(cfg: TrainConfig, log=print) -> Path:
     base_state = {"config": None, "modality": modality, "classes": list(CLASSES), "preprocess": _preprocess(cfg, manifest)}
     config_record = {**asdict(cfg), "strategy_decision": decision,
                      "dataset": {"shards": str(Path(cfg.shards).resolve()), "modality": modality, "splits": manifest["splits"]},
-                     "world_size": d.world_size, "precision": str(amp_dtype or "fp32")}
+                     "world_size": d.world_size, "precision": str(amp_dtype or "fp32"),
+                     "device": str(device), "device_requested": cfg.device}
     base_state["config"] = asdict(cfg)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)

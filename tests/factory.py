@@ -83,12 +83,13 @@ def audio_tree(root: Path) -> Path:
     return root
 
 
-def write_video(path: Path, frames: int = 6, w: int = 48, h: int = 32, fps: int = 10, seed: int = 0) -> Path:
+def write_video(path: Path, frames: int = 6, w: int = 48, h: int = 32, fps: int = 10, seed: int = 0,
+                codec: str = "libx264") -> Path:
     import av
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
+        s = c.add_stream(codec, rate=fps)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         base = smooth_image(rng, w, h)
         for i in range(frames):
@@ -105,5 +106,6 @@ def video_tree(root: Path) -> Path:
         for i in range(n):
             write_video(root / cls / f"{cls}{i}.mp4", frames=5 + 2 * i, seed=i)
     write_video(root / "real" / "odd.mp4", frames=3, w=34, h=22)  # odd-ish size, fewer frames than asked
+    write_video(root / "fake" / "other.AVI", frames=5, w=64, h=48, codec="mpeg4")  # another container and codec
     (root / "fake" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
     return root

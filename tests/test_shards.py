@@ -12,7 +12,7 @@ from PIL import Image
 from factory import audio_tree, corrupt_images, image_tree, unusual_images, video_tree, write_jpeg, smooth_image
 from pipeline.formats import read_index, read_manifest, tar_samples
 from pipeline.shards import ShardParams, build_shards, verify_shards
-from pipeline.sources import InputError
+
 
 
 def build(inp, out, **kw):
@@ -185,6 +185,7 @@ def test_video_round_trip(tmp_path):
     packed, rejects = accounting(inp, out)
     assert rejects["fake/broken.mp4"].startswith("corrupt")
     assert "real/odd.mp4" in packed  # 3 frames available, 4 asked: frames repeat
+    assert "fake/other.AVI" in packed  # MPEG-4 part 2 in AVI, upper-case extension
     for s in all_samples(out):
         frames = sorted(k for k in s if k.startswith("f") and k.endswith(".jpg"))
         assert frames == ["f000.jpg", "f001.jpg", "f002.jpg", "f003.jpg"]
