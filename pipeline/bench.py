@@ -208,13 +208,15 @@ def make_scaled_shards(out: Path, n: int, jpeg: bytes, per_shard: int = 50_000) 
     return out
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child would report the
+# benchmark process's own peak; VmHWM belongs to the child's fresh address space.
 _RSS_PROBE = """
-import resource, sys
+import sys
 from pipeline.loaders import LoaderOptions, make_loader
 ld = make_loader(sys.argv[1], "train", sys.argv[2], "cpu", LoaderOptions(batch_size=32, workers=0, epoch_len=640))
 for i, _ in zip(range(20), ld):
     pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 """
 
 
@@ -264,7 +266,7 @@ def bench_all(samples: int, out_json: Path | None, work: Path | None = None, bat
     log("sampler planning")
     res["sampler"] = bench_sampler(sampler_sizes)
     log("loader peak memory at two dataset sizes")
-    res["memory"] = bench_memory(work, memory_sizes)
+    res["memory"] = bench_memory(work, memory_sizes, "torch") + bench_memory(work, memory_sizes, "dali")
     if out_json:
         out_json = Path(out_json)
         out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -296,5 +298,6 @@ def format_table(res: dict) -> str:
     if res.get("sampler"):
         lines += [""] + [f"sampler plan of {r['samples']:,} samples: {r['seconds']:.2f} s" for r in res["sampler"]]
     if res.get("memory"):
-        lines += [""] + [f"loader peak RSS with {r['samples']:,} samples: {r['peak_rss_mb']:.0f} MB" for r in res["memory"]]
+        lines += [""] + [f"loader peak RSS ({r['backend']}) with {r['samples']:,} samples: {r['peak_rss_mb']:.0f} MB"
+                         for r in res["memory"]]
     return "\n".join(lines)

@@ -30,7 +30,8 @@ def test_bench_all_toy_scale(tmp_path):
         assert r["vs_seed"] == pytest.approx(r["samples_per_s"] / saved["loaders"][0]["samples_per_s"])
     assert [r["precision"] for r in saved["train"]] == ["fp32", "torch.bfloat16"]
     assert all(0 <= r["data_wait_share"] <= 1 for r in saved["train"])
-    assert [r["samples"] for r in saved["memory"]] == [300, 600]
+    assert [(r["backend"], r["samples"]) for r in saved["memory"]] == [("torch", 300), ("torch", 600), ("dali", 300), ("dali", 600)]
+    assert all(100 < r["peak_rss_mb"] < 4000 for r in saved["memory"])
     assert saved["sampler"][0]["plan_len"] == 10_000
     table = format_table(res)
     assert "dfp / tar speed" in table and "vs seed" in table
