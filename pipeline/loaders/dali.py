@@ -25,7 +25,8 @@ def _blend(strong, standard: float, strong_value: float):
     return standard + strong * (strong_value - standard)
 
 
-def image_train_graph(jpegs, strong, size: int, decode_device: str):
+def _geometry(strong):
+    """Per-sample random-resized-crop window (normalised), flip and rotation angle."""
     from nvidia.dali import fn, math as dmath, types
     std, stg = IMAGE["standard"], IMAGE["strong"]
     u = lambda lo=0.0, hi=1.0: fn.random.uniform(range=(lo, hi))
@@ -35,23 +36,31 @@ def image_train_graph(jpegs, strong, size: int, decode_device: str):
     cw = dmath.min(dmath.sqrt(area * ratio), 1.0)
     ch = dmath.min(dmath.sqrt(area / ratio), 1.0)
     anchor = fn.stack(u() * (1.0 - cw), u() * (1.0 - ch))
-    shape = fn.stack(cw, ch)
+    flip = fn.cast(fn.random.coin_flip(probability=std.flip), dtype=types.FLOAT)
+    angle = u(-1.0, 1.0) * _blend(strong, std.rotate, stg.rotate)
+    return anchor, fn.stack(cw, ch), flip, angle
+
+
+def _crop_warp(jpegs, geometry, size: int, decode_device: str):
+    """Decode only the crop window, then one warp: centre, flip, scale to size, rotate, re-centre.
+
+    Nearest-neighbour sampling (torchvision's RandomRotation default): on a CPU it costs a fifth of
+    bilinear, and it leaves pixel-level artifacts unblurred."""
+    from nvidia.dali import fn, types
+    anchor, shape, flip, angle = geometry
     img = fn.decoders.image_slice(jpegs, anchor, shape, device=decode_device, output_type=types.RGB,
                                   normalized_anchor=True, normalized_shape=True)
-    # one warp: centre the crop, flip, rotate, scale to size, move to the output centre
     hw = fn.cast(img.shape(), dtype=types.FLOAT)
     h_px, w_px = hw[0], hw[1]
-    flip = fn.random.coin_flip(probability=std.flip)
-    sx = (1.0 - 2.0 * fn.cast(flip, dtype=types.FLOAT)) * (float(size) / w_px)
-    sy = float(size) / h_px
-    angle = u(-1.0, 1.0) * _blend(strong, std.rotate, stg.rotate)
     mt = fn.transforms.translation(offset=fn.stack(-0.5 * w_px, -0.5 * h_px))
-    mt = fn.transforms.scale(mt, scale=fn.stack(sx, sy))
+    mt = fn.transforms.scale(mt, scale=fn.stack((1.0 - 2.0 * flip) * (float(size) / w_px), float(size) / h_px))
     mt = fn.transforms.rotation(mt, angle=angle)
     mt = fn.transforms.translation(mt, offset=[size / 2.0, size / 2.0])
-    img = fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False,
-                         interp_type=types.INTERP_NN)
-    return _colour(img, strong)
+    return fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False, interp_type=types.INTERP_NN)
+
+
+def image_train_graph(jpegs, strong, size: int, decode_device: str):
+    return _colour(_crop_warp(jpegs, _geometry(strong), size, decode_device), strong)
 
 
 def _colour(img, strong, params=None):
@@ -142,30 +151,9 @@ def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payl
 
 def _video_train(payload, strong, size: int, decode_device: str):
     """Same crop, flip, rotation and colour for every frame of a clip."""
-    from nvidia.dali import fn, math as dmath, types
-    std, stg = IMAGE["standard"], IMAGE["strong"]
-    u = lambda lo=0.0, hi=1.0: fn.random.uniform(range=(lo, hi))
-    area_lo = _blend(strong, std.scale[0], stg.scale[0])
-    area = area_lo + u() * (1.0 - area_lo)
-    ratio = dmath.exp(u(math.log(std.ratio[0]), math.log(std.ratio[1])))
-    cw = dmath.min(dmath.sqrt(area * ratio), 1.0)
-    ch = dmath.min(dmath.sqrt(area / ratio), 1.0)
-    anchor = fn.stack(u() * (1.0 - cw), u() * (1.0 - ch))
-    shape = fn.stack(cw, ch)
-    flip = fn.cast(fn.random.coin_flip(probability=std.flip), dtype=types.FLOAT)
-    angle = u(-1.0, 1.0) * _blend(strong, std.rotate, stg.rotate)
-    colour = _colour_params(strong)
-    frames = []
-    for jpeg in payload:
-        img = fn.decoders.image_slice(jpeg, anchor, shape, device=decode_device, output_type=types.RGB,
-                                      normalized_anchor=True, normalized_shape=True)
-        hw = fn.cast(img.shape(), dtype=types.FLOAT)
-        mt = fn.transforms.translation(offset=fn.stack(-0.5 * hw[1], -0.5 * hw[0]))
-        mt = fn.transforms.scale(mt, scale=fn.stack((1.0 - 2.0 * flip) * (float(size) / hw[1]), float(size) / hw[0]))
-        mt = fn.transforms.rotation(mt, angle=angle)
-        mt = fn.transforms.translation(mt, offset=[size / 2.0, size / 2.0])
-        img = fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False)
-        frames.append(_colour(img, strong, colour))
+    from nvidia.dali import fn
+    geometry, colour = _geometry(strong), _colour_params(strong)
+    frames = [_colour(_crop_warp(jpeg, geometry, size, decode_device), strong, colour) for jpeg in payload]
     return fn.transpose(fn.stack(*frames), perm=[0, 3, 1, 2])
 
 
