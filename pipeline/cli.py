@@ -275,7 +275,7 @@ def bench_shard_cmd(input_dir: Path = typer.Argument(..., metavar="INPUT"),
 def bench_loader_cmd(shards: Path = typer.Argument(...),
                      backend: str = typer.Option("dali", help="dali, torch or seed (needs --raw)"),
                      device: str = typer.Option("auto"), split: str = typer.Option("train"),
-                     sampling: str = typer.Option("inverse", help="inverse (weighted) or natural"),
+                     sampling: str = typer.Option("weighted", help="weighted (inverse class frequency), sqrt or natural"),
                      batch_size: int = typer.Option(64), batches: int = typer.Option(30), warmup: int = typer.Option(3),
                      workers: int = typer.Option(2), gpu_decode: bool = typer.Option(False, "--gpu-decode"),
                      image_size: int = typer.Option(224),
@@ -284,6 +284,9 @@ def bench_loader_cmd(shards: Path = typer.Argument(...),
     from .bench import bench_loader, bench_seed_baseline, machine
     from .loaders import resolve_device
     dev = str(resolve_device(device))
+    sampling = {"weighted": "inverse"}.get(sampling, sampling)
+    if sampling not in ("inverse", "sqrt", "natural"):
+        raise UsageError(f"--sampling {sampling!r}: choose weighted (= inverse), sqrt or natural")
     if backend == "seed":
         row = bench_seed_baseline(shards, dev, batch_size, batches, warmup, workers, image_size)
     elif backend in ("dali", "torch"):

@@ -303,3 +303,20 @@ def test_stats_on_shards_and_raw_input(image_build):
     # raw input counts every file with a media extension under a class folder, packable or not
     assert raw["total"]["real"] == sum(c["real"] for c in m["splits"].values())
     assert raw["severity"] in ("mild", "moderate", "severe")
+
+
+def test_stats_cli_json_and_plot(image_build, tmp_path):
+    import subprocess
+    import sys
+    _, out, *_ = image_build
+    plot = tmp_path / "stats.png"
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "stats", str(out), "--json", "--plot", str(plot)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    m = read_manifest(out)
+    train = m["splits"]["train"]
+    assert st["imbalance_ratio"] == pytest.approx(max(train.values()) / min(train.values()))
+    assert st["severity"] == ("mild" if st["imbalance_ratio"] < 2 else "moderate" if st["imbalance_ratio"] <= 5 else "severe")
+    assert "threshold tuning" in st["recommended"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
