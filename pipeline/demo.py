@@ -13,7 +13,7 @@ SETTINGS = {
     # learns them from scratch in ten epochs (test AUC about 0.96 on this machine).
     "image": dict(n_real=1200, n_fake=400, synth={"image_size": (96, 96)}, model="resnet18", image_size=96,
                   epochs=10, lr=1e-3),
-    "audio": dict(n_real=300, n_fake=100, synth={}, model="audio_resnet18", image_size=224, epochs=8, lr=1e-3),
+    "audio": dict(n_real=300, n_fake=100, synth={}, model="audio_resnet18", image_size=224, epochs=12, lr=1e-3),
     "video": dict(n_real=150, n_fake=50, synth={}, model="frame_pool", image_size=64, epochs=8, lr=1e-3),
 }
 
