@@ -165,6 +165,7 @@ def train(shards: Path = typer.Argument(..., help="shard folder from dfp shard")
           patience: int = typer.Option(5, help="early stopping: epochs without val F1 improvement (0: off)"),
           threshold_method: str = typer.Option("f1", help="f1, youden, eer, precision:P or recall:R"),
           resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its last.pth"),
+          save_every: int = typer.Option(0, help="also write last.pth every N steps, for mid-epoch resume (0: epoch ends only)"),
           tensorboard: bool = typer.Option(False, "--tensorboard"),
           no_report: bool = typer.Option(False, "--no-report", help="skip plots and report.html"),
           quiet: bool = typer.Option(False, help="no progress bars")):
@@ -208,7 +209,7 @@ def train(shards: Path = typer.Argument(..., help="shard folder from dfp shard")
                       class_weights=class_weights, minority_augment=minority_augment, smote=smote, amp=amp,
                       compile=compile, workers=workers, image_size=image_size, audio_seconds=audio_seconds,
                       max_samples_per_class=max_samples_per_class, epoch_len=epoch_len, patience=patience,
-                      threshold_method=threshold_method, resume=str(resume) if resume else None,
+                      threshold_method=threshold_method, resume=str(resume) if resume else None, save_every=save_every,
                       tensorboard=tensorboard, progress=not quiet, report=not no_report)
     run_training(cfg)
 

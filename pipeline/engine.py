@@ -88,7 +88,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 # ---------------------------------------------------------------- loops
 def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, amp_dtype, scaler, *, clip: float = 1.0,
-                    max_nonfinite: int = 20, desc: str = "train", progress: bool = True, keys_out: list | None = None) -> dict:
+                    max_nonfinite: int = 20, desc: str = "train", progress: bool = True, keys_out: list | None = None,
+                    on_step=None) -> dict:
+    """One pass over `loader`. `on_step(batches_done)` runs after every batch (mid-epoch checkpoints)."""
     model.train()
     total_loss, steps, samples, skipped, in_a_row = 0.0, 0, 0, 0, 0
     wait = 0.0
@@ -129,6 +131,8 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, amp_dt
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if on_step is not None:
+            on_step(steps + skipped + 1)
         total_loss += value * len(y)
         samples += len(y)
         steps += 1

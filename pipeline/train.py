@@ -67,6 +67,7 @@ class TrainConfig:
     audio_seconds: float = 4.0
     threshold_method: str = "f1"
     resume: str | None = None
+    save_every: int = 0  # also write last.pth every N training steps (0: at epoch ends only)
     tensorboard: bool = False
     progress: bool = True
     report: bool = True
@@ -174,7 +175,7 @@ def run_training(cfg: TrainConfig, log=print) -> Path:
         saved = resume_ckpt["config"]
         cfg = replace(TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}),
                       epochs=cfg.epochs, resume=cfg.resume, out=cfg.resume, device=cfg.device, progress=cfg.progress,
-                      report=cfg.report)
+                      report=cfg.report, save_every=cfg.save_every)
         out = Path(cfg.resume)
     manifest = read_manifest(cfg.shards)
     modality = manifest["modality"]
@@ -219,18 +220,22 @@ def run_training(cfg: TrainConfig, log=print) -> Path:
     amp_dtype, scaler = amp_setup(device, cfg.amp)
     say(f"precision: {amp_dtype or 'fp32'}{' + GradScaler' if scaler else ''}; {steps_per_epoch} steps/epoch/rank")
 
-    start_epoch, best_f1, history, bad_epochs, best_state = 0, -1.0, [], 0, None
+    start_epoch, start_batch, best_f1, history, bad_epochs, best_state = 0, 0, -1.0, [], 0, None
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["model"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         if scaler is not None and resume_ckpt.get("scaler"):
             scaler.load_state_dict(resume_ckpt["scaler"])
-        start_epoch = int(resume_ckpt["epoch"]) + 1
+        position = resume_ckpt.get("sampler") or {"epoch": int(resume_ckpt["epoch"]) + 1, "batch": 0}
+        start_epoch, start_batch = int(position["epoch"]), int(position["batch"])
+        if start_batch >= steps_per_epoch:
+            start_epoch, start_batch = start_epoch + 1, 0
         best_f1 = float(resume_ckpt.get("best_f1", -1.0))
         bad_epochs = int(resume_ckpt.get("bad_epochs", 0))
         history = list(resume_ckpt.get("history", []))
-        say(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs} (best val F1 so far {best_f1:.4f})")
+        say(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}, batch {start_batch} "
+            f"(best val F1 so far {best_f1:.4f})")
 
     net = model
     if d.enabled:
@@ -251,11 +256,24 @@ def run_training(cfg: TrainConfig, log=print) -> Path:
     tb = _tensorboard(out) if (cfg.tensorboard and d.main) else None
     record_keys = os.environ.get("DFP_RECORD_KEYS") == "1"
 
+    def save_last(epoch: int, next_batch: int, epochs_done: int) -> None:
+        checkpoint.save(out / "last.pth", {**base_state, "model": model.state_dict(), "epoch": epochs_done - 1,
+                                           "best_f1": best_f1, "bad_epochs": bad_epochs, "history": list(history),
+                                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                           "scaler": scaler.state_dict() if scaler else None,
+                                           "sampler": {"epoch": epoch, "batch": next_batch}})
+
     for epoch in range(start_epoch, cfg.epochs):
-        train_loader.set_epoch(epoch)
+        first = start_batch if epoch == start_epoch else 0
+        train_loader.set_epoch(epoch, first)
         keys_seen = [] if record_keys else None
+        on_step = None
+        if cfg.save_every and d.main:
+            # mid-epoch checkpoint: the sampler position makes the resumed epoch draw the remaining batches
+            on_step = lambda done, e=epoch, f=first: (f + done) % cfg.save_every == 0 and save_last(e, f + done, e)
         st = train_one_epoch(net, loss_fn, optimizer, scheduler, train_loader, device, amp_dtype, scaler, clip=cfg.clip,
-                             desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress and d.main, keys_out=keys_seen)
+                             desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress and d.main, keys_out=keys_seen,
+                             on_step=on_step)
         if keys_seen is not None:
             Path(out / f"keys_rank{d.rank}_epoch{epoch}.txt").write_text("\n".join(keys_seen))
         loss_sum, samples, seconds, wait, nonfinite = reduce_sum(
@@ -289,10 +307,7 @@ def run_training(cfg: TrainConfig, log=print) -> Path:
             if improved:
                 checkpoint.save(out / "best_model.pth", state)
                 say(f"Saved best model (val F1={best_f1:.4f})")
-            checkpoint.save(out / "last.pth", {**state, "optimizer": optimizer.state_dict(),
-                                               "scheduler": scheduler.state_dict(),
-                                               "scaler": scaler.state_dict() if scaler else None,
-                                               "sampler": {"epoch": epoch + 1, "batch": 0}})
+            save_last(epoch + 1, 0, epoch + 1)
             _write_history(out / "history.csv", history)
             if tb:
                 for k in ("train_loss", "val_loss", "val_f1", "samples_per_s"):

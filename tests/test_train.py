@@ -233,3 +233,31 @@ def test_evaluate_tune_predict_and_report_commands(image_shards, tmp_path):
     (out / "report.html").unlink()
     r = _cli("report", out)
     assert r.returncode == 0 and (out / "report.html").stat().st_size > 10000
+
+
+def test_mid_epoch_checkpoint_resumes_the_remaining_batches(image_shards, tmp_path, monkeypatch):
+    from pipeline.loaders import Loader
+    monkeypatch.setenv("DFP_RECORD_KEYS", "1")
+    kw = dict(model="resnet18", report=False, save_every=2)
+    full = run_training(tiny_config(image_shards, tmp_path / "full", **kw), log=lambda *a: None)
+    all_keys = (full / "keys_rank0_epoch0.txt").read_text().split()
+
+    real_iter = Loader.__iter__
+
+    def dying_iter(self):
+        for i, item in enumerate(real_iter(self)):
+            if self.sampler is not None and i == 3:
+                raise KeyboardInterrupt  # killed during the 4th batch, after the step-2 checkpoint
+            yield item
+
+    monkeypatch.setattr(Loader, "__iter__", dying_iter)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tiny_config(image_shards, out, **kw), log=lambda *a: None)
+    saved = torch.load(out / "last.pth", weights_only=True)
+    assert saved["sampler"] == {"epoch": 0, "batch": 2} and saved["epoch"] == -1
+    monkeypatch.setattr(Loader, "__iter__", real_iter)
+    run_training(tiny_config(image_shards, out, resume=str(out), **kw), log=lambda *a: None)
+    resumed = (out / "keys_rank0_epoch0.txt").read_text().split()
+    assert resumed == all_keys[2 * 4:]  # exactly the batches the killed run had not trained on
+    assert len(list(csv.DictReader(open(out / "history.csv")))) == 1

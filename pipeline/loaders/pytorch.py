@@ -13,8 +13,9 @@ from .decode import decode_batch, visual_sample
 
 
 class _Batches(Dataset):
-    def __init__(self, index, batches, cfg, seed: tuple[int, ...], raw: bool):
+    def __init__(self, index, batches, cfg, seed: tuple[int, ...], raw: bool, offset: int = 0):
         self.index, self.batches, self.cfg, self.seed, self.raw = index, batches, cfg, seed, raw
+        self.offset = offset  # batches already done this epoch: a resumed epoch draws the same randomness
 
     def __len__(self):
         return len(self.batches)
@@ -23,7 +24,7 @@ class _Batches(Dataset):
         idx = self.batches[b]
         if self.raw:
             return [self.index.read(int(i)) for i in idx], idx
-        data, ok = decode_batch(self.index.read, idx, self.index.labels[idx], self.cfg, (*self.seed, b))
+        data, ok = decode_batch(self.index.read, idx, self.index.labels[idx], self.cfg, (*self.seed, self.offset + b))
         return data, ok, idx
 
 
@@ -38,7 +39,7 @@ class Producer:
 
     def run(self, batches: list[np.ndarray]):
         ld = self.loader
-        ds = _Batches(ld.index, batches, ld.cfg, (ld.opts.seed, ld.epoch, ld.rank, ld.start_batch), self.raw)
+        ds = _Batches(ld.index, batches, ld.cfg, (ld.opts.seed, ld.epoch, ld.rank), self.raw, ld.start_batch)
         workers = ld.opts.workers
         dl = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
                         pin_memory=ld.device.type == "cuda" and not self.raw,
