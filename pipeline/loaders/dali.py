@@ -169,10 +169,7 @@ class Producer:
         self._iter = iter(())
 
     def _source(self):
-        try:
-            idx = next(self._iter)
-        except StopIteration:
-            raise
+        idx = next(self._iter)  # StopIteration here is how DALI learns that the epoch is over
         ld = self.loader
         comps, ok = [], np.ones(len(idx), bool)
         for j, i in enumerate(idx):
