@@ -148,7 +148,7 @@ def bench_train(shards: Path, device: str = "auto", backend: str = "dali", model
     rows = []
     for amp in precisions:
         if amp == "auto" and dev.type == "cpu":
-            amp = "bf16"  # the CPU's AMP path
+            amp = "bf16"  # the CPU's AMP path (emulated, and slower than fp32, on CPUs without bf16 instructions)
         dtype, scaler = amp_setup(dev, amp)
         torch.manual_seed(0)
         net = build_model(model or DEFAULT_MODEL[modality], modality).to(dev)
@@ -165,8 +165,15 @@ def bench_train(shards: Path, device: str = "auto", backend: str = "dali", model
         st = train_one_epoch(net, loss, opt, None, ld, dev, dtype, scaler, progress=False)
         rows.append({"model": model or DEFAULT_MODEL[modality], "precision": str(dtype or "fp32"), "device": str(dev),
                      "backend": backend, "batch_size": batch_size, "samples": st["samples"], "seconds": st["seconds"],
-                     "samples_per_s": st["samples"] / st["seconds"], "data_wait_share": st["data_wait"] / st["seconds"]})
+                     "samples_per_s": st["samples"] / st["seconds"], "data_wait_share": st["data_wait"] / st["seconds"],
+                     "image_size": image_size, "native_bf16": _native_bf16(dev)})
     return rows
+
+
+def _native_bf16(dev: torch.device) -> bool:
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # ---------------------------------------------------------------- sampler and memory
@@ -237,7 +244,7 @@ def bench_memory(work: Path, sizes=(20_000, 200_000), backend: str = "torch") ->
 
 # ---------------------------------------------------------------- all
 def bench_all(samples: int, out_json: Path | None, work: Path | None = None, batches: int = 20,
-              train_model: str = "resnet18", train_batches: int = 6, memory_sizes=(20_000, 200_000),
+              train_model: str = "resnet18", train_batches: int = 6, train_image_size: int = 224, memory_sizes=(20_000, 200_000),
               sampler_sizes=(1_000_000, 100_000_000), log=print) -> dict:
     from .synth import synth_dataset
     work = Path(work or tempfile.mkdtemp(prefix="dfp-bench-"))
@@ -262,7 +269,7 @@ def bench_all(samples: int, out_json: Path | None, work: Path | None = None, bat
         base = next(r for r in res["loaders"] if r["device"] == row["device"] and r["backend"].startswith("seed"))
         row["vs_seed"] = row["samples_per_s"] / base["samples_per_s"]
     log("training: fp32 vs AMP")
-    res["train"] = bench_train(shards, "auto", "dali", train_model, batches=train_batches)
+    res["train"] = bench_train(shards, "auto", "dali", train_model, batches=train_batches, image_size=train_image_size)
     log("sampler planning")
     res["sampler"] = bench_sampler(sampler_sizes)
     log("loader peak memory at two dataset sizes")
@@ -293,8 +300,9 @@ def format_table(res: dict) -> str:
         lines += ["", f"{'training':30s} {'precision':16s} {'samples/s':>10s} {'data wait':>10s}"]
         base = res["train"][0]["samples_per_s"]
         for r in res["train"]:
-            lines.append(f"  {r['model'] + ' ' + r['device']:28s} {r['precision']:16s} {r['samples_per_s']:10.1f} "
-                         f"{100 * r['data_wait_share']:9.1f}%  ({r['samples_per_s'] / base:.2f}x fp32)")
+            lines.append(f"  {r['model'] + ' ' + r['device'] + ' ' + str(r['image_size']):28s} {r['precision']:16s} "
+                         f"{r['samples_per_s']:10.1f} {100 * r['data_wait_share']:9.1f}%  ({r['samples_per_s'] / base:.2f}x fp32)"
+                         + ("" if r["native_bf16"] or r["precision"] == "fp32" else "  (no native bf16 on this device)"))
     if res.get("sampler"):
         lines += [""] + [f"sampler plan of {r['samples']:,} samples: {r['seconds']:.2f} s" for r in res["sampler"]]
     if res.get("memory"):

@@ -315,6 +315,7 @@ def bench_all_cmd(samples: int = typer.Option(2000, help="synthetic 512x384 JPEG
                   work: Optional[Path] = typer.Option(None, help="work folder (default: a temporary one)"),
                   batches: int = typer.Option(20, help="timed loader batches per contender"),
                   train_model: str = typer.Option("resnet18"), train_batches: int = typer.Option(6),
+                  train_image_size: int = typer.Option(224, help="training benchmark input side"),
                   memory_sizes: str = typer.Option("20000,200000", help="dataset sizes for the loader memory probe"),
                   json_out: Optional[Path] = typer.Option(None, "--json")):
     """Everything side by side in one run: packing, loaders, training, sampler planning, loader memory."""
@@ -325,7 +326,7 @@ def bench_all_cmd(samples: int = typer.Option(2000, help="synthetic 512x384 JPEG
         raise UsageError("--memory-sizes: comma-separated integers") from None
     if samples < 20:
         raise UsageError("--samples must be at least 20")
-    bench_all(samples, json_out, work, batches, train_model, train_batches, sizes)
+    bench_all(samples, json_out, work, batches, train_model, train_batches, train_image_size, sizes)
 
 
 def _emit(res: dict, json_out: Optional[Path], text: str) -> None:
