@@ -84,6 +84,9 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
           max_side: Optional[int] = typer.Option(None, help="longest image/frame side (default 512 images, 256 video); JPEGs within it keep their bytes"),
           sample_rate: int = typer.Option(16000, help="audio: resample to this rate (mono FLAC)"),
           frames: int = typer.Option(16, help="video: frames sampled uniformly per clip"),
+          check: str = typer.Option("decode", help="JPEGs kept as they are: 'decode' proves each decodes; 'structure' "
+                                    "only parses headers and the end marker (faster; damage inside the compressed "
+                                    "data is then caught by `dfp verify` or skipped by the loaders)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
     from .shards import ShardParams, build_shards, format_summary
@@ -94,9 +97,11 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
         raise UsageError("--max-side must be at least 16")
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
+    if check not in ("decode", "structure"):
+        raise UsageError(f"--check {check!r}: choose decode or structure")
     params = ShardParams(modality=modality, split=split, seed=seed, max_count=max_count, max_size=max_size,
                          max_samples_per_class=max_samples_per_class, class_map=class_map, group_depth=group_depth,
-                         max_side=max_side, sample_rate=sample_rate, frames=frames)
+                         max_side=max_side, sample_rate=sample_rate, frames=frames, check=check)
     summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
     typer.echo(format_summary(summary))
     typer.echo(f"shards: {out}")

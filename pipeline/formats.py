@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import tarfile
 from dataclasses import dataclass
@@ -63,22 +64,82 @@ class Member:
     name: str
 
 
+def _ustar_members(buf) -> list[tuple[str, int, int]] | None:
+    """(name, data offset, size) of every regular member, read straight from ustar headers.
+
+    Shards hold only short ASCII names, so their headers are plain ustar blocks and a direct walk
+    is ten times cheaper than `tarfile`'s per-member objects. Anything else (pax or GNU extension
+    headers, links, a bad checksum, a truncated archive) returns None: `tarfile` then reads it and
+    raises its own errors."""
+    n, off, out = len(buf), 0, []
+    while off + 512 <= n:
+        hdr = bytes(buf[off:off + 512])
+        if hdr == _ZERO_BLOCK:
+            return out
+        try:
+            chksum = int(hdr[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+            size = int(hdr[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            return None  # base-256 sizes, damaged fields
+        if chksum != sum(hdr[:148]) + 256 + sum(hdr[156:]):
+            return None
+        kind = hdr[156:157]
+        if kind not in (b"0", b"\0", b"5"):
+            return None
+        data, off = off + 512, off + 512 + (size + 511) // 512 * 512
+        if off > n:
+            return None
+        if kind == b"5":
+            continue
+        name = hdr[:100].split(b"\0", 1)[0]
+        if hdr[257:262] == b"ustar":
+            prefix = hdr[345:500].split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+        try:
+            out.append((name.decode("ascii"), data, size))
+        except UnicodeDecodeError:
+            return None
+    return out if off == n else None  # a partial block at the end: let tarfile judge it
+
+
+_ZERO_BLOCK = bytes(512)
+
+
+def _tarfile_members(tar_path) -> list[tuple[str, int, int]]:
+    with tarfile.open(tar_path, "r:") as tf:
+        return [(m.name, m.offset_data, m.size) for m in tf if m.isreg()]
+
+
+def _group(members: list[tuple[str, int, int]]) -> list[tuple[str, list[Member]]]:
+    out: list[tuple[str, list[Member]]] = []
+    for name, offset, size in members:
+        base = name.rsplit("/", 1)[-1]
+        dot = base.find(".")
+        key, ext = (base[:dot], base[dot + 1:]) if dot > 0 else (base, "")
+        member = Member(ext, offset, size, name)
+        if out and out[-1][0] == key:
+            out[-1][1].append(member)
+        else:
+            out.append((key, [member]))
+    return out
+
+
+def read_shard(tar_path: str | os.PathLike) -> tuple[str, list[tuple[str, list[Member]]]]:
+    """One pass over a shard: its sha256 and its samples (adjacent members sharing a key)."""
+    with open(tar_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return hashlib.sha256().hexdigest(), []
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            digest = hashlib.sha256(buf).hexdigest()
+            members = _ustar_members(buf)
+    return digest, _group(members if members is not None else _tarfile_members(tar_path))
+
+
 def tar_samples(tar_path: str | os.PathLike) -> list[tuple[str, list[Member]]]:
     """Group a tar's regular members into samples (adjacent members sharing a key)."""
-    out: list[tuple[str, list[Member]]] = []
-    with tarfile.open(tar_path, "r:") as tf:
-        for m in tf:
-            if not m.isreg():
-                continue
-            base = m.name.rsplit("/", 1)[-1]
-            dot = base.find(".")
-            key, ext = (base[:dot], base[dot + 1:]) if dot > 0 else (base, "")
-            member = Member(ext, m.offset_data, m.size, m.name)
-            if out and out[-1][0] == key:
-                out[-1][1].append(member)
-            else:
-                out.append((key, [member]))
-    return out
+    return read_shard(tar_path)[1]
 
 
 def index_text(samples: list[tuple[str, list[Member]]]) -> str:
@@ -107,16 +168,6 @@ def read_index(idx_path: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
 
 
 # ---------------------------------------------------------------- manifest
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")

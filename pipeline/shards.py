@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from . import __version__
 from .formats import (CLASSES, FORMAT, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
-                      read_manifest, sample_key, sha256_file, tar_samples, write_manifest, atomic_write_text)
+                      read_manifest, read_shard, sample_key, write_manifest, atomic_write_text)
+from .tarwriter import ShardWriter
 from .media import MediaError, prepare
 from .sources import Candidate, InputError, assign_splits, discover, parse_class_map, parse_split
 
@@ -42,17 +42,29 @@ class ShardParams:
     max_side: int | None = None  # None: per-modality default
     sample_rate: int = 16000
     frames: int = 16
+    check: str = "decode"  # kept JPEGs: "decode" (prove they decode) or "structure" (headers + end marker)
 
 
 def _prepare_one(args):
     path, modality, media_params = args
     try:
         payload, meta = prepare(path, modality, media_params)
+        if meta.get("kept_bytes"):
+            payload = None  # the writer reads the file itself: cheaper than sending its bytes back
         return payload, meta, None
     except MediaError as e:
         return None, None, str(e)
     except Exception as e:  # a decoder bug on one odd file must not stop the run
         return None, None, f"corrupt: {type(e).__name__}: {e}"
+
+
+def _kept_payload(path: Path, size: int) -> dict[str, bytes] | None:
+    """The original bytes of a file the worker checked and kept as it is (images only)."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    return {"jpg": raw} if len(raw) == size else None
 
 
 def _limit_per_class(cands: list[Candidate], limit: int | None, seed: int) -> tuple[list[Candidate], list[dict]]:
@@ -89,7 +101,8 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     disc = discover(inp, params.modality, parse_class_map(params.class_map), params.group_depth)
     modality = disc.modality
     max_side = params.max_side or DEFAULT_MAX_SIDE[modality]
-    media_params = {"max_side": max_side, "sample_rate": params.sample_rate, "frames": params.frames}
+    media_params = {"max_side": max_side, "sample_rate": params.sample_rate, "frames": params.frames,
+                    "check": params.check}
     cands, over = _limit_per_class(disc.candidates, params.max_samples_per_class, params.seed)
     rejects = disc.rejects + over
     if not disc.presplit:
@@ -105,15 +118,14 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     shard_rows: list[dict] = []
     counts = {s: {c: 0 for c in CLASSES} for s in SPLITS}
 
-    def finish_shard(fname: str) -> None:
+    def finish_shard(fname: str, digest: str, samples: list) -> None:
         partial = Path(fname)
         final = partial.with_name(partial.name[: -len(".partial")])
-        samples = tar_samples(partial)
         atomic_write_text(final.with_suffix(".idx"), index_text(samples))
         os.replace(partial, final)
         split, cls = final.parent.name, final.name.split("-")[0]
         shard_rows.append({"path": final.relative_to(build).as_posix(), "split": split, "class": cls,
-                           "samples": len(samples), "bytes": final.stat().st_size, "sha256": sha256_file(final)})
+                           "samples": len(samples), "bytes": final.stat().st_size, "sha256": digest})
 
     workers = max(1, workers or os.cpu_count() or 1)
     jobs = ((c.path, modality, media_params) for c in cands)
@@ -135,13 +147,21 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
                 if writer:
                     writer.close()
                 current = (c.split, c.cls)
-                writer = wds.ShardWriter(str(build / c.split / f"{c.cls}-%06d.tar.partial"), maxcount=params.max_count,
-                                         maxsize=params.max_size, post=finish_shard, verbose=0, mtime=0)
+                writer = ShardWriter(str(build / c.split / f"{c.cls}-%06d.tar.partial"), maxcount=params.max_count,
+                                     maxsize=params.max_size, post=finish_shard)
+            kept_bytes = meta.pop("kept_bytes", None)
+            if payload is None:
+                payload = _kept_payload(c.path, kept_bytes)
+                if payload is None:
+                    rejects.append({"source": c.source, "reason": "unreadable: the file changed while packing"})
+                    continue
             writer.write(encode_sample(sample_key(c.source), c.source, c.cls, payload, meta))
             counts[c.split][c.cls] += 1
         if writer:
             writer.close()
     finally:
+        if writer:
+            writer.abort()  # after an error: the shard stays a .partial under .building
         if bar:
             bar.close()
         if pool:
@@ -234,14 +254,17 @@ def verify_shards(shards_dir: str | os.PathLike, progress: bool = True, max_prob
             if not path.is_file():
                 problems.append(f"{row['path']}: missing")
                 continue
-            if path.stat().st_size != row["bytes"] or sha256_file(path) != row["sha256"]:
+            try:
+                digest, samples = read_shard(path)
+            except Exception:  # a damaged tar cannot match the recorded checksum anyway
+                digest = None
+            if path.stat().st_size != row["bytes"] or digest != row["sha256"]:
                 problems.append(f"{row['path']}: checksum mismatch (the shard changed after it was written)")
                 continue
             try:
-                samples = tar_samples(path)
                 idx = read_index(path.with_suffix(".idx"))
             except Exception as e:
-                problems.append(f"{row['path']}: unreadable ({e})")
+                problems.append(f"{row['path']}: unreadable index ({e})")
                 continue
             if len(samples) != row["samples"]:
                 problems.append(f"{row['path']}: {len(samples)} samples, manifest says {row['samples']}")

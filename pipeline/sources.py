@@ -75,23 +75,29 @@ def parse_split(text: str) -> tuple[float, float, float]:
 
 
 def modality_of(path: str | Path) -> str | None:
-    ext = Path(path).suffix.lower()
+    ext = os.path.splitext(path)[1].lower()
     for modality, exts in EXTENSIONS.items():
         if ext in exts:
             return modality
     return None
 
 
-def _walk(root: Path) -> list[Path]:
-    """Every regular file under root, sorted by relative POSIX path (for determinism)."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in filenames:
-            p = Path(dirpath) / name
-            if p.is_file() and not p.is_symlink():
-                files.append(p)
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+def _walk(root: Path) -> list[tuple[str, str]]:
+    """(relative POSIX path, full path) of every regular file under root, sorted by the relative path
+    (for determinism). Symlinks are not followed. Directory entries carry their file type, so this
+    needs no stat per file."""
+    files: list[tuple[str, str]] = []
+    pending = [("", str(root))]
+    while pending:
+        prefix, folder = pending.pop()
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    pending.append((prefix + e.name + "/", e.path))
+                elif e.is_file(follow_symlinks=False):
+                    files.append((prefix + e.name, e.path))
+    files.sort()
+    return files
 
 
 def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str] | None = None,
@@ -105,7 +111,7 @@ def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str]
     files = _walk(root)
     if exclude is not None:
         ex = exclude.resolve()
-        files = [f for f in files if ex not in f.resolve().parents]
+        files = [(rel, f) for rel, f in files if ex not in Path(f).resolve().parents]
     if not files:
         raise InputError(f"INPUT {root} is empty: put files under {root}/real and {root}/fake")
 
@@ -114,8 +120,7 @@ def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str]
 
     candidates: list[Candidate] = []
     rejects: list[dict] = []
-    for f in files:
-        rel = f.relative_to(root).as_posix()
+    for rel, f in files:
         parts = rel.split("/")
         split = None
         if presplit and parts[0].lower() in SPLITS:
@@ -126,7 +131,7 @@ def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str]
             continue
         inner = parts[1:]
         group = "/".join([parts[0]] + inner[:min(group_depth, len(inner) - 1)]) if group_depth > 0 else rel
-        candidates.append(Candidate(f, rel, cls, group, split))
+        candidates.append(Candidate(Path(f), rel, cls, group, split))
 
     counts = Counter(c.cls for c in candidates)
     if not counts:

@@ -23,6 +23,8 @@ def test_bench_all_toy_scale(tmp_path):
     s = saved["shard"]
     assert s["files"] == 24 and s["packed"] == 24
     assert s["speed_vs_tar"] == pytest.approx(s["tar_seconds"] / s["dfp_seconds"])
+    assert s["structure_packed"] == 24
+    assert s["structure_speed_vs_tar"] == pytest.approx(s["tar_seconds"] / s["structure_dfp_seconds"])
     backends = [r["backend"] for r in saved["loaders"]]
     assert backends[0].startswith("seed") and "torch" in backends and "dali" in backends
     for r in saved["loaders"]:

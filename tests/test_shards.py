@@ -320,3 +320,48 @@ def test_stats_cli_json_and_plot(image_build, tmp_path):
     assert st["severity"] == ("mild" if st["imbalance_ratio"] < 2 else "moderate" if st["imbalance_ratio"] <= 5 else "severe")
     assert "threshold tuning" in st["recommended"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+
+
+def test_shard_index_walk_matches_tarfile_and_falls_back(image_build, tmp_path):
+    """The direct ustar walk gives tarfile's members; archives it cannot read go to tarfile."""
+    from pipeline.formats import read_shard
+    import hashlib
+    _, out, *_ = image_build
+    for r in read_manifest(out)["shards"]:
+        path = out / r["path"]
+        with tarfile.open(path) as tf:
+            expected = [(m.name, m.offset_data, m.size) for m in tf if m.isreg()]
+        digest, samples = read_shard(path)
+        assert digest == hashlib.sha256(path.read_bytes()).hexdigest() == r["sha256"]
+        assert [(m.name, m.offset, m.size) for _, ms in samples for m in ms] == expected
+    # pax headers (a long non-ASCII name) and a directory member: tarfile's reading, same grouping
+    odd = tmp_path / "pax.tar"
+    with tarfile.open(odd, "w", format=tarfile.PAX_FORMAT) as tf:
+        d = tarfile.TarInfo("dir"); d.type = tarfile.DIRTYPE; tf.addfile(d)
+        for name, data in ((f"dir/{'é' * 80}.cls", b"1"), (f"dir/{'é' * 80}.jpg", b"xyz"), ("dir/k2.cls", b"0")):
+            ti = tarfile.TarInfo(name); ti.size = len(data); tf.addfile(ti, io.BytesIO(data))
+    _, samples = read_shard(odd)
+    assert [(k, [m.ext for m in ms]) for k, ms in samples] == [("é" * 80, ["cls", "jpg"]), ("k2", ["cls"])]
+    # a shard cut inside a member's data is an error, never a silently shorter index
+    first = out / read_manifest(out)["shards"][0]["path"]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(first.read_bytes()[:1024 + 512 + 10])  # .cls header and data, .jpg header, 10 bytes of JPEG
+    with pytest.raises(tarfile.ReadError):
+        read_shard(cut)
+
+
+def test_structure_check_packs_the_same_and_still_rejects_truncated(tmp_path):
+    rng = np.random.default_rng(5)
+    inp = image_tree(tmp_path / "in", n_real=6, n_fake=4)
+    bad = corrupt_images(inp, rng)
+    good = io.BytesIO(); Image.fromarray(smooth_image(rng, 40, 30)).save(good, "JPEG")
+    (inp / "real" / "trailer.jpg").write_bytes(good.getvalue() + b"camera trailer after EOI")  # decodes fine
+    runs = {c: build(inp, tmp_path / c, check=c) for c in ("decode", "structure")}
+    for c in runs:
+        packed, rejects = accounting(inp, tmp_path / c)
+        assert "real/trailer.jpg" in packed
+        for src, reason in bad.items():
+            assert rejects[src].startswith(reason), (c, src, rejects[src])
+        assert read_manifest(tmp_path / c)["params"]["check"] == c
+    payloads = lambda c: sorted((s["__key__"], s["jpg"]) for s in all_samples(tmp_path / c))
+    assert payloads("decode") == payloads("structure")

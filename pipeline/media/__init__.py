@@ -13,7 +13,7 @@ def prepare(path, modality: str, params: dict):
     """Dispatch to the modality's `prepare` with the shard parameters."""
     if modality == "image":
         from .image import prepare_image
-        return prepare_image(path, params["max_side"])
+        return prepare_image(path, params["max_side"], params.get("check", "decode"))
     if modality == "audio":
         from .audio import prepare_audio
         return prepare_audio(path, params["sample_rate"])

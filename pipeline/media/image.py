@@ -27,7 +27,19 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def prepare_image(path: str | os.PathLike, max_side: int) -> tuple[dict[str, bytes], dict]:
+CHECKS = ("decode", "structure")
+
+
+def _ends_with_eoi(raw: bytes) -> bool:
+    return raw.rstrip(b"\0")[-2:] == b"\xff\xd9"
+
+
+def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode") -> tuple[dict[str, bytes], dict]:
+    """`check` applies to JPEGs whose bytes are kept: "decode" proves they decode (a 1/8-scale DCT
+    decode); "structure" trusts headers that parse up to the scan plus an end-of-image marker, which
+    catches truncated and non-JPEG files but not damage inside the entropy-coded data."""
+    if check not in CHECKS:
+        raise ValueError(f"check {check!r}: choose one of {', '.join(CHECKS)}")
     try:
         raw = open(path, "rb").read()
     except OSError as e:
@@ -40,6 +52,8 @@ def prepare_image(path: str | os.PathLike, max_side: int) -> tuple[dict[str, byt
         orientation = im.getexif().get(0x0112, 1)
         size = im.size
         keep = fmt == "JPEG" and im.mode in ("RGB", "L") and orientation in (1, None) and max(size) <= max_side
+        if keep and check == "structure" and _ends_with_eoi(raw):
+            return {"jpg": raw}, {"width": size[0], "height": size[1], "orig_format": fmt, "kept_bytes": len(raw)}
         if keep:
             # The original bytes are kept, so a 1/8-scale DCT decode is enough to prove they decode:
             # it still walks the whole entropy-coded stream, at a fraction of a full decode's cost.
@@ -53,7 +67,7 @@ def prepare_image(path: str | os.PathLike, max_side: int) -> tuple[dict[str, byt
         raise MediaError(f"corrupt: {e}") from None
     meta = {"width": size[0], "height": size[1], "orig_format": fmt}
     if keep:
-        return {"jpg": raw}, meta
+        return {"jpg": raw}, {**meta, "kept_bytes": len(raw)}
     try:
         im = ImageOps.exif_transpose(im)
         im = _to_rgb(im)
