@@ -45,17 +45,21 @@ class ShardParams:
     check: str = "decode"  # kept JPEGs: "decode" (prove they decode) or "structure" (headers + end marker)
 
 
-def _prepare_one(args):
+def _prepare_one(args, in_worker: bool = False):
     path, modality, media_params = args
     try:
         payload, meta = prepare(path, modality, media_params)
-        if meta.get("kept_bytes"):
+        if in_worker and meta.get("kept_bytes"):
             payload = None  # the writer reads the file itself: cheaper than sending its bytes back
         return payload, meta, None
     except MediaError as e:
         return None, None, str(e)
     except Exception as e:  # a decoder bug on one odd file must not stop the run
         return None, None, f"corrupt: {type(e).__name__}: {e}"
+
+
+def _prepare_in_worker(args):
+    return _prepare_one(args, in_worker=True)
 
 
 def _kept_payload(path: Path, size: int) -> dict[str, bytes] | None:
@@ -130,7 +134,7 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     workers = max(1, workers or os.cpu_count() or 1)
     jobs = ((c.path, modality, media_params) for c in cands)
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
-    results = pool.imap(_prepare_one, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
+    results = pool.imap(_prepare_in_worker, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
     writer, current = None, None
     bar = None
     if progress:

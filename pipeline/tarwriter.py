@@ -70,8 +70,8 @@ class ShardWriter:
 
     def _hash_pending(self) -> None:
         # hashlib releases the GIL on large buffers, so a helper thread hashes on another core while
-        # this one prepares the next sample (sha256 was the writer's largest cost without SHA CPU
-        # instructions). One thread keeps the order; a bounded backlog keeps memory flat.
+        # this one prepares the next sample (sha256 was the writer's largest remaining cost in the
+        # profile). One thread keeps the order; a bounded backlog keeps memory flat.
         if not self.pending:
             return
         parts, self.pending = self.pending, []

@@ -365,3 +365,12 @@ def test_structure_check_packs_the_same_and_still_rejects_truncated(tmp_path):
         assert read_manifest(tmp_path / c)["params"]["check"] == c
     payloads = lambda c: sorted((s["__key__"], s["jpg"]) for s in all_samples(tmp_path / c))
     assert payloads("decode") == payloads("structure")
+
+
+def test_kept_jpeg_read_by_the_writer_must_be_the_checked_file(tmp_path):
+    from pipeline.shards import _kept_payload
+    f = tmp_path / "a.jpg"
+    f.write_bytes(b"\xff\xd8abc\xff\xd9")
+    assert _kept_payload(f, 7) == {"jpg": b"\xff\xd8abc\xff\xd9"}
+    assert _kept_payload(f, 9) is None  # changed since the worker checked it
+    assert _kept_payload(tmp_path / "gone.jpg", 7) is None
