@@ -97,8 +97,9 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
         raise UsageError("--max-side must be at least 16")
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
-    if check not in ("decode", "structure"):
-        raise UsageError(f"--check {check!r}: choose decode or structure")
+    from .media.image import CHECKS
+    if check not in CHECKS:
+        raise UsageError(f"--check {check!r}: choose {' or '.join(CHECKS)}")
     params = ShardParams(modality=modality, split=split, seed=seed, max_count=max_count, max_size=max_size,
                          max_samples_per_class=max_samples_per_class, class_map=class_map, group_depth=group_depth,
                          max_side=max_side, sample_rate=sample_rate, frames=frames, check=check)

@@ -64,11 +64,14 @@ class Member:
     name: str
 
 
+_ZERO_BLOCK = bytes(512)
+
+
 def _ustar_members(buf) -> list[tuple[str, int, int]] | None:
     """(name, data offset, size) of every regular member, read straight from ustar headers.
 
     Shards hold only short ASCII names, so their headers are plain ustar blocks and a direct walk
-    is ten times cheaper than `tarfile`'s per-member objects. Anything else (pax or GNU extension
+    is about four times cheaper than `tarfile`'s per-member objects (15 vs 65 us a member, measured). Anything else (pax or GNU extension
     headers, links, a bad checksum, a truncated archive) returns None: `tarfile` then reads it and
     raises its own errors."""
     n, off, out = len(buf), 0, []
@@ -101,9 +104,6 @@ def _ustar_members(buf) -> list[tuple[str, int, int]] | None:
         except UnicodeDecodeError:
             return None
     return out if off == n else None  # a partial block at the end: let tarfile judge it
-
-
-_ZERO_BLOCK = bytes(512)
 
 
 def _tarfile_members(tar_path) -> list[tuple[str, int, int]]:

@@ -90,12 +90,17 @@ def _walk(root: Path) -> list[tuple[str, str]]:
     pending = [("", str(root))]
     while pending:
         prefix, folder = pending.pop()
-        with os.scandir(folder) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    pending.append((prefix + e.name + "/", e.path))
-                elif e.is_file(follow_symlinks=False):
-                    files.append((prefix + e.name, e.path))
+        try:
+            with os.scandir(folder) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        pending.append((prefix + e.name + "/", e.path))
+                    elif e.is_file(follow_symlinks=False):
+                        files.append((prefix + e.name, e.path))
+        except OSError as e:
+            # its files could be neither packed nor listed as rejects: stop rather than lose them silently
+            raise InputError(f"cannot list folder {folder} ({e.strerror or e}); fix its permissions or move it out "
+                             "of INPUT") from None
     files.sort()
     return files
 

@@ -374,3 +374,19 @@ def test_kept_jpeg_read_by_the_writer_must_be_the_checked_file(tmp_path):
     assert _kept_payload(f, 7) == {"jpg": b"\xff\xd8abc\xff\xd9"}
     assert _kept_payload(f, 9) is None  # changed since the worker checked it
     assert _kept_payload(tmp_path / "gone.jpg", 7) is None
+
+
+def test_unlistable_folder_is_a_clear_error_not_a_silent_loss(tmp_path, monkeypatch):
+    import os
+    from pipeline import sources
+    inp = image_tree(tmp_path / "in", n_real=3, n_fake=2)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("fake"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(sources.os, "scandir", scandir)
+    with pytest.raises(sources.InputError, match="cannot list folder .*fake.*Permission denied"):
+        sources.discover(inp)

@@ -52,8 +52,9 @@ def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode")
         orientation = im.getexif().get(0x0112, 1)
         size = im.size
         keep = fmt == "JPEG" and im.mode in ("RGB", "L") and orientation in (1, None) and max(size) <= max_side
+        meta = {"width": size[0], "height": size[1], "orig_format": fmt}
         if keep and check == "structure" and _ends_with_eoi(raw):
-            return {"jpg": raw}, {"width": size[0], "height": size[1], "orig_format": fmt, "kept_bytes": len(raw)}
+            return {"jpg": raw}, {**meta, "kept_bytes": len(raw)}
         if keep:
             # The original bytes are kept, so a 1/8-scale DCT decode is enough to prove they decode:
             # it still walks the whole entropy-coded stream, at a fraction of a full decode's cost.
@@ -65,7 +66,6 @@ def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode")
         raise MediaError("not media: not a readable image") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise MediaError(f"corrupt: {e}") from None
-    meta = {"width": size[0], "height": size[1], "orig_format": fmt}
     if keep:
         return {"jpg": raw}, {**meta, "kept_bytes": len(raw)}
     try:
