@@ -184,3 +184,57 @@ def test_loader_index_memory_is_arrays_only(image_shards):
     assert all(isinstance(getattr(idx, a), np.ndarray) for a in ("labels", "shard", "offsets", "sizes", "keys"))
     per_sample = sum(getattr(idx, a).nbytes for a in ("labels", "shard", "offsets", "sizes", "keys")) / len(idx)
     assert per_sample < 64
+
+
+def test_a_forked_child_never_tears_down_the_parents_dali_pipeline(image_shards):
+    """DataLoader workers are forked; a DALI pipeline collected in such a child (its threads are not
+    there) crashed it. The loader sits in reference cycles, so only the cycle collector frees it."""
+    import gc
+    import os
+    import time
+    ld = make_loader(image_shards, "train", "dali", "cpu", opts())
+    x, _, _ = next(iter(ld))
+    assert x.dtype == torch.float32
+    del ld, x
+    pid = os.fork()
+    if pid == 0:  # child: collect everything it inherited, then leave without running atexit handlers
+        gc.collect()
+        os._exit(0)
+    deadline = time.monotonic() + 60
+    done, status = os.waitpid(pid, os.WNOHANG)
+    while not done:
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung while collecting the parent's DALI objects")
+        time.sleep(0.05)
+        done, status = os.waitpid(pid, os.WNOHANG)
+    gc.collect()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with status {status:#x}"
+
+
+def test_dali_colour_saturates_only_strong_samples_and_normalises():
+    """The colour step writes float into the normalisation; saturation reaches the strong samples only."""
+    from nvidia.dali import fn, pipeline_def, types
+    from pipeline.augment import MEAN, STD
+    from pipeline.loaders.dali import _colour
+    pixel = np.array([200, 60, 40], np.uint8)
+    img = np.broadcast_to(pixel, (8, 8, 3)).copy()
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, enable_conditionals=True, exec_dynamic=True)
+    def pipe():
+        x, strong = fn.external_source(source=lambda: ([img, img], [np.float32(0), np.float32(1)]), num_outputs=2,
+                                       batch=True, dtype=[types.UINT8, types.FLOAT])
+        return _colour(x, strong, params=(1.0, 1.0, 1.5), finish=lambda y: fn.crop_mirror_normalize(
+            y, dtype=types.FLOAT, output_layout="CHW", mean=[255 * m for m in MEAN], std=[255 * s for s in STD]))
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    std, strong = (np.array(out[i]) for i in range(2))
+    assert std.shape == strong.shape == (3, 8, 8) and std.dtype == np.float32
+    plain = (pixel / 255.0 - np.array(MEAN)) / np.array(STD)
+    assert np.allclose(std[:, 0, 0], plain, atol=1e-5)  # brightness = contrast = 1: just normalised
+    rgb = strong[:, 0, 0] * np.array(STD) * 255 + np.array(MEAN) * 255
+    assert rgb[0] - rgb[2] > 1.3 * (200 - 40)  # saturation 1.5 spreads the channels apart
+    assert abs(rgb @ [0.299, 0.587, 0.114] - pixel @ [0.299, 0.587, 0.114]) < 3  # and keeps the brightness
