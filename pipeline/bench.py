@@ -141,6 +141,36 @@ def bench_seed_baseline(input_dir: Path, device: str = "cpu", batch_size: int = 
 
 
 # ---------------------------------------------------------------- training
+def bench_loaders(data: Path, shards: Path, device: str, batches: int, rounds: int = 3) -> list[dict]:
+    """The seed's way and each loader, once per round, rounds interleaved.
+
+    A shared machine's speed drifts by tens of percent over seconds, so a ratio is taken between
+    contenders of the same round and the median over rounds is reported (with the range). A row's
+    samples_per_s is the median of its rounds; samples, seconds and class_counts add them up."""
+    contenders = [lambda: bench_seed_baseline(data, device, batches=batches),
+                  lambda: bench_loader(shards, "torch", device, batches=batches)]
+    if device == "cuda":
+        contenders.append(lambda: bench_loader(shards, "torch", device, batches=batches, gpu_decode=True))
+    contenders.append(lambda: bench_loader(shards, "dali", device, batches=batches))
+    runs: list[list[dict]] = [[] for _ in contenders]
+    for _ in range(rounds):
+        for run, contender in zip(runs, contenders):
+            run.append(contender())
+    rows = []
+    for run in runs:
+        ratios = [r["samples_per_s"] / s["samples_per_s"] for r, s in zip(run, runs[0])]
+        row = dict(run[0])
+        row.update(samples=sum(r["samples"] for r in run), seconds=sum(r["seconds"] for r in run),
+                   samples_per_s=float(np.median([r["samples_per_s"] for r in run])),
+                   rounds=[r["samples_per_s"] for r in run], vs_seed=float(np.median(ratios)),
+                   vs_seed_range=[min(ratios), max(ratios)],
+                   class_counts={c: sum(r["class_counts"][c] for r in run) for c in run[0]["class_counts"]})
+        if "skipped" in row:
+            row["skipped"] = sum(r["skipped"] for r in run)
+        rows.append(row)
+    return rows
+
+
 def bench_train(shards: Path, device: str = "auto", backend: str = "dali", model: str | None = None,
                 batch_size: int = 32, batches: int = 10, image_size: int = 224, precisions=("off", "auto")) -> list[dict]:
     from .engine import amp_setup, train_one_epoch
@@ -250,7 +280,7 @@ def bench_memory(work: Path, sizes=(20_000, 200_000), backend: str = "torch") ->
 # ---------------------------------------------------------------- all
 def bench_all(samples: int, out_json: Path | None, work: Path | None = None, batches: int = 20,
               train_model: str = "resnet18", train_batches: int = 6, train_image_size: int = 224, memory_sizes=(20_000, 200_000),
-              sampler_sizes=(1_000_000, 100_000_000), log=print) -> dict:
+              sampler_sizes=(1_000_000, 100_000_000), log=print, rounds: int = 3) -> dict:
     from .synth import synth_dataset
     work = Path(work or tempfile.mkdtemp(prefix="dfp-bench-"))
     data = work / "data"
@@ -264,15 +294,9 @@ def bench_all(samples: int, out_json: Path | None, work: Path | None = None, bat
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     res["loaders"] = []
     for dev in devices:
-        log(f"loaders on {dev}: seed baseline, torch, dali")
-        res["loaders"].append(bench_seed_baseline(data, dev, batches=batches))
-        res["loaders"].append(bench_loader(shards, "torch", dev, batches=batches))
-        if dev == "cuda":
-            res["loaders"].append(bench_loader(shards, "torch", dev, batches=batches, gpu_decode=True))
-        res["loaders"].append(bench_loader(shards, "dali", dev, batches=batches))
-    for row in res["loaders"]:
-        base = next(r for r in res["loaders"] if r["device"] == row["device"] and r["backend"].startswith("seed"))
-        row["vs_seed"] = row["samples_per_s"] / base["samples_per_s"]
+        log(f"loaders on {dev}: seed baseline, torch, dali; {rounds} interleaved round(s)")
+        res["loaders"] += bench_loaders(data, shards, dev, batches, rounds)
+    log("training: fp32 vs AMP")
     log("training: fp32 vs AMP")
     res["train"] = bench_train(shards, "auto", "dali", train_model, batches=train_batches, image_size=train_image_size)
     log("sampler planning")
@@ -299,10 +323,13 @@ def format_table(res: dict) -> str:
                   f"  tar cf    : {s['tar_files_per_s']:8.0f} files/s {s['tar_mb_per_s']:7.1f} MB/s",
                   f"  dfp / tar speed: {s['speed_vs_tar']:.2f}x (--check structure: {s['structure_speed_vs_tar']:.2f}x)"]
     if res.get("loaders"):
-        lines += ["", f"{'loader (train aug, 224x224)':48s} {'device':6s} {'samples/s':>10s} {'vs seed':>8s}  delivered real/fake"]
+        n = len(res["loaders"][0]["rounds"])
+        lines += ["", f"loader (train aug, 224x224), median of {n} interleaved round(s)",
+                  f"{'':48s} {'device':6s} {'samples/s':>10s} {'vs seed':>8s} {'range':>13s}  delivered real/fake"]
         for r in res["loaders"]:
-            c = r["class_counts"]
-            lines.append(f"  {r['backend']:46s} {r['device']:6s} {r['samples_per_s']:10.1f} {r['vs_seed']:7.2f}x  {c['real']}/{c['fake']}")
+            c, (lo, hi) = r["class_counts"], r["vs_seed_range"]
+            lines.append(f"  {r['backend']:46s} {r['device']:6s} {r['samples_per_s']:10.1f} {r['vs_seed']:7.2f}x "
+                         f"{lo:5.2f}-{hi:4.2f}x  {c['real']}/{c['fake']}")
     if res.get("train"):
         lines += ["", f"{'training':30s} {'precision':16s} {'samples/s':>10s} {'data wait':>10s}"]
         base = res["train"][0]["samples_per_s"]

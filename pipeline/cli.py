@@ -319,7 +319,8 @@ def bench_train_cmd(shards: Path = typer.Argument(...), device: str = typer.Opti
 @bench_app.command("all")
 def bench_all_cmd(samples: int = typer.Option(2000, help="synthetic 512x384 JPEG images to build"),
                   work: Optional[Path] = typer.Option(None, help="work folder (default: a temporary one)"),
-                  batches: int = typer.Option(20, help="timed loader batches per contender"),
+                  batches: int = typer.Option(20, help="timed loader batches per contender and round"),
+                  rounds: int = typer.Option(3, help="interleaved loader rounds; ratios are medians over rounds"),
                   train_model: str = typer.Option("resnet18"), train_batches: int = typer.Option(6),
                   train_image_size: int = typer.Option(224, help="training benchmark input side"),
                   memory_sizes: str = typer.Option("20000,200000", help="dataset sizes for the loader memory probe"),
@@ -332,7 +333,9 @@ def bench_all_cmd(samples: int = typer.Option(2000, help="synthetic 512x384 JPEG
         raise UsageError("--memory-sizes: comma-separated integers") from None
     if samples < 20:
         raise UsageError("--samples must be at least 20")
-    bench_all(samples, json_out, work, batches, train_model, train_batches, train_image_size, sizes)
+    if rounds < 1:
+        raise UsageError("--rounds must be at least 1")
+    bench_all(samples, json_out, work, batches, train_model, train_batches, train_image_size, sizes, rounds=rounds)
 
 
 def _emit(res: dict, json_out: Optional[Path], text: str) -> None:

@@ -17,7 +17,7 @@ def test_bench_all_toy_scale(tmp_path):
     out = tmp_path / "bench.json"
     # 64x64 training: CPUs without bf16 instructions emulate it, tens of times slower than fp32 at 224
     res = bench_all(24, out, tmp_path / "work", batches=2, train_batches=2, train_image_size=64, memory_sizes=(300, 600),
-                    sampler_sizes=(10_000,), log=lambda *a: None)
+                    sampler_sizes=(10_000,), log=lambda *a: None, rounds=2)
     saved = json.loads(out.read_text())
     assert saved["samples"] == 24 and saved["machine"]["cpu_cores"] >= 1
     s = saved["shard"]
@@ -27,10 +27,15 @@ def test_bench_all_toy_scale(tmp_path):
     assert s["structure_speed_vs_tar"] == pytest.approx(s["tar_seconds"] / s["structure_dfp_seconds"])
     backends = [r["backend"] for r in saved["loaders"]]
     assert backends[0].startswith("seed") and "torch" in backends and "dali" in backends
+    seed_rounds = saved["loaders"][0]["rounds"]
     for r in saved["loaders"]:
-        assert r["samples"] == 2 * 64 and r["samples_per_s"] > 0
+        # two interleaved rounds of 2 batches of 64; the seed's way (which forks DataLoader workers) ran
+        # after DALI in round 2
+        assert r["samples"] == 2 * 2 * 64 and len(r["rounds"]) == 2
         assert sum(r["class_counts"].values()) == r["samples"]
-        assert r["vs_seed"] == pytest.approx(r["samples_per_s"] / saved["loaders"][0]["samples_per_s"])
+        assert r["samples_per_s"] == pytest.approx(sum(r["rounds"]) / 2)  # the median of two
+        ratios = sorted(a / b for a, b in zip(r["rounds"], seed_rounds))
+        assert r["vs_seed"] == pytest.approx(sum(ratios) / 2) and r["vs_seed_range"] == pytest.approx(ratios)
     assert [r["precision"] for r in saved["train"]] == ["fp32", "torch.bfloat16"]
     assert all(0 <= r["data_wait_share"] <= 1 and r["image_size"] == 64 for r in saved["train"])
     assert [(r["backend"], r["samples"]) for r in saved["memory"]] == [("torch", 300), ("torch", 600), ("dali", 300), ("dali", 600)]
