@@ -238,3 +238,32 @@ def test_dali_colour_saturates_only_strong_samples_and_normalises():
     rgb = strong[:, 0, 0] * np.array(STD) * 255 + np.array(MEAN) * 255
     assert rgb[0] - rgb[2] > 1.3 * (200 - 40)  # saturation 1.5 spreads the channels apart
     assert abs(rgb @ [0.299, 0.587, 0.114] - pixel @ [0.299, 0.587, 0.114]) < 3  # and keeps the brightness
+
+
+def test_dali_crop_warp_geometry_flip_rotation_and_black_corners():
+    """One warp does crop-resize, flip and rotation; corners a rotation uncovers are black."""
+    import io
+    from PIL import Image
+    from nvidia.dali import fn, pipeline_def, types
+    from pipeline.loaders.dali import _crop_warp
+    ramp = np.tile(np.linspace(40, 240, 64).astype(np.uint8)[None, :, None], (64, 1, 3))  # brighter to the right
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "JPEG", quality=98)
+    jpeg = np.frombuffer(buf.getvalue(), np.uint8)
+
+    @pipeline_def(batch_size=3, num_threads=1, device_id=None, exec_dynamic=True)
+    def pipe():
+        data = fn.external_source(source=lambda: [jpeg] * 3, batch=True, dtype=types.UINT8)
+        flip = fn.external_source(source=lambda: [np.float32(0), np.float32(1), np.float32(0)], batch=True)
+        angle = fn.external_source(source=lambda: [np.float32(0), np.float32(0), np.float32(30)], batch=True)
+        return _crop_warp(data, (fn.constant(fdata=[0.0, 0.0]), fn.constant(fdata=[1.0, 1.0]), flip, angle), 32, "cpu")
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    plain, flipped, rotated = (np.array(out[i]).astype(int) for i in range(3))
+    assert plain.shape == (32, 32, 3)
+    assert plain[16, 2, 0] < plain[16, 16, 0] < plain[16, 29, 0]  # the ramp survives the resize
+    assert np.abs(flipped[:, ::-1] - plain).mean() < 4  # flip mirrors left-right
+    assert rotated[0, 0].max() == 0 and rotated[-1, -1].max() == 0  # uncovered corners are black
+    assert abs(rotated[16, 16, 0] - plain[16, 16, 0]) < 8  # the centre stays put

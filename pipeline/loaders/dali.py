@@ -58,8 +58,9 @@ def _geometry(strong):
 def _crop_warp(jpegs, geometry, size: int, decode_device: str):
     """Decode only the crop window, then one warp: centre, flip, scale to size, rotate, re-centre.
 
-    Nearest-neighbour sampling (torchvision's RandomRotation default): on a CPU it costs a fifth of
-    bilinear, and it leaves pixel-level artifacts unblurred."""
+    Nearest-neighbour sampling (torchvision's RandomRotation default) and black corners (its fill).
+    `warp_perspective` (OpenCV's on a CPU) with the affine matrix as a 3x3 cost half of what
+    `warp_affine` did here (0.5 vs 0.9 ms of CPU a sample, same geometry)."""
     from nvidia.dali import fn, types
     anchor, shape, flip, angle = geometry
     img = fn.decoders.image_slice(jpegs, anchor, shape, device=decode_device, output_type=types.RGB,
@@ -70,7 +71,9 @@ def _crop_warp(jpegs, geometry, size: int, decode_device: str):
     mt = fn.transforms.scale(mt, scale=fn.stack((1.0 - 2.0 * flip) * (float(size) / w_px), float(size) / h_px))
     mt = fn.transforms.rotation(mt, angle=angle)
     mt = fn.transforms.translation(mt, offset=[size / 2.0, size / 2.0])
-    return fn.warp_affine(img, matrix=mt, size=[size, size], inverse_map=False, interp_type=types.INTERP_NN)
+    mt = fn.cat(mt, fn.constant(fdata=[0.0, 0.0, 1.0], shape=[1, 3]), axis=0)
+    return fn.experimental.warp_perspective(img, matrix=mt, size=[size, size], inverse_map=False,
+                                            interp_type=types.INTERP_NN, border_mode="constant", fill_value=[0.0])
 
 
 def image_train_graph(jpegs, strong, size: int, decode_device: str, finish=None):
