@@ -33,28 +33,41 @@ def _files(root: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------- packing
-def bench_shard(input_dir: Path, workers: int | None = None, work: Path | None = None) -> dict:
+def bench_shard(input_dir: Path, workers: int | None = None, work: Path | None = None, rounds: int = 3) -> dict:
+    """`tar cf` against `dfp shard` (default check and --check structure), in interleaved rounds.
+
+    `tar`'s speed on a shared machine swings by 2x or more between minutes, so each ratio is taken within
+    a round and the median over rounds reported, with its range; seconds and files/s are medians too."""
     from .shards import ShardParams, build_shards
     work = Path(work or tempfile.mkdtemp(prefix="dfp-bench-"))
     files = _files(input_dir)
     nbytes = sum(p.stat().st_size for p in files)
     _ = [p.read_bytes() for p in files]  # warm the page cache for both contenders alike
-    t = time.perf_counter()
-    subprocess.run(["tar", "cf", str(work / "plain.tar"), "-C", str(input_dir), "."], check=True)
-    tar_s = time.perf_counter() - t
-    res = {"files": len(files), "mb": nbytes / 1e6, "tar_seconds": tar_s, "tar_files_per_s": len(files) / tar_s,
-           "tar_mb_per_s": nbytes / 1e6 / tar_s}
-    # the default (every kept JPEG decoded once) and --check structure (headers and end marker only)
-    for check, prefix in (("structure", "structure_"), ("decode", "")):
-        out = work / f"shards_{check}"
-        shutil.rmtree(out, ignore_errors=True)
+    times: dict[str, list[float]] = {"tar": [], "structure": [], "decode": []}
+    packed = {}
+    for _ in range(rounds):
         t = time.perf_counter()
-        summary = build_shards(input_dir, out, ShardParams(check=check), workers=workers, progress=False)
-        shard_s = time.perf_counter() - t
-        res.update({f"{prefix}dfp_seconds": shard_s, f"{prefix}dfp_files_per_s": len(files) / shard_s,
-                    f"{prefix}dfp_mb_per_s": nbytes / 1e6 / shard_s, f"{prefix}speed_vs_tar": tar_s / shard_s,
-                    f"{prefix}packed": summary["packed"]})
-    res["shards"] = str(out)
+        subprocess.run(["tar", "cf", str(work / "plain.tar"), "-C", str(input_dir), "."], check=True)
+        times["tar"].append(time.perf_counter() - t)
+        # the default (every kept JPEG decoded once) and --check structure (headers and end marker only)
+        for check in ("structure", "decode"):
+            out = work / f"shards_{check}"
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            packed[check] = build_shards(input_dir, out, ShardParams(check=check), workers=workers,
+                                         progress=False)["packed"]
+            times[check].append(time.perf_counter() - t)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    res = {"files": len(files), "mb": nbytes / 1e6, "rounds": rounds, "tar_seconds": med["tar"],
+           "tar_round_seconds": times["tar"], "tar_files_per_s": len(files) / med["tar"],
+           "tar_mb_per_s": nbytes / 1e6 / med["tar"]}
+    for check, prefix in (("structure", "structure_"), ("decode", "")):
+        ratios = [t / d for t, d in zip(times["tar"], times[check])]
+        res.update({f"{prefix}dfp_seconds": med[check], f"{prefix}dfp_round_seconds": times[check],
+                    f"{prefix}dfp_files_per_s": len(files) / med[check], f"{prefix}dfp_mb_per_s": nbytes / 1e6 / med[check],
+                    f"{prefix}speed_vs_tar": float(np.median(ratios)), f"{prefix}speed_vs_tar_range": [min(ratios), max(ratios)],
+                    f"{prefix}packed": packed[check]})
+    res["shards"] = str(work / "shards_decode")
     return res
 
 
@@ -288,8 +301,8 @@ def bench_all(samples: int, out_json: Path | None, work: Path | None = None, bat
         log(f"synthesising {samples} 512x384 JPEG images (3:1 real:fake) in {data}")
         synth_dataset(data, "image", samples - samples // 4, samples // 4, seed=0, image_size=(512, 384), progress=True)
     res: dict = {"machine": machine(), "samples": samples}
-    log("packing: dfp shard vs tar cf")
-    res["shard"] = bench_shard(data, work=work)
+    log(f"packing: dfp shard vs tar cf; {rounds} interleaved round(s)")
+    res["shard"] = bench_shard(data, work=work, rounds=rounds)
     shards = Path(res["shard"]["shards"])
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     res["loaders"] = []
@@ -316,12 +329,15 @@ def format_table(res: dict) -> str:
     lines = [f"machine: {m['cpu_cores']} CPU cores ({m['cpu']}), GPU: {m['gpu'] or 'none'}, torch {m['torch']}"]
     s = res.get("shard")
     if s:
-        lines += ["", f"packing {s['files']} files ({s['mb']:.1f} MB)",
+        lo, hi = s["speed_vs_tar_range"]
+        slo, shi = s["structure_speed_vs_tar_range"]
+        lines += ["", f"packing {s['files']} files ({s['mb']:.1f} MB), median of {s['rounds']} interleaved round(s)",
                   f"  dfp shard : {s['dfp_files_per_s']:8.0f} files/s {s['dfp_mb_per_s']:7.1f} MB/s",
                   f"  dfp shard --check structure : {s['structure_dfp_files_per_s']:8.0f} files/s "
                   f"{s['structure_dfp_mb_per_s']:7.1f} MB/s",
                   f"  tar cf    : {s['tar_files_per_s']:8.0f} files/s {s['tar_mb_per_s']:7.1f} MB/s",
-                  f"  dfp / tar speed: {s['speed_vs_tar']:.2f}x (--check structure: {s['structure_speed_vs_tar']:.2f}x)"]
+                  f"  dfp / tar speed: {s['speed_vs_tar']:.2f}x, rounds {lo:.2f}-{hi:.2f}x "
+                  f"(--check structure: {s['structure_speed_vs_tar']:.2f}x, rounds {slo:.2f}-{shi:.2f}x)"]
     if res.get("loaders"):
         n = len(res["loaders"][0]["rounds"])
         lines += ["", f"loader (train aug, 224x224), median of {n} interleaved round(s)",

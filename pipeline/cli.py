@@ -320,7 +320,7 @@ def bench_train_cmd(shards: Path = typer.Argument(...), device: str = typer.Opti
 def bench_all_cmd(samples: int = typer.Option(2000, help="synthetic 512x384 JPEG images to build"),
                   work: Optional[Path] = typer.Option(None, help="work folder (default: a temporary one)"),
                   batches: int = typer.Option(20, help="timed loader batches per contender and round"),
-                  rounds: int = typer.Option(3, help="interleaved loader rounds; ratios are medians over rounds"),
+                  rounds: int = typer.Option(3, help="interleaved rounds for packing and loaders; ratios are medians over rounds"),
                   train_model: str = typer.Option("resnet18"), train_batches: int = typer.Option(6),
                   train_image_size: int = typer.Option(224, help="training benchmark input side"),
                   memory_sizes: str = typer.Option("20000,200000", help="dataset sizes for the loader memory probe"),
