@@ -2,9 +2,9 @@
 
 Decoding runs on the GPU (`device="mixed"`) when the loader's device is CUDA and on DALI's CPU
 threads otherwise: the graph functions are the same, only the device string changes.
-Images: decode only the random crop (`decoders.image_slice`), then one fused affine warp
-(scale, rotation, flip) and a colour twist, all kept uint8; normalisation happens in torch on
-the target device. Per-sample parameters blend the standard and strong recipes with a 0/1
+Images: decode only the random crop (`decoders.image_slice`), then one fused warp (scale,
+rotation, flip) in uint8, then the colour jitter written as float into the normalisation, all
+where DALI runs; video frames stay uint8 and torch normalises them on the device. Per-sample parameters blend the standard and strong recipes with a 0/1
 `strong` input, so minority samples get stronger augmentation inside one batch.
 """
 from __future__ import annotations
