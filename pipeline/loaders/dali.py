@@ -90,17 +90,12 @@ def _colour(img, strong, params=None, finish=None):
     after the conditional also keeps the output one contiguous batch (no merge copy)."""
     from nvidia.dali import fn, types
     b, c, s = params or _colour_params(strong)
-    saturate = bool(IMAGE["strong"].saturation)
-    if finish is None:  # video frames: uint8 out
-        img = fn.brightness_contrast(img, brightness=b, contrast=c)
-        if saturate and strong > 0.5:
-            img = fn.hsv(img, saturation=s)
-        return img
-    if saturate and strong > 0.5:
-        img = fn.hsv(fn.brightness_contrast(img, brightness=b, contrast=c), saturation=s, dtype=types.FLOAT)
+    out = {"dtype": types.FLOAT} if finish else {}  # without finish (video frames): uint8 out
+    if IMAGE["strong"].saturation and strong > 0.5:
+        img = fn.hsv(fn.brightness_contrast(img, brightness=b, contrast=c), saturation=s, **out)
     else:
-        img = fn.brightness_contrast(img, brightness=b, contrast=c, dtype=types.FLOAT)
-    return finish(img)
+        img = fn.brightness_contrast(img, brightness=b, contrast=c, **out)
+    return finish(img) if finish else img
 
 
 def _colour_params(strong):
