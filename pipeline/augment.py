@@ -61,6 +61,40 @@ class AudioFeatures:
         return self.samples // self.hop_length + 1
 
 
+# ---------------------------------------------------------------- keyed random parameters
+# A sample's augmentation is drawn from a generator keyed by (seed, epoch, plan position), so it does
+# not depend on how long a pipeline has lived: a resumed run replays the same augmentations.
+def sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(epoch), int(position)])
+
+
+IMAGE_FIELDS = ("anchor", "shape", "flip", "angle", "brightness", "contrast", "saturation")
+AUDIO_FIELDS = ("start", "gain", "sigma", "noise")
+
+
+def draw_image(rng: np.random.Generator, aug: ImageAug) -> dict[str, np.ndarray]:
+    """Random-resized-crop window (normalised anchor and shape), flip, rotation and colour factors."""
+    u = rng.random(9)
+    area = aug.scale[0] + u[0] * (aug.scale[1] - aug.scale[0])
+    lo, hi = np.log(aug.ratio[0]), np.log(aug.ratio[1])
+    ratio = np.exp(lo + u[1] * (hi - lo))
+    cw, ch = min(np.sqrt(area * ratio), 1.0), min(np.sqrt(area / ratio), 1.0)
+    jitter = lambda v, amount: 1.0 + (2.0 * v - 1.0) * amount
+    f = np.float32
+    return {"anchor": np.array([u[2] * (1.0 - cw), u[3] * (1.0 - ch)], f), "shape": np.array([cw, ch], f),
+            "flip": f(u[4] < aug.flip), "angle": f((2.0 * u[5] - 1.0) * aug.rotate),
+            "brightness": f(jitter(u[6], aug.brightness)), "contrast": f(jitter(u[7], aug.contrast)),
+            "saturation": f(jitter(u[8], aug.saturation))}
+
+
+def draw_audio(rng: np.random.Generator, aug: AudioAug, samples: int) -> dict[str, np.ndarray]:
+    """Crop start (fraction of the slack), gain factor, noise level and the noise itself."""
+    u = rng.random(3)
+    f = np.float32
+    return {"start": f(u[0]), "gain": f(10.0 ** ((2.0 * u[1] - 1.0) * aug.gain_db / 20.0)), "sigma": f(u[2] * aug.noise),
+            "noise": rng.standard_normal(samples, dtype=np.float32)}
+
+
 def strong_mask(labels: np.ndarray, minority: tuple[int, ...]) -> np.ndarray:
     return np.isin(labels, np.asarray(minority, dtype=labels.dtype)) if minority else np.zeros(len(labels), bool)
 

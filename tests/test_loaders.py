@@ -19,8 +19,15 @@ def shards_for(tmp_path_factory, modality):
 
 
 @pytest.fixture(scope="module")
-def image_shards(tmp_path_factory):
-    return shards_for(tmp_path_factory, "image")
+def shards_of(tmp_path_factory):
+    """modality -> shards, built once per module."""
+    built = {}
+    return lambda modality: built.get(modality) or built.setdefault(modality, shards_for(tmp_path_factory, modality))
+
+
+@pytest.fixture(scope="module")
+def image_shards(shards_of):
+    return shards_of("image")
 
 
 def opts(**kw):
@@ -34,8 +41,8 @@ def first_batch(loader):
 
 
 @pytest.mark.parametrize("modality", ["image", "audio", "video"])
-def test_backends_agree_on_shapes_and_dtypes(tmp_path_factory, modality):
-    out = shards_for(tmp_path_factory, modality)
+def test_backends_agree_on_shapes_and_dtypes(shards_of, modality):
+    out = shards_of(modality)
     for train in (True, False):
         got = {}
         for backend in ("torch", "dali"):
@@ -123,17 +130,19 @@ def test_minority_augmentation_reaches_only_minority_samples(image_shards, monke
     assert [a is IMAGE["strong"] for a in seen] == [l == 1 for l in labels]
     # the DALI feed marks exactly the minority samples as strong
     dl = make_loader(image_shards, "train", "dali", "cpu", opts(batch_size=8))
-    dl.producer._iter = iter(dl.batches())
-    *_, strong = dl.producer._source()
-    idx, ok = dl.producer.fed[0]
-    assert [float(s) for s in strong] == [float(l == 1) for l in dl.index.labels[idx[ok]]]
+    from pipeline.loaders.dali import aug_fields
+    dl.producer._iter = enumerate(dl.batches())
+    cols = dl.producer._source()
+    fed = dict(zip(aug_fields("image"), cols[len(dl.index.exts):]))
+    _, idx, ok = dl.producer.fed[0]
+    assert [float(s) for s in fed["strong"]] == [float(l == 1) for l in dl.index.labels[idx[ok]]]
     off = make_loader(image_shards, "train", "torch", "cpu", opts(minority_augment=False))
     assert off.cfg.minority == ()
 
 
-@pytest.mark.parametrize("backend", ["torch", "dali"])
-def test_corrupt_samples_are_skipped_and_counted(image_shards, tmp_path, backend):
-    out = tmp_path / "bad"
+def corrupt_copy(image_shards, dest):
+    """A copy of the shards with two bad train samples: a wrecked JPEG header and a truncated last sample."""
+    out = dest / "bad"
     shutil.copytree(image_shards, out)
     m = read_manifest(out)
     real_shard = next(r for r in m["shards"] if r["split"] == "train" and r["class"] == "real")
@@ -150,16 +159,56 @@ def test_corrupt_samples_are_skipped_and_counted(image_shards, tmp_path, backend
     last = read_index(fpath.with_suffix(".idx"))[-1]["jpg"]
     with open(fpath, "r+b") as f:
         f.truncate(last[0] + last[1] // 2)
+    return out, m
 
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_corrupt_samples_are_skipped_and_counted(image_shards, tmp_path, backend):
+    out, m = corrupt_copy(image_shards, tmp_path)
     ev = make_loader(out, "train", backend, "cpu", opts(train=False, batch_size=6))
     keys = [k for _, _, ks in ev for k in ks]
     assert ev.skipped == 2
     assert len(keys) == sum(m["splits"]["train"].values()) - 2
 
+    if backend == "dali":  # the wrecked header passes the cheap check, so DALI fails and the batch is run again
+        assert ev.rescued_batches == 1
+
     tr = make_loader(out, "train", backend, "cpu", opts(batch_size=6, epoch_len=60, sampling="natural"))
     shapes = {tuple(x.shape) for x, _, _ in tr}
     assert shapes == {(6, 3, 48, 48)}  # failed slots refilled: every batch keeps its shape
     assert tr.skipped >= 1
+
+
+def test_dali_error_on_samples_that_decode_is_raised_not_rescued(image_shards, tmp_path, monkeypatch):
+    """Only an undecodable sample may be skipped: when the CPU decoder reads every sample of the batch
+    DALI failed on, the fault is DALI's and must surface."""
+    import pipeline.loaders.dali as dali
+    out, _ = corrupt_copy(image_shards, tmp_path)
+    monkeypatch.setattr(dali, "decodes", lambda *a: True)
+    ev = make_loader(out, "train", "dali", "cpu", opts(train=False, batch_size=6))
+    with pytest.raises(dali.LoaderError, match="whose samples all decode on the CPU"):
+        for _ in ev:
+            pass
+
+
+@pytest.mark.parametrize("modality", ["image", "audio", "video"])
+def test_dali_augmentation_is_keyed_by_plan_position_not_pipeline_age(shards_of, modality):
+    """A resumed epoch (fresh pipeline, started mid-epoch) gets bit-identical batches."""
+    out = shards_of(modality)
+    o = opts(batch_size=4, epoch_len=24)
+    old = make_loader(out, "train", "dali", "cpu", o)
+    for _ in old:  # epoch 0 ages the pipeline
+        pass
+    old.set_epoch(1)
+    ref = [x.clone() for x, _, _ in old]
+    fresh = make_loader(out, "train", "dali", "cpu", o)
+    fresh.set_epoch(1, start_batch=2)
+    got = [x.clone() for x, _, _ in fresh]
+    assert len(got) == len(ref) - 2 and old.skipped == fresh.skipped == 0
+    for a, b in zip(ref[2:], got):
+        assert torch.equal(a, b)
+    assert not torch.equal(ref[0], ref[1])  # and the augmentation is random at all
+
 
 
 def test_resume_mid_epoch_gives_the_remaining_batches(image_shards):

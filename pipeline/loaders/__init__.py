@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..augment import AudioFeatures, normalize_images, spec_masks, torch_log_mel, AUDIO
+from ..augment import AUDIO, AudioFeatures, normalize_images, spec_masks, strong_mask, torch_log_mel
 from ..formats import CLASSES, read_manifest
 from ..sampling import EpochSampler, eval_indices, rank_slice
 from .decode import LoaderConfig
@@ -106,10 +106,22 @@ class Loader:
             return len(self.sampler) - self.start_batch
         return -(-len(self._eval) // self.opts.batch_size)
 
+    def sample_keys(self, b: int) -> np.ndarray:
+        """Plan positions of this iteration's batch b: each sample's augmentation is keyed by (seed, epoch, position),
+        so a resumed epoch replays the same randomness whatever the backend's state."""
+        a = self.start_batch + b
+        bs, w = self.sampler.batch_size, self.world_size
+        return (np.arange(bs, dtype=np.int64) + a * bs) * w + self.rank
+
+    @property
+    def rescued_batches(self) -> int:
+        """Batches a backend had to run again without their undecodable samples."""
+        return getattr(self.producer, "rescued_batches", 0)
+
     # ------------------------------------------------------------------ iteration
     def __iter__(self):
         skipped_before = self.skipped
-        for data, ok, idx in self.producer.run(self.batches()):
+        for b, (data, ok, idx) in enumerate(self.producer.run(self.batches())):
             bad = int((~ok).sum())
             self.skipped += bad
             if not ok.any():
@@ -124,7 +136,7 @@ class Loader:
                 data, good = data[torch.from_numpy(rep)], good[rep]
             labels = self.index.labels[good]
             self.delivered += np.bincount(labels, minlength=len(CLASSES))
-            x = self._finish(data, labels)
+            x = self._finish(data, labels, b)
             y = torch.from_numpy(labels.astype(np.float32)).to(self.device, non_blocking=True)
             yield x, y, [self.index.key(i) for i in good]
         if self.skipped > skipped_before:
@@ -132,7 +144,7 @@ class Loader:
                   f"split {self.index.split} this epoch", file=sys.stderr)
         self.start_batch = 0
 
-    def _finish(self, data: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    def _finish(self, data: torch.Tensor, labels: np.ndarray, b: int) -> torch.Tensor:
         """Device transfer and the last, cheap steps on the device: normalisation, log-mel, masks."""
         x = data.to(self.device, non_blocking=True)
         if self.modality == "audio":
@@ -141,8 +153,8 @@ class Loader:
             elif x.dim() == 3:
                 x = x.unsqueeze(1)
             if self.cfg.augment:
-                strong = np.isin(labels, self.cfg.minority)
-                rng = np.random.default_rng([self.opts.seed, self.epoch, self.rank, int(self.delivered.sum())])
+                strong = strong_mask(labels, self.cfg.minority)
+                rng = np.random.default_rng([self.opts.seed, self.epoch, self.rank, self.start_batch + b, 1])
                 x = spec_masks(x, [AUDIO["strong" if s else "standard"] for s in strong], rng)
             return x
         if x.dtype == torch.uint8:

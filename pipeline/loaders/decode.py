@@ -1,7 +1,7 @@
 """Per-sample CPU decoding and augmentation with torch/torchvision/torchaudio.
 
-Used by the PyTorch backend, by the DALI backend to rescue a batch that DALI could not decode,
-and by `dfp predict`. A sample that does not decode returns None: callers skip and count it.
+Used by the PyTorch backend, by the DALI backend to tell which samples of a failed batch are
+undecodable, and by `dfp predict`. A sample that does not decode returns None: callers skip and count it.
 """
 from __future__ import annotations
 
@@ -44,6 +44,15 @@ def _decode_audio(b: bytes, sr: int) -> np.ndarray | None:
         from ..media.audio import resample
         x = resample(x, got, sr)
     return x
+
+
+def decodes(comps: list[bytes] | None, modality: str, feat: AudioFeatures) -> bool:
+    """Whether every component of a sample decodes with the CPU decoders (the test for a bad sample)."""
+    if comps is None:
+        return False
+    if modality == "audio":
+        return _decode_audio(comps[0], feat.sample_rate) is not None
+    return all(_decode_jpeg(b) is not None for b in comps)
 
 
 def visual_sample(comps: list[bytes], cfg: LoaderConfig, strong: bool) -> torch.Tensor | None:
