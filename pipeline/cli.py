@@ -143,8 +143,18 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT"),
             typer.echo(f"plot: {plot}")
 
 
+# cli options whose TrainConfig field has another name
+_TRAIN_FIELD = {"no_amp": "amp", "quiet": "progress", "no_report": "report"}
+
+
+def _given(ctx: typer.Context) -> set[str]:
+    """The TrainConfig fields the user set on the command line (a resumed run applies or refuses exactly these)."""
+    sources = {n: getattr(ctx.get_parameter_source(n), "name", "") for n in ctx.params}
+    return {_TRAIN_FIELD.get(n, n) for n, src in sources.items() if src in ("COMMANDLINE", "ENVIRONMENT")}
+
+
 @app.command()
-def train(shards: Path = typer.Argument(..., help="shard folder from dfp shard"),
+def train(ctx: typer.Context, shards: Path = typer.Argument(..., help="shard folder from dfp shard"),
           out: Path = typer.Option(Path("runs/exp"), help="run directory"),
           device: str = typer.Option("auto", help="auto, cpu or cuda"),
           backend: str = typer.Option("auto", help="loader backend: auto (dali if installed), dali or torch"),
@@ -217,7 +227,7 @@ def train(shards: Path = typer.Argument(..., help="shard folder from dfp shard")
                       max_samples_per_class=max_samples_per_class, epoch_len=epoch_len, patience=patience,
                       threshold_method=threshold_method, resume=str(resume) if resume else None, save_every=save_every,
                       tensorboard=tensorboard, progress=not quiet, report=not no_report)
-    run_training(cfg)
+    run_training(cfg, given=_given(ctx))
 
 
 @app.command()

@@ -90,7 +90,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, amp_dtype, scaler, *, clip: float = 1.0,
                     max_nonfinite: int = 20, desc: str = "train", progress: bool = True, keys_out: list | None = None,
                     on_step=None) -> dict:
-    """One pass over `loader`. `on_step(batches_done)` runs after every batch (mid-epoch checkpoints)."""
+    """One pass over `loader`. `on_step(batches_done, sums)` runs after every step with the sums so far (mid-epoch
+    checkpoints carry them, so a resumed epoch still reports the whole epoch)."""
     model.train()
     total_loss, steps, samples, skipped, in_a_row = 0.0, 0, 0, 0, 0
     wait = 0.0
@@ -131,14 +132,18 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, amp_dt
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        if on_step is not None:
-            on_step(steps + skipped + 1)
         total_loss += value * len(y)
         samples += len(y)
         steps += 1
+        if on_step is not None:
+            on_step(steps + skipped, {"loss_sum": total_loss, "samples": samples, "seconds": time.perf_counter() - t0,
+                                      "data_wait": wait, "nonfinite_steps": skipped})
         if bar:
             el = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{value:.4f}", sps=f"{samples / el:.0f}", wait=f"{100 * wait / el:.0f}%")
+            post = dict(loss=f"{value:.4f}", sps=f"{samples / el:.0f}", wait=f"{100 * wait / el:.0f}%")
+            if getattr(loader, "skipped", 0):
+                post["skipped"] = loader.skipped
+            bar.set_postfix(**post)
             bar.update(1)
         t_wait = time.perf_counter()
     if bar:

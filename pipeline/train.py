@@ -21,15 +21,16 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .engine import (Dist, TrainingError, amp_setup, gather_predictions, init_distributed, predict, reduce_sum,
-                     train_one_epoch, weights_checksum, all_gather_objects)
+from .engine import (Dist, TrainingError, all_gather_objects, amp_setup, gather_predictions, init_distributed, predict,
+                     reduce_sum, train_one_epoch, weights_checksum)
 from .formats import CLASSES, read_manifest
 from .loaders import LoaderOptions, make_loader, resolve_device
+from .resume import Position
 from .sources import InputError
 from .stats import RECOMMENDED, imbalance_ratio, severity
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_f1", "val_auc", "lr", "samples_per_s",
-                  "val_f1_tuned", "data_wait", "nonfinite_steps"]
+                  "val_f1_tuned", "data_wait", "nonfinite_steps", "skipped_samples", "rescued_batches"]
 
 
 @dataclass
@@ -162,174 +163,300 @@ def _resolve_backend(name: str) -> str:
         return "torch"
 
 
-def run_training(cfg: TrainConfig, log=print) -> Path:
-    device = resolve_device(cfg.device)
-    d = init_distributed(device.type)
-    if d.enabled and device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
+def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> Path:
+    """`given`: the options set on the command line; on --resume they are applied or refused (see resume.py)."""
+    device, d = _setup_device(cfg.device)
     say = log if d.main else (lambda *a, **k: None)
-    out = Path(cfg.out)
-    resume_ckpt = None
+    ckpt, changed = None, {}
     if cfg.resume:
-        resume_ckpt = checkpoint.load(Path(cfg.resume) / "last.pth")
-        saved = resume_ckpt["config"]
-        cfg = replace(TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}),
-                      epochs=cfg.epochs, resume=cfg.resume, out=cfg.resume, device=cfg.device, progress=cfg.progress,
-                      report=cfg.report, save_every=cfg.save_every)
-        out = Path(cfg.resume)
+        from .resume import merge_config
+        ckpt = checkpoint.load(Path(cfg.resume) / "last.pth")
+        cfg, changed = merge_config(ckpt["config"], cfg, given, TrainConfig)
+    out = Path(cfg.out)
     manifest = read_manifest(cfg.shards)
-    modality = manifest["modality"]
-    train_counts = _check_splits(manifest, cfg.shards, cfg.max_samples_per_class)
-    cfg, decision = decide_strategy(cfg, train_counts)
-    backend = _resolve_backend(cfg.backend)
-    from .models import DEFAULT_MODEL, build_model, MODELS, ModelError
-    model_name = cfg.model or DEFAULT_MODEL[modality]
-    if model_name not in MODELS[modality]:
-        raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}")
-    cfg = replace(cfg, model=model_name, backend=backend)
+    cfg, decision, train_counts = _decide(cfg, manifest)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-
-    say(f"device: {device}{f' x{d.world_size} ranks' if d.enabled else ''}, backend: {backend}, model: {model_name}, modality: {modality}")
+    say(f"device: {device}{f' x{d.world_size} ranks' if d.enabled else ''}, backend: {cfg.backend}, model: {cfg.model}, "
+        f"modality: {manifest['modality']}")
     say(f"train: real {train_counts['real']}, fake {train_counts['fake']}; imbalance {decision['imbalance_ratio']}:1 "
         f"({decision['severity']}); strategy {decision['mode']}: loss {cfg.loss}, sampling {decision['sampling']}, "
         f"minority augmentation {'on' if cfg.minority_augment else 'off'}, SMOTE {'on' if cfg.smote else 'off'}")
-
-    sampling = decision["sampling"]
-    if isinstance(sampling, str) and "=" in sampling:
-        from .sampling import parse_class_weights
-        sampling = parse_class_weights(sampling)
-    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, image_size=cfg.image_size, audio_seconds=cfg.audio_seconds,
-                  workers=cfg.workers, max_samples_per_class=cfg.max_samples_per_class)
-    train_loader = make_loader(cfg.shards, "train", backend, device, LoaderOptions(
-        train=True, sampling=sampling, epoch_len=cfg.epoch_len, minority_augment=cfg.minority_augment, **common),
-        d.rank, d.world_size, manifest)
-    eval_loader = lambda split: make_loader(cfg.shards, split, backend, device, LoaderOptions(train=False, **common),
-                                            d.rank, d.world_size, manifest)
-    val_loader = eval_loader("val")
-
-    model = build_model(model_name, modality, cfg.pretrained, cfg.weights, cfg.frame_backbone).to(device)
-    if device.type == "cuda" and modality != "audio":
-        model = model.to(memory_format=torch.channels_last)
-    from .losses import make_loss
-    loss_fn = make_loss(cfg.loss, train_counts, cfg.focal_alpha, cfg.focal_gamma).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(
-        cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))))
-    amp_dtype, scaler = amp_setup(device, cfg.amp)
-    say(f"precision: {amp_dtype or 'fp32'}{' + GradScaler' if scaler else ''}; {steps_per_epoch} steps/epoch/rank")
-
-    start_epoch, start_batch, best_f1, history, bad_epochs, best_state = 0, 0, -1.0, [], 0, None
-    if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["model"])
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        scheduler.load_state_dict(resume_ckpt["scheduler"])
-        if scaler is not None and resume_ckpt.get("scaler"):
-            scaler.load_state_dict(resume_ckpt["scaler"])
-        position = resume_ckpt.get("sampler") or {"epoch": int(resume_ckpt["epoch"]) + 1, "batch": 0}
-        start_epoch, start_batch = int(position["epoch"]), int(position["batch"])
-        if start_batch >= steps_per_epoch:
-            start_epoch, start_batch = start_epoch + 1, 0
-        best_f1 = float(resume_ckpt.get("best_f1", -1.0))
-        bad_epochs = int(resume_ckpt.get("bad_epochs", 0))
-        history = list(resume_ckpt.get("history", []))
-        say(f"resuming {out} at epoch {start_epoch + 1}/{cfg.epochs}, batch {start_batch} "
-            f"(best val F1 so far {best_f1:.4f})")
-
-    net = model
-    if d.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-
-    base_state = {"config": None, "modality": modality, "classes": list(CLASSES), "preprocess": _preprocess(cfg, manifest)}
-    config_record = {**asdict(cfg), "strategy_decision": decision,
-                     "dataset": {"shards": str(Path(cfg.shards).resolve()), "modality": modality, "splits": manifest["splits"]},
-                     "world_size": d.world_size, "precision": str(amp_dtype or "fp32"),
-                     "device": str(device), "device_requested": cfg.device}
-    base_state["config"] = asdict(cfg)
+    run = _build(cfg, manifest, decision, train_counts, device, d)
+    say(f"precision: {run.amp_dtype or 'fp32'}{' + GradScaler' if run.scaler else ''}; "
+        f"{run.steps_per_epoch} steps/epoch/rank")
+    pos = _restore(run, ckpt, changed, say) if ckpt else Position(world_size=d.world_size, batch_size=cfg.batch_size)
+    config_record = _config_record(cfg, decision, manifest, run, ckpt, changed)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "config.json", config_record)
     tb = _tensorboard(out) if (cfg.tensorboard and d.main) else None
-    record_keys = os.environ.get("DFP_RECORD_KEYS") == "1"
-
-    def save_last(epoch: int, next_batch: int, epochs_done: int) -> None:
-        checkpoint.save(out / "last.pth", {**base_state, "model": model.state_dict(), "epoch": epochs_done - 1,
-                                           "best_f1": best_f1, "bad_epochs": bad_epochs, "history": list(history),
-                                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                           "scaler": scaler.state_dict() if scaler else None,
-                                           "sampler": {"epoch": epoch, "batch": next_batch}})
-
-    for epoch in range(start_epoch, cfg.epochs):
-        first = start_batch if epoch == start_epoch else 0
-        train_loader.set_epoch(epoch, first)
-        keys_seen = [] if record_keys else None
-        on_step = None
-        if cfg.save_every and d.main:
-            # mid-epoch checkpoint: the sampler position makes the resumed epoch draw the remaining batches
-            on_step = lambda done, e=epoch, f=first: (f + done) % cfg.save_every == 0 and save_last(e, f + done, e)
-        st = train_one_epoch(net, loss_fn, optimizer, scheduler, train_loader, device, amp_dtype, scaler, clip=cfg.clip,
-                             desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress and d.main, keys_out=keys_seen,
-                             on_step=on_step)
-        if keys_seen is not None:
-            Path(out / f"keys_rank{d.rank}_epoch{epoch}.txt").write_text("\n".join(keys_seen))
-        loss_sum, samples, seconds, wait, nonfinite = reduce_sum(
-            [st["loss_sum"], st["samples"], st["seconds"], st["data_wait"], st["nonfinite_steps"]], d, device)
-        keys, labels, scores, vloss = predict(net, val_loader, device, amp_dtype, loss_fn)
-        vloss = reduce_sum([vloss], d, device)[0]
-        keys, labels, scores = gather_predictions(keys, labels, scores, d)
-        v = _val_summary(labels, scores)
-        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(samples, 1), 6),
-               "val_loss": round(vloss / max(len(labels), 1), 6), "val_f1": round(v["f1"], 6),
-               "val_auc": "" if v["auc"] is None else round(v["auc"], 6), "lr": f"{scheduler.get_last_lr()[0]:.3e}",
-               "samples_per_s": round(samples / max(seconds / d.world_size, 1e-9), 2),
-               "val_f1_tuned": "" if v["f1_tuned"] is None else round(v["f1_tuned"], 6),
-               "data_wait": round(wait / max(seconds, 1e-9), 4), "nonfinite_steps": int(nonfinite)}
-        history.append(row)
-        score = v["f1_tuned"] if v["f1_tuned"] is not None else v["f1"]
-        improved = score > best_f1
-        if improved:
-            best_f1, bad_epochs = score, 0
-        else:
-            bad_epochs += 1
-        auc = "n/a" if v["auc"] is None else f"{v['auc']:.4f}"
-        say(f"Epoch {epoch + 1}/{cfg.epochs}: Train Loss={row['train_loss']:.4f}, Val Loss={row['val_loss']:.4f}, "
-            f"Val F1={v['f1']:.4f} (tuned {score:.4f}), Val AUC={auc}, {row['samples_per_s']:.0f} samples/s, "
-            f"data wait {100 * row['data_wait']:.0f}%")
-        state = {**base_state, "model": model.state_dict(), "epoch": epoch, "best_f1": best_f1,
-                 "bad_epochs": bad_epochs, "history": list(history)}
+    best_state = None
+    while pos.epoch < cfg.epochs:
+        row = _fit_epoch(run, pos)
+        row = _validate(run, pos, row, say)
+        improved = pos.bad_epochs == 0
         if improved:  # every rank decides alike (gathered predictions), so every rank keeps the same copy
-            best_state = {**state, "model": {k: v.detach().cpu().clone() for k, v in state["model"].items()}}
+            best_state = _best_state(run, pos)
+        pos.epoch, pos.batch, pos.totals = pos.epoch + 1, 0, {}
         if d.main:
-            if improved:
-                checkpoint.save(out / "best_model.pth", state)
-                say(f"Saved best model (val F1={best_f1:.4f})")
-            save_last(epoch + 1, 0, epoch + 1)
-            _write_history(out / "history.csv", history)
-            if tb:
-                for k in ("train_loss", "val_loss", "val_f1", "samples_per_s"):
-                    tb.add_scalar(k, float(row[k]), epoch + 1)
-        if cfg.patience and bad_epochs >= cfg.patience:
+            _save_epoch(run, pos, row, best_state if improved else None, tb, say)
+        if cfg.patience and pos.bad_epochs >= cfg.patience:
             say(f"early stopping: val F1 did not improve for {cfg.patience} epochs")
             break
-
     if d.enabled:
-        sums = all_gather_objects(weights_checksum(model), d)
+        sums = all_gather_objects(weights_checksum(run.model), d)
         config_record["distributed"] = {"world_size": d.world_size, "weights_identical": len(set(sums)) == 1}
         say(f"ranks: {d.world_size}, final weights identical on all ranks: {len(set(sums)) == 1}")
     if tb:
         tb.close()
     if best_state is None:  # resumed after the last improvement: the best weights are on disk
         best_state = checkpoint.load(out / "best_model.pth", map_location="cpu")
-    finish_run(cfg, out, model, device, amp_dtype, d, eval_loader, val_loader, best_state, config_record, log=say)
-    if d.enabled:
-        import torch.distributed as dist
-        dist.barrier()
-        dist.destroy_process_group()
+    finish_run(cfg, out, run.model, device, run.amp_dtype, d, run.eval_loader, run.val_loader, best_state,
+               config_record, log=say)
+    _teardown(run, d)
     return out
+
+
+# ---------------------------------------------------------------- steps of a run
+@dataclass
+class _Run:
+    """What the steps of a run share: set up once by `_build`."""
+    cfg: TrainConfig
+    device: torch.device
+    d: Dist
+    out: Path
+    modality: str
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, wrapped for DDP / compiled
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    train_loader: object
+    val_loader: object
+    eval_loader: object
+    base_state: dict
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader.sampler)
+
+
+def _setup_device(name: str) -> tuple[torch.device, Dist]:
+    device = resolve_device(name)
+    d = init_distributed(device.type)
+    if d.enabled and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+    return device, d
+
+
+def _decide(cfg: TrainConfig, manifest: dict):
+    """Strategy from the train split's imbalance; backend and model resolved to names."""
+    modality = manifest["modality"]
+    train_counts = _check_splits(manifest, cfg.shards, cfg.max_samples_per_class)
+    cfg, decision = decide_strategy(cfg, train_counts)
+    from .models import DEFAULT_MODEL, MODELS, ModelError
+    model_name = cfg.model or DEFAULT_MODEL[modality]
+    if model_name not in MODELS[modality]:
+        raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}")
+    return replace(cfg, model=model_name, backend=_resolve_backend(cfg.backend)), decision, train_counts
+
+
+def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict, device, d: Dist) -> _Run:
+    modality = manifest["modality"]
+    sampling = decision["sampling"]
+    if isinstance(sampling, str) and "=" in sampling:
+        from .sampling import parse_class_weights
+        sampling = parse_class_weights(sampling)
+    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, image_size=cfg.image_size, audio_seconds=cfg.audio_seconds,
+                  workers=cfg.workers, max_samples_per_class=cfg.max_samples_per_class)
+    train_loader = make_loader(cfg.shards, "train", cfg.backend, device, LoaderOptions(
+        train=True, sampling=sampling, epoch_len=cfg.epoch_len, minority_augment=cfg.minority_augment, **common),
+        d.rank, d.world_size, manifest)
+    eval_loader = lambda split: make_loader(cfg.shards, split, cfg.backend, device, LoaderOptions(train=False, **common),
+                                            d.rank, d.world_size, manifest)
+    from .losses import make_loss
+    from .models import build_model
+    model = build_model(cfg.model, modality, cfg.pretrained, cfg.weights, cfg.frame_backbone).to(device)
+    if device.type == "cuda" and modality != "audio":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(
+        cfg.epochs * steps, max(1, int(cfg.warmup_epochs * steps))))
+    amp_dtype, scaler = amp_setup(device, cfg.amp)
+    net = model
+    if d.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    base_state = {"config": asdict(cfg), "modality": modality, "classes": list(CLASSES), "preprocess": _preprocess(cfg, manifest)}
+    return _Run(cfg, device, d, Path(cfg.out), modality, model, net,
+                make_loss(cfg.loss, train_counts, cfg.focal_alpha, cfg.focal_gamma).to(device), optimizer, scheduler,
+                amp_dtype, scaler, train_loader, eval_loader("val"), eval_loader, base_state)
+
+
+def _restore(run: _Run, ckpt: dict, changed: dict, say) -> Position:
+    """Weights, optimizer, precision and RNG state from last.pth; the schedule follows the (maybe changed) config."""
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if run.scaler is not None and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    pos = Position.from_checkpoint(ckpt)
+    old_w, old_b = pos.world_size, pos.batch_size
+    if (old_w, old_b) != (run.d.world_size, run.cfg.batch_size) and pos.batch:
+        again = pos.remap(run.d.world_size, run.cfg.batch_size)
+        say(f"resuming mid-epoch with {run.d.world_size} rank(s) x batch {run.cfg.batch_size} instead of "
+            f"{old_w} x {old_b}: {again} sample(s) of epoch {pos.epoch + 1}'s plan are trained on again")
+    pos.world_size, pos.batch_size = run.d.world_size, run.cfg.batch_size
+    _restore_schedule(run, ckpt, old_w * old_b / (pos.world_size * pos.batch_size))
+    if ckpt.get("rng") is not None:  # dropout and stochastic depth draw from it
+        torch.set_rng_state(ckpt["rng"])
+    if ckpt.get("cuda_rng") is not None and run.device.type == "cuda":
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], run.device)
+    for name, (old, new) in changed.items():
+        say(f"resume: --{name.replace('_', '-')} {old} -> {new}")
+    say(f"resuming {run.out} at epoch {pos.epoch + 1}/{run.cfg.epochs}, batch {pos.batch} "
+        f"(best val F1 so far {pos.best_f1:.4f})")
+    return pos
+
+
+def _restore_schedule(run: _Run, ckpt: dict, step_scale: float) -> None:
+    """The learning rate is a function of the step count; recomputing it with the current config applies a changed
+    --lr, --epochs, --warmup-epochs or batch size and gives the saved rate back when nothing changed."""
+    sched = run.scheduler
+    sched.load_state_dict({**ckpt["scheduler"], "base_lrs": [run.cfg.lr] * len(run.optimizer.param_groups)})
+    sched.last_epoch = int(round(sched.last_epoch * step_scale))
+    for group, f in zip(run.optimizer.param_groups, sched.lr_lambdas):
+        group["initial_lr"] = run.cfg.lr
+        group["lr"] = run.cfg.lr * f(sched.last_epoch)
+        group["weight_decay"] = run.cfg.weight_decay
+    sched._last_lr = [g["lr"] for g in run.optimizer.param_groups]
+
+
+def _fit_epoch(run: _Run, pos: Position) -> dict:
+    """Train the rest of epoch `pos.epoch` from batch `pos.batch`; returns the epoch's summed statistics."""
+    cfg, d = run.cfg, run.d
+    ld = run.train_loader
+    first = min(pos.batch, run.steps_per_epoch)
+    ld.set_epoch(pos.epoch, first)
+    skipped0, rescued0 = ld.skipped, ld.rescued_batches
+    # the saved sums are those of all ranks: rank 0 carries them, so one reduction gives the epoch's totals
+    carried = dict(pos.totals) if (pos.totals and d.main) else _zero_totals()
+    keys_seen = [] if os.environ.get("DFP_RECORD_KEYS") == "1" else None
+    loader_sums = lambda: {"skipped": ld.skipped - skipped0, "rescued": ld.rescued_batches - rescued0}
+
+    def on_step(done: int, sums: dict) -> None:
+        if cfg.save_every and (first + done) % cfg.save_every == 0 and first + done < run.steps_per_epoch:
+            # every rank reaches this step (collective below); only rank 0 writes
+            pos.batch, pos.totals = first + done, _reduced(_add(carried, {**sums, **loader_sums()}), d, run.device)
+            if d.main:
+                checkpoint.save(run.out / "last.pth", _state(run, pos))
+
+    st = train_one_epoch(run.net, run.loss_fn, run.optimizer, run.scheduler, run.train_loader, run.device,
+                         run.amp_dtype, run.scaler, clip=cfg.clip, desc=f"epoch {pos.epoch + 1}/{cfg.epochs}",
+                         progress=cfg.progress and d.main, keys_out=keys_seen, on_step=on_step)
+    if keys_seen is not None:
+        Path(run.out / f"keys_rank{d.rank}_epoch{pos.epoch}.txt").write_text("\n".join(keys_seen))
+    return _reduced(_add(carried, {**st, **loader_sums()}), d, run.device)
+
+
+def _zero_totals() -> dict:
+    return {"loss_sum": 0.0, "samples": 0, "seconds": 0.0, "data_wait": 0.0, "nonfinite_steps": 0, "skipped": 0,
+            "rescued": 0}
+
+
+def _add(a: dict, b: dict) -> dict:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in _zero_totals()}
+
+
+def _reduced(sums: dict, d: Dist, device) -> dict:
+    keys = list(_zero_totals())
+    return dict(zip(keys, reduce_sum([float(sums.get(k, 0)) for k in keys], d, device)))
+
+
+def _validate(run: _Run, pos: Position, totals: dict, say) -> dict:
+    """Score val, append the epoch's history row (returned), track the best tuned F1 in `pos`."""
+    d = run.d
+    skipped0 = run.val_loader.skipped
+    keys, labels, scores, vloss = predict(run.net, run.val_loader, run.device, run.amp_dtype, run.loss_fn)
+    vloss = reduce_sum([vloss], d, run.device)[0]
+    vskipped = reduce_sum([run.val_loader.skipped - skipped0], d, run.device)[0]
+    keys, labels, scores = gather_predictions(keys, labels, scores, d)
+    v = _val_summary(labels, scores)
+    n, secs = totals["samples"], totals["seconds"]
+    row = {"epoch": pos.epoch + 1, "train_loss": round(totals["loss_sum"] / max(n, 1), 6),
+           "val_loss": round(vloss / max(len(labels), 1), 6), "val_f1": round(v["f1"], 6),
+           "val_auc": "" if v["auc"] is None else round(v["auc"], 6), "lr": f"{run.scheduler.get_last_lr()[0]:.3e}",
+           "samples_per_s": round(n / max(secs / d.world_size, 1e-9), 2),
+           "val_f1_tuned": "" if v["f1_tuned"] is None else round(v["f1_tuned"], 6),
+           "data_wait": round(totals["data_wait"] / max(secs, 1e-9), 4), "nonfinite_steps": int(totals["nonfinite_steps"]),
+           "skipped_samples": int(totals["skipped"] + vskipped), "rescued_batches": int(totals["rescued"])}
+    pos.history.append(row)
+    score = v["f1_tuned"] if v["f1_tuned"] is not None else v["f1"]
+    improved = score > pos.best_f1
+    pos.best_f1, pos.bad_epochs = (score, 0) if improved else (pos.best_f1, pos.bad_epochs + 1)
+    auc = "n/a" if v["auc"] is None else f"{v['auc']:.4f}"
+    skipped = f", skipped {row['skipped_samples']} unreadable sample(s)" if row["skipped_samples"] else ""
+    say(f"Epoch {pos.epoch + 1}/{run.cfg.epochs}: Train Loss={row['train_loss']:.4f}, Val Loss={row['val_loss']:.4f}, "
+        f"Val F1={v['f1']:.4f} (tuned {score:.4f}), Val AUC={auc}, {row['samples_per_s']:.0f} samples/s, "
+        f"data wait {100 * row['data_wait']:.0f}%{skipped}")
+    return row
+
+
+def _state(run: _Run, pos: Position) -> dict:
+    """last.pth: the one record of progress (position, history, partial sums) beside everything resume restores."""
+    return {**run.base_state, "model": run.model.state_dict(), "epoch": pos.epoch - 1, "position": pos.record(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler else None, "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}
+
+
+def _best_state(run: _Run, pos: Position) -> dict:
+    """best_model.pth (before the threshold is added): a CPU copy, since training goes on changing the weights."""
+    return {**run.base_state, "model": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()},
+            "epoch": pos.epoch, "best_f1": pos.best_f1}
+
+
+def _save_epoch(run: _Run, pos: Position, row: dict, best: dict | None, tb, say) -> None:
+    """Epoch end on rank 0: best model, then last.pth (the record resume trusts), then history.csv from it."""
+    if best is not None:
+        checkpoint.save(run.out / "best_model.pth", best)
+        say(f"Saved best model (val F1={pos.best_f1:.4f})")
+    checkpoint.save(run.out / "last.pth", _state(run, pos))
+    _write_history(run.out / "history.csv", pos.history)
+    if tb:
+        for k in ("train_loss", "val_loss", "val_f1", "samples_per_s"):
+            tb.add_scalar(k, float(row[k]), row["epoch"])
+
+
+def _config_record(cfg, decision, manifest, run: _Run, ckpt, changed) -> dict:
+    rec = {**asdict(cfg), "strategy_decision": decision,
+           "dataset": {"shards": str(Path(cfg.shards).resolve()), "modality": manifest["modality"],
+                       "splits": manifest["splits"]},
+           "world_size": run.d.world_size, "precision": str(run.amp_dtype or "fp32"), "device": str(run.device),
+           "device_requested": cfg.device}
+    if ckpt is not None:  # every resume of the run, with the flags it changed
+        at = Position.from_checkpoint(ckpt)
+        rec["resumed"] = [*ckpt.get("resumed", []), {"at_epoch": at.epoch + 1, "at_batch": at.batch, "changed": changed}]
+        run.base_state["resumed"] = rec["resumed"]
+    return rec
+
+
+def _teardown(run: _Run, d: Dist) -> None:
+    """Free the DDP wrapper while its process group still exists, then destroy the group after a barrier.
+    Letting the wrapper go at function exit destroyed gloo's group from the reducer's destructor, with the
+    GIL held, while gloo's worker thread waited for the GIL to free a finished allgather: a hang at exit."""
+    if not d.enabled:
+        return
+    import gc
+    import torch.distributed as dist
+    run.net = None
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _write_json(path: Path, obj) -> None:
@@ -355,12 +482,14 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
         from .smote import smote_refit_head
         smote_info = smote_refit_head(model, cfg, device, amp_dtype, d, eval_loader, val_loader, log=log)
         best["model"] = model.state_dict()
-    preds = {}
+    preds, lost = {}, {}
     for split in ("val", "test"):
         loader = val_loader if split == "val" else eval_loader(split)
         if len(loader.index) == 0:
             continue
+        before = (loader.skipped, loader.rescued_batches)
         keys, labels, scores, _ = predict(model, loader, device, amp_dtype, progress=cfg.progress and d.main, desc=split)
+        lost[split] = reduce_sum([loader.skipped - before[0], loader.rescued_batches - before[1]], d, device)
         keys, labels, scores = gather_predictions(keys, labels, scores, d)
         srcs = all_gather_objects(loader.sources(keys[d.rank::d.world_size]), d)
         preds[split] = (keys, labels, scores, {k: v for part in srcs for k, v in part.items()})
@@ -376,6 +505,9 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
                                       (test[1], test[2]) if test else None, cfg.threshold_method)
     for w in warnings:
         log(f"warning: {w}")
+    # samples that could not be decoded are not in the predictions: say how many, per split
+    metrics["skipped_samples"] = {s: int(v[0]) for s, v in lost.items()}
+    metrics["rescued_batches"] = {s: int(v[1]) for s, v in lost.items()}
     _write_json(out / "metrics.json", metrics)
     chosen = metrics["chosen"]
     best.pop("format", None)

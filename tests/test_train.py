@@ -48,7 +48,8 @@ def test_image_run_writes_the_whole_run_directory(image_shards, tmp_path):
     for f in RUN_FILES:
         assert (out / f).is_file(), f
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"val", "test", "thresholds", "chosen"}
+    assert set(metrics) == {"val", "test", "thresholds", "chosen", "skipped_samples", "rescued_batches"}
+    assert metrics["skipped_samples"] == metrics["rescued_batches"] == {"val": 0, "test": 0}
     assert set(metrics["val"]["default"]) >= {"threshold", "accuracy", "balanced_accuracy", "precision", "recall", "f1",
                                               "specificity", "mcc", "confusion_matrix"}
     ckpt = torch.load(out / "best_model.pth", weights_only=True)
@@ -131,26 +132,76 @@ def _cli(*args, env=None, **kw):
                           cwd=REPO, env=env, **kw)
 
 
-def test_kill_and_resume(image_shards, tmp_path):
+def _train_args(shards, out, backend, epochs=3):
+    return ["train", shards, "--out", out, "--epochs", str(epochs), "--batch-size", "4", "--image-size", "32",
+            "--model", "resnet18", "--backend", backend, "--workers", "0", "--device", "cpu", "--quiet", "--no-report",
+            "--save-every", "2", "--patience", "0"]
+
+
+def _history(out):
+    return list(csv.DictReader(open(out / "history.csv")))
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_run(image_shards, tmp_path, backend):
+    full = tmp_path / "full"
+    r = _cli(*_train_args(image_shards, full, backend))
+    assert r.returncode == 0, r.stderr
     out = tmp_path / "run"
-    args = ["train", image_shards, "--out", out, "--epochs", "3", "--batch-size", "4", "--image-size", "32",
-            "--model", "resnet18", "--backend", "torch", "--workers", "0", "--device", "cpu", "--quiet", "--no-report"]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, _train_args(image_shards, out, backend))],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (out / "last.pth").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = torch.load(out / "last.pth", weights_only=True)
-    done = int(saved["epoch"]) + 1
-    assert done < 3, "the run finished before it could be killed"
-    r = _cli("train", image_shards, "--resume", out, "--epochs", "3", "--quiet", "--no-report", "--device", "cpu")
+    assert saved["position"]["epoch"] == 0 and saved["position"]["batch"] == 2  # the first record: mid-epoch 1
+    assert saved["position"]["totals"]["samples"] == 8  # the epoch's partial sums travel with it
+    r = _cli("train", image_shards, "--resume", out, "--quiet", "--no-report", "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    rows = list(csv.DictReader(open(out / "history.csv")))
-    assert [int(x["epoch"]) for x in rows] == [1, 2, 3]
-    assert rows[0] == {k: str(v) for k, v in saved["history"][0].items()}  # earlier epochs kept as they were
     assert "resuming" in r.stdout
+    want, got = _history(full), _history(out)
+    assert [int(x["epoch"]) for x in got] == [1, 2, 3]
+    for a, b in zip(want, got):
+        for col in ("train_loss", "val_loss", "val_f1", "val_auc", "val_f1_tuned"):
+            assert float(b[col]) == pytest.approx(float(a[col]), abs=1e-6), (backend, a["epoch"], col)
+        assert a["lr"] == b["lr"]
+    m_full, m_run = (json.loads((p / "metrics.json").read_text()) for p in (full, out))
+    assert m_run["test"]["auc"] == pytest.approx(m_full["test"]["auc"], abs=1e-6)
+
+
+def test_resume_applies_changeable_flags_and_refuses_the_rest(image_shards, tmp_path):
+    out = tmp_path / "run"
+    r = _cli(*_train_args(image_shards, out, "torch", epochs=1))
+    assert r.returncode == 0, r.stderr
+    before = (out / "last.pth").read_bytes()
+    for flag, value, needle in (("--seed", "3", "--seed 3"), ("--loss", "bce", "--loss bce"),
+                                ("--image-size", "48", "--image-size 48"), ("--out", tmp_path / "x", "--out")):
+        r = _cli("train", image_shards, "--resume", out, flag, value, "--device", "cpu")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+    other = tmp_path / "other"
+    image_tree(other / "in", 6, 6)
+    build_shards(other / "in", other / "shards", ShardParams(), workers=1, progress=False)
+    r = _cli("train", other / "shards", "--resume", out, "--device", "cpu")
+    assert r.returncode == 2 and "shards differ" in r.stderr
+    assert (out / "last.pth").read_bytes() == before  # a refused resume leaves the run alone
+    r = _cli("train", image_shards, "--resume", out, "--epochs", "2", "--batch-size", "8", "--lr", "1e-3",
+             "--quiet", "--no-report", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 2 and config["batch_size"] == 8 and config["lr"] == 1e-3
+    assert config["resumed"] == [{"at_epoch": 2, "at_batch": 0, "changed": {
+        "batch_size": [4, 8], "epochs": [1, 2], "lr": [3e-4, 1e-3]}}]
+    assert [int(x["epoch"]) for x in _history(out)] == [1, 2]
+
+
+def test_a_mid_epoch_position_is_remapped_to_another_batch_or_world_size():
+    from pipeline.resume import Position
+    p = Position(epoch=1, batch=5, world_size=2, batch_size=8)  # 80 plan positions done
+    assert p.remap(world_size=1, batch_size=16) == 0 and (p.batch, p.world_size, p.batch_size) == (5, 1, 16)
+    assert p.remap(world_size=3, batch_size=16) == 32 and p.batch == 1  # 48 done in new steps: 32 run again
 
 
 def test_torchrun_two_ranks_gloo(image_shards, tmp_path):
@@ -255,7 +306,7 @@ def test_mid_epoch_checkpoint_resumes_the_remaining_batches(image_shards, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run_training(tiny_config(image_shards, out, **kw), log=lambda *a: None)
     saved = torch.load(out / "last.pth", weights_only=True)
-    assert saved["sampler"] == {"epoch": 0, "batch": 2} and saved["epoch"] == -1
+    assert (saved["position"]["epoch"], saved["position"]["batch"], saved["epoch"]) == (0, 2, -1)
     monkeypatch.setattr(Loader, "__iter__", real_iter)
     run_training(tiny_config(image_shards, out, resume=str(out), **kw), log=lambda *a: None)
     resumed = (out / "keys_rank0_epoch0.txt").read_text().split()
