@@ -266,11 +266,35 @@ def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str]
     return Discovery(modality, kept, rejects + duplicates, presplit)
 
 
+def _cut(sizes: list[int], bounds: np.ndarray) -> list[int]:
+    """Split index of each group, in the seeded order: a group goes where its middle falls."""
+    total, done, where = sum(sizes), 0, []
+    for n in sizes:
+        where.append(min(int(np.searchsorted(bounds, (done + n / 2) / total, side="right")), 2))
+        done += n
+    return where
+
+
+def _fill_empty_splits(where: list[int], fractions: tuple[float, float, float]) -> None:
+    """Give every split in use (fraction > 0) at least one group, in the order train, val, test, as
+    long as another split can spare one: the split with the most groups gives its last group in
+    the seeded order. Nothing moves when no split is empty."""
+    for s in range(3):
+        if fractions[s] <= 0 or s in where:
+            continue
+        donor, n = max(Counter(where).items(), key=lambda kv: (kv[1], -kv[0]))
+        if n < 2:
+            return
+        where[max(i for i, w in enumerate(where) if w == donor)] = s
+
+
 def assign_splits(candidates: list[Candidate], fractions: tuple[float, float, float], seed: int) -> None:
     """Seeded, stratified per class, grouped: files sharing `group` land in the same split.
 
     Groups are shuffled per class and cut at the cumulative fractions, so each class keeps
-    its share in every split (to the granularity of its groups).
+    its share in every split (to the granularity of its groups). A class with at least as many
+    groups as splits in use has a group in each of them, so val and test never lack a class
+    that the input has enough of; with fewer groups, train is served first, then val.
     """
     by_class: dict[str, dict[str, list[Candidate]]] = {}
     for c in candidates:
@@ -280,14 +304,9 @@ def assign_splits(candidates: list[Candidate], fractions: tuple[float, float, fl
     for ci, cls in enumerate(sorted(by_class)):
         groups = by_class[cls]
         names = sorted(groups)
-        rng = np.random.default_rng([seed, ci])
-        order = rng.permutation(len(names))
-        total = sum(len(g) for g in groups.values())
-        done = 0
-        for i in order:
-            members = groups[names[i]]
-            mid = (done + len(members) / 2) / total  # a group goes where its middle falls
-            split = SPLITS[min(int(np.searchsorted(bounds, mid, side="right")), 2)]
-            for c in members:
-                c.split = split
-            done += len(members)
+        order = np.random.default_rng([seed, ci]).permutation(len(names))
+        where = _cut([len(groups[names[i]]) for i in order], bounds)
+        _fill_empty_splits(where, fractions)
+        for i, s in zip(order, where):
+            for c in groups[names[i]]:
+                c.split = SPLITS[s]
