@@ -199,7 +199,36 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     total_bytes = sum(r["bytes"] for r in shard_rows)
     return {"packed": packed, "rejected": len(rejects), "reasons": dict(Counter(_reason_kind(r["reason"]) for r in rejects)),
             "shards": len(shard_rows), "bytes": total_bytes, "seconds": seconds, "splits": counts,
-            "files_per_s": (packed + len(rejects)) / max(seconds, 1e-9), "modality": modality}
+            "files_per_s": (packed + len(rejects)) / max(seconds, 1e-9), "modality": modality,
+            "warnings": _empty_class_warnings(counts, fractions, disc.presplit, cands, params.group_depth)}
+
+
+# What a split without one class costs, for the warning.
+_EMPTY_COST = {"train": "the model never sees that class", "val": "the threshold cannot be tuned on it",
+               "test": "its metrics leave that class out"}
+
+
+def _empty_class_warnings(counts: dict, fractions: tuple[float, float, float], presplit: bool,
+                          cands: list[Candidate], group_depth: int) -> list[str]:
+    """One line per split in use that ended up without a class (too few files or groups of it, or
+    its files rejected); a pre-split input's splits are in use when they hold any sample."""
+    lines = []
+    for i, split in enumerate(SPLITS):
+        if not (sum(counts[split].values()) if presplit else fractions[i] > 0):
+            continue
+        for cls in CLASSES:
+            if counts[split][cls]:
+                continue
+            packed = sum(counts[s][cls] for s in SPLITS)
+            if presplit:
+                why = f"none packed from the input's {split} folder"
+            elif group_depth > 0:
+                groups = len({c.group for c in cands if c.cls == cls})
+                why = f"only {packed} {cls} files packed, in {groups} groups"
+            else:
+                why = f"only {packed} {cls} files packed"
+            lines.append(f"warning: split '{split}' has no '{cls}' samples ({why}); {_EMPTY_COST[split]}")
+    return lines
 
 
 def _reason_kind(reason: str) -> str:
@@ -216,6 +245,7 @@ def format_summary(s: dict) -> str:
         lines.append(f"rejected {s['rejected']} files ({why}); see rejects.jsonl")
     else:
         lines.append("rejected 0 files")
+    lines += s.get("warnings", [])
     return "\n".join(lines)
 
 

@@ -1,14 +1,17 @@
 """Find input files, map folders to classes, pick the modality and assign splits.
 
-Every regular file under INPUT comes out of `discover` either as a candidate sample or as
-a reject with a reason, so the shard builder can account for every file.
+Every file under INPUT as the user sees it (symlinks followed) comes out of `discover` either
+as a candidate sample or as a reject with a reason, so the shard builder can account for every file.
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -82,61 +85,158 @@ def modality_of(path: str | Path) -> str | None:
     return None
 
 
-def _walk(root: Path) -> list[tuple[str, str]]:
-    """(relative POSIX path, full path) of every regular file under root, sorted by the relative path
-    (for determinism). Symlinks are not followed. Directory entries carry their file type, so this
-    needs no stat per file."""
-    files: list[tuple[str, str]] = []
-    pending = [("", str(root))]
+class _File(NamedTuple):
+    rel: str  # path under INPUT as the user sees it (through links), POSIX separators
+    path: str  # where to open it
+    real: str  # link-free absolute path: the same value for every path that reaches one file
+    linked: bool  # reached through a symlink below INPUT
+
+
+class _Dir(NamedTuple):
+    prefix: str
+    path: str
+    real: str
+    chain: tuple[str, ...]  # real paths of the folders walked to get here, to spot a loop
+    linked: bool
+    link_rel: str | None  # set when this folder is the target of the link at this path
+
+
+def _link_target(link: str) -> tuple[str, str, str | None]:
+    """(kind, real target, problem) for one symlink; kind is "dir", "file" or "" with a problem."""
+    try:
+        st = os.stat(link)
+    except OSError as e:
+        target = os.readlink(link)
+        if e.errno == errno.ELOOP:
+            return "", "", f"link loop: following {target} leads back to this link"
+        if e.errno == errno.ENOENT:
+            return "", "", f"dangling link: target {target} does not exist"
+        return "", "", f"unreadable link target: {target} ({e.strerror or e})"
+    real = os.path.realpath(link)
+    if stat.S_ISDIR(st.st_mode):
+        return "dir", real, None
+    if not stat.S_ISREG(st.st_mode):
+        return "", real, f"not a regular file: the link points to {real}"
+    if not os.access(real, os.R_OK):
+        return "", real, f"unreadable link target: {real} (permission denied)"
+    return "file", real, None
+
+
+def _list(d: _Dir, rejects: list[dict]) -> list[os.DirEntry]:
+    try:
+        with os.scandir(d.path) as it:
+            return list(it)
+    except OSError as e:
+        if d.link_rel is not None:
+            rejects.append({"source": d.link_rel,
+                            "reason": f"unreadable link target: cannot list {d.real} ({e.strerror or e})"})
+            return []
+        # its files could be neither packed nor listed as rejects: stop rather than lose them silently
+        raise InputError(f"cannot list folder {d.path} ({e.strerror or e}); fix its permissions or move it out "
+                         "of INPUT") from None
+
+
+def _walk(root: Path) -> tuple[list[_File], list[dict]]:
+    """Every file under root as the user sees it, sorted by relative path (for determinism), and the
+    entries that cannot be files: dangling links, link loops, unreadable link targets, special files.
+
+    Symlinks are followed, to files and to folders, also outside root. A folder that is the same
+    folder as one the walk is already inside of (reached through a link) is reported as a loop and
+    not entered, as `find -L` does, so no folder is entered twice on one path and the walk ends.
+    Regular files and folders need no stat: their directory entries carry the type, and their real
+    path is their folder's real path plus their name; only links are resolved."""
+    real_root = os.path.realpath(root)
+    pending = [_Dir("", str(root), real_root, (real_root,), False, None)]
+    files: list[_File] = []
+    rejects: list[dict] = []
     while pending:
-        prefix, folder = pending.pop()
-        try:
-            with os.scandir(folder) as it:
-                for e in it:
-                    if e.is_dir(follow_symlinks=False):
-                        pending.append((prefix + e.name + "/", e.path))
-                    elif e.is_file(follow_symlinks=False):
-                        files.append((prefix + e.name, e.path))
-        except OSError as e:
-            # its files could be neither packed nor listed as rejects: stop rather than lose them silently
-            raise InputError(f"cannot list folder {folder} ({e.strerror or e}); fix its permissions or move it out "
-                             "of INPUT") from None
+        d = pending.pop()
+        for e in _list(d, rejects):
+            rel, real = d.prefix + e.name, os.path.join(d.real, e.name)
+            kind, linked, link_rel = "", d.linked, None
+            if e.is_symlink():
+                kind, real, problem = _link_target(e.path)
+                if problem:
+                    rejects.append({"source": rel, "reason": problem})
+                    continue
+                linked, link_rel = True, rel
+            elif e.is_dir(follow_symlinks=False):
+                kind = "dir"
+            elif e.is_file(follow_symlinks=False):
+                kind = "file"
+            else:
+                rejects.append({"source": rel, "reason": "not a regular file (device, pipe or socket)"})
+            if kind == "dir" and real in d.chain:
+                rejects.append({"source": rel, "reason": f"link loop: leads back to {real}, a folder it is inside of"
+                                                          " (not walked again)"})
+            elif kind == "dir":
+                pending.append(_Dir(rel + "/", e.path, real, d.chain + (real,), linked, link_rel))
+            elif kind == "file":
+                files.append(_File(rel, e.path, real, linked))
     files.sort()
-    return files
+    return files, rejects
+
+
+def _drop_duplicates(kept: list[Candidate], files: dict[str, _File]) -> tuple[list[Candidate], list[dict]]:
+    """One sample per file when several paths lead to it through symlinks: the path without a link wins,
+    then the first in sorted order; the others are rejected naming the winner."""
+    winner: dict[str, str] = {}
+    for c in sorted(kept, key=lambda c: (files[c.source].linked, c.source)):
+        winner.setdefault(files[c.source].real, c.source)
+    out, rejects = [], []
+    for c in kept:
+        first = winner[files[c.source].real]
+        if first == c.source:
+            out.append(c)
+        else:
+            rejects.append({"source": c.source, "reason": f"duplicate: the same file as {first}, packed under that path"})
+    return out, rejects
+
+
+def _classify(files: list[_File], presplit: bool, class_map: dict[str, str],
+              group_depth: int) -> tuple[list[Candidate], list[dict]]:
+    candidates: list[Candidate] = []
+    rejects: list[dict] = []
+    for f in files:
+        parts = f.rel.split("/")
+        split = None
+        if presplit and parts[0].lower() in SPLITS:
+            split, parts = parts[0].lower(), parts[1:]
+        cls = class_map.get(parts[0].lower()) if len(parts) > 1 else None
+        if cls is None:
+            rejects.append({"source": f.rel, "reason": "not under a real/fake class folder"})
+            continue
+        inner = parts[1:]
+        group = "/".join([parts[0]] + inner[:min(group_depth, len(inner) - 1)]) if group_depth > 0 else f.rel
+        candidates.append(Candidate(Path(f.path), f.rel, cls, group, split))
+    return candidates, rejects
 
 
 def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str] | None = None,
              group_depth: int = 0, exclude: Path | None = None) -> Discovery:
+    """Candidates and rejects for every path under root as the user sees it.
+
+    Symlinks are followed (see `_walk`). When several paths lead to one file (two links to one
+    folder, a link next to its target), that file is packed once: under the path that involves no
+    link if there is one, else under the first in sorted order; the other paths are rejected with
+    a reason naming the packed one. Hard links are separate files, as they are to tar."""
     root = Path(root)
     if not root.exists():
         raise InputError(f"INPUT {root} does not exist")
     if not root.is_dir():
         raise InputError(f"INPUT {root} is not a folder")
     class_map = class_map if class_map is not None else dict(DEFAULT_CLASS_MAP)
-    files = _walk(root)
+    files, rejects = _walk(root)
     if exclude is not None:
         ex = exclude.resolve()
-        files = [(rel, f) for rel, f in files if ex not in Path(f).resolve().parents]
+        files = [f for f in files if ex not in Path(f.real).parents]
     if not files:
         raise InputError(f"INPUT {root} is empty: put files under {root}/real and {root}/fake")
 
     top = {p.name.lower() for p in root.iterdir() if p.is_dir()}
     presplit = "train" in top and any((root / d).is_dir() for d in os.listdir(root) if d.lower() == "train")
-
-    candidates: list[Candidate] = []
-    rejects: list[dict] = []
-    for rel, f in files:
-        parts = rel.split("/")
-        split = None
-        if presplit and parts[0].lower() in SPLITS:
-            split, parts = parts[0].lower(), parts[1:]
-        cls = class_map.get(parts[0].lower()) if len(parts) > 1 else None
-        if cls is None:
-            rejects.append({"source": rel, "reason": "not under a real/fake class folder"})
-            continue
-        inner = parts[1:]
-        group = "/".join([parts[0]] + inner[:min(group_depth, len(inner) - 1)]) if group_depth > 0 else rel
-        candidates.append(Candidate(Path(f), rel, cls, group, split))
+    candidates, unclassed = _classify(files, presplit, class_map, group_depth)
+    rejects += unclassed
 
     counts = Counter(c.cls for c in candidates)
     if not counts:
@@ -162,14 +262,39 @@ def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str]
             rejects.append({"source": c.source, "reason": f"unsupported extension for {modality}"})
         else:
             kept.append(c)
-    return Discovery(modality, kept, rejects, presplit)
+    kept, duplicates = _drop_duplicates(kept, {f.rel: f for f in files})
+    return Discovery(modality, kept, rejects + duplicates, presplit)
+
+
+def _cut(sizes: list[int], bounds: np.ndarray) -> list[int]:
+    """Split index of each group, in the seeded order: a group goes where its middle falls."""
+    total, done, where = sum(sizes), 0, []
+    for n in sizes:
+        where.append(min(int(np.searchsorted(bounds, (done + n / 2) / total, side="right")), 2))
+        done += n
+    return where
+
+
+def _fill_empty_splits(where: list[int], fractions: tuple[float, float, float]) -> None:
+    """Give every split in use (fraction > 0) at least one group, in the order train, val, test, as
+    long as another split can spare one: the split with the most groups gives its last group in
+    the seeded order. Nothing moves when no split is empty."""
+    for s in range(3):
+        if fractions[s] <= 0 or s in where:
+            continue
+        donor, n = max(Counter(where).items(), key=lambda kv: (kv[1], -kv[0]))
+        if n < 2:
+            return
+        where[max(i for i, w in enumerate(where) if w == donor)] = s
 
 
 def assign_splits(candidates: list[Candidate], fractions: tuple[float, float, float], seed: int) -> None:
     """Seeded, stratified per class, grouped: files sharing `group` land in the same split.
 
     Groups are shuffled per class and cut at the cumulative fractions, so each class keeps
-    its share in every split (to the granularity of its groups).
+    its share in every split (to the granularity of its groups). A class with at least as many
+    groups as splits in use has a group in each of them, so val and test never lack a class
+    that the input has enough of; with fewer groups, train is served first, then val.
     """
     by_class: dict[str, dict[str, list[Candidate]]] = {}
     for c in candidates:
@@ -179,14 +304,9 @@ def assign_splits(candidates: list[Candidate], fractions: tuple[float, float, fl
     for ci, cls in enumerate(sorted(by_class)):
         groups = by_class[cls]
         names = sorted(groups)
-        rng = np.random.default_rng([seed, ci])
-        order = rng.permutation(len(names))
-        total = sum(len(g) for g in groups.values())
-        done = 0
-        for i in order:
-            members = groups[names[i]]
-            mid = (done + len(members) / 2) / total  # a group goes where its middle falls
-            split = SPLITS[min(int(np.searchsorted(bounds, mid, side="right")), 2)]
-            for c in members:
-                c.split = split
-            done += len(members)
+        order = np.random.default_rng([seed, ci]).permutation(len(names))
+        where = _cut([len(groups[names[i]]) for i in order], bounds)
+        _fill_empty_splits(where, fractions)
+        for i, s in zip(order, where):
+            for c in groups[names[i]]:
+                c.split = SPLITS[s]

@@ -251,6 +251,71 @@ def test_split_is_stratified_and_seeded(tmp_path):
     assert order(tmp_path / "a") != order(tmp_path / "b")
 
 
+def split_candidates(n_real: int, n_fake: int, groups: int = 0) -> list:
+    """Candidates as discover makes them: one group per file, or files spread over `groups` folders."""
+    from pipeline.sources import Candidate
+    out = []
+    for cls, n in (("real", n_real), ("fake", n_fake)):
+        for i in range(n):
+            src = f"{cls}/p{i % groups}/{i}.jpg" if groups else f"{cls}/{i}.jpg"
+            out.append(Candidate(Path(src), src, cls, src.rsplit("/", 1)[0] if groups else src))
+    return out
+
+
+@pytest.mark.parametrize("groups", [0, 23])
+def test_split_of_a_large_input_is_unchanged(groups):
+    """Pinned from the assignment before small classes were guaranteed a place in every split."""
+    import hashlib
+    from pipeline.sources import assign_splits
+    cands = split_candidates(300, 37, groups)
+    assign_splits(cands, (0.8, 0.1, 0.1), 0)
+    digest = hashlib.sha256("".join(f"{c.source}:{c.split}\n" for c in cands).encode()).hexdigest()[:16]
+    assert digest == {0: "2801f7337355bebf", 23: "fe9ffdaaf083c611"}[groups]
+
+
+@pytest.mark.parametrize("n_fake", [5, 3])
+def test_a_small_class_gets_a_sample_in_every_split(tmp_path, n_fake):
+    inp = image_tree(tmp_path / "in", n_real=40, n_fake=n_fake)
+    summary = build(inp, tmp_path / "out")
+    splits = summary["splits"]
+    assert all(splits[s]["fake"] >= 1 for s in ("train", "val", "test")), splits
+    assert [splits[s]["real"] for s in ("train", "val", "test")] == [32, 4, 4]  # the large class did not move
+    assert summary["warnings"] == []
+
+
+def test_a_small_class_counts_groups_not_files():
+    from pipeline.sources import assign_splits
+    cands = split_candidates(40, 12, groups=3)  # fake: 3 folders of 4 files
+    assign_splits(cands, (0.8, 0.1, 0.1), 0)
+    where = {}
+    for c in cands:
+        where.setdefault((c.cls, c.group), set()).add(c.split)
+    assert all(len(v) == 1 for v in where.values())  # groups still never straddle splits
+    assert sorted(next(iter(v)) for (cls, _), v in where.items() if cls == "fake") == ["test", "train", "val"]
+
+
+def test_too_few_files_of_a_class_warns_naming_split_and_class(tmp_path):
+    import subprocess
+    import sys
+    inp = image_tree(tmp_path / "in", n_real=40, n_fake=2)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "shard", str(inp), str(tmp_path / "out"), "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: split 'test' has no 'fake' samples (only 2 fake files packed); "
+                        "its metrics leave that class out"]
+    assert read_manifest(tmp_path / "out")["splits"]["val"]["fake"] == 1  # val is served before test
+
+
+def test_too_few_groups_of_a_class_warns_with_the_group_count(tmp_path):
+    inp = image_tree(tmp_path / "in", n_real=12, n_fake=4)  # each class in two folders, g0 and g1
+    summary = build(inp, tmp_path / "out", group_depth=1)
+    assert summary["warnings"] == [
+        f"warning: split 'test' has no '{cls}' samples (only {n} {cls} files packed, in 2 groups); "
+        "its metrics leave that class out" for cls, n in (("real", 12), ("fake", 4))]
+    assert all(summary["splits"][s][cls] for s in ("train", "val") for cls in ("real", "fake"))
+
+
 def test_verify_detects_corruption(image_build, tmp_path):
     import shutil
     _, out, *_ = image_build
