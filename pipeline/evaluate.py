@@ -38,7 +38,8 @@ def _predict_split(ckpt_path, shards, split, device, backend, batch_size, worker
 def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="auto", batch_size=64, log=print) -> dict:
     from .metrics import split_report
     from .report import render_report
-    from .train import _write_json, write_predictions
+    from .predictions import write_predictions
+    from .train import _write_json
     ckpt, loader, keys, labels, scores = _predict_split(ckpt_path, shards, split, device, backend, batch_size)
     thr = ckpt.get("threshold") or {"method": "default", "value": 0.5}
     rep = split_report(labels, scores, 0.5, thr["value"])

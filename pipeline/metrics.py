@@ -36,6 +36,8 @@ def _validate(labels, scores, split: str = "") -> tuple[np.ndarray, np.ndarray]:
 def metric_dict(labels, scores, threshold: float) -> dict:
     """Metric dict M at `threshold` (decision fake when score >= threshold)."""
     y, s = _validate(labels, scores)
+    # Both sides float64: the threshold is one of the float64 scores, and a float32 side would make NumPy
+    # compare in float32, where a score a hair below the threshold can round onto it and flip the decision.
     t = float(threshold)
     if not np.isfinite(t):
         raise ValueError(f"threshold must be finite, got {threshold!r}")

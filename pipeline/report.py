@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from .formats import CLASSES, SPLITS
 from .metrics import build_metrics
+from .predictions import read_predictions
 from .thresholds import DEFAULT_THRESHOLD, sweep
 
 log = logging.getLogger(__name__)
@@ -78,29 +79,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, obj) -> Path:
     """Atomic JSON (indent 2); NaN/inf are refused rather than written as invalid JSON."""
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def _label_value(text: str) -> int:
-    t = text.strip().lower()
-    if t in CLASSES:
-        return CLASSES.index(t)
-    return int(float(t))
-
-
-def read_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, scores) from a `key,source,label,score` CSV; labels may be 0/1 or real/fake."""
-    labels, scores = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"label", "score"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        for row in reader:
-            labels.append(_label_value(row["label"]))
-            scores.append(float(row["score"]))
-    if not labels:
-        raise ValueError(f"{path}: no rows")
-    return np.asarray(labels, dtype=np.int64), np.asarray(scores, dtype=np.float64)
 
 
 def read_history(path: str | Path) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ from .engine import (Dist, TrainingError, amp_setup, gather_predictions, init_di
                      train_one_epoch, weights_checksum, all_gather_objects)
 from .formats import CLASSES, read_manifest
 from .loaders import LoaderOptions, make_loader, resolve_device
+from .predictions import write_predictions
 from .sources import InputError
 from .stats import RECOMMENDED, imbalance_ratio, severity
 
@@ -105,16 +106,6 @@ def _write_history(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def write_predictions(path: Path, keys, labels, scores, sources: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["key", "source", "label", "score"])
-        for k, l, s in zip(keys, labels, scores):
-            w.writerow([k, sources.get(k, ""), int(l), f"{float(s):.8f}"])
     os.replace(tmp, path)
 
 
