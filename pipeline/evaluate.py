@@ -47,7 +47,8 @@ def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, loader.sources(keys))
     metrics = {"val": rep if split == "val" else None, "test": rep if split != "val" else None,
-               "thresholds": {thr["method"]: thr["value"]}, "chosen": {"method": thr["method"], "threshold": thr["value"]},
+               "thresholds": {thr["method"]: thr["value"]},
+               "chosen": {("threshold" if k == "value" else k): v for k, v in thr.items()},
                "evaluated_split": split}
     _write_json(out / "metrics.json", metrics)
     cfg = dict(ckpt["config"])

@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .formats import CLASSES, SPLITS
-from .metrics import build_metrics
+from .metrics import build_metrics, fallback_warning
 from .predictions import read_predictions
 from .thresholds import DEFAULT_THRESHOLD, sweep
 
@@ -207,10 +207,14 @@ def report_notes(metrics: dict) -> list[str]:
     method = chosen.get("method")
     thresholds = metrics.get("thresholds") or {}
     val = metrics.get("val") or {}
+    fallback = fallback_warning(chosen)
+    if fallback:
+        notes.append(fallback)
     if val and val.get("auc") is None:
-        notes.append("val split has a single class: threshold tuning is undefined and AUC/AP/EER are null; "
-                     f"the default threshold {DEFAULT_THRESHOLD} is used")
-    elif method and method not in thresholds:
+        notes.append("val split has a single class: AUC/AP/EER are null" + ("" if fallback else
+                     f"; threshold tuning is undefined and the default threshold {DEFAULT_THRESHOLD} is used"))
+    elif not fallback and method and method != "default" and method not in thresholds:
+        # a metrics.json without fallback keys names the requested method even where 0.5 was applied
         notes.append(f"threshold method {method} is undefined on val; the default threshold "
                      f"{DEFAULT_THRESHOLD} is used")
     test = metrics.get("test")
@@ -266,6 +270,8 @@ def summary_text(metrics: dict, config: dict) -> str:
         for k, v in thresholds.items():
             lines.append(f"   {k}: {v:.6f}" + ("   <- chosen" if k == chosen.get("method") else ""))
         lines.append(f"   Chosen: method {chosen.get('method')}, threshold {chosen.get('threshold', 0.5):.6f}")
+        if chosen.get("fallback_reason"):
+            lines.append(f"   Requested: method {chosen.get('requested')}, not applied: {chosen['fallback_reason']}")
         lines.append("")
     for name in ("val", "test"):
         rep = metrics.get(name)
@@ -546,6 +552,9 @@ def render_html(run_name: str, metrics: dict, config: dict, images: dict[str, by
         parts += ["<h2>Thresholds (tuned on val)</h2>",
                   f"<p>Chosen: method <strong>{_e(chosen.get('method'))}</strong>, threshold "
                   f"<strong>{float(chosen.get('threshold', DEFAULT_THRESHOLD)):.6f}</strong></p>"]
+        if chosen.get("fallback_reason"):
+            parts.append(f'<p class="warn">Requested: method <strong>{_e(chosen.get("requested"))}</strong>, '
+                         f"not applied: {_e(chosen['fallback_reason'])}</p>")
         if rows:
             parts.append(_table(["Method", "Threshold", ""], rows))
     for split in ("val", "test"):

@@ -370,7 +370,8 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
     _write_json(out / "metrics.json", metrics)
     chosen = metrics["chosen"]
     best.pop("format", None)
-    best["threshold"] = {"method": chosen["method"], "value": chosen["threshold"]}
+    # the checkpoint names the threshold "value"; the other keys (requested, fallback_reason too) as in metrics.json
+    best["threshold"] = {("value" if k == "threshold" else k): v for k, v in chosen.items()}
     checkpoint.save(out / "best_model.pth", best)
     if smote_info:
         config_record["smote"] = smote_info
