@@ -38,7 +38,8 @@ def _predict_split(ckpt_path, shards, split, device, backend, batch_size, worker
 def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="auto", batch_size=64, log=print) -> dict:
     from .metrics import split_report
     from .report import render_report
-    from .train import _write_json, write_predictions
+    from .predictions import write_predictions
+    from .train import _write_json
     ckpt, loader, keys, labels, scores = _predict_split(ckpt_path, shards, split, device, backend, batch_size)
     thr = ckpt.get("threshold") or {"method": "default", "value": 0.5}
     rep = split_report(labels, scores, 0.5, thr["value"])
@@ -46,7 +47,8 @@ def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, loader.sources(keys))
     metrics = {"val": rep if split == "val" else None, "test": rep if split != "val" else None,
-               "thresholds": {thr["method"]: thr["value"]}, "chosen": {"method": thr["method"], "threshold": thr["value"]},
+               "thresholds": {thr["method"]: thr["value"]},
+               "chosen": {("threshold" if k == "value" else k): v for k, v in thr.items()},
                "evaluated_split": split}
     _write_json(out / "metrics.json", metrics)
     cfg = dict(ckpt["config"])

@@ -36,6 +36,8 @@ def _validate(labels, scores, split: str = "") -> tuple[np.ndarray, np.ndarray]:
 def metric_dict(labels, scores, threshold: float) -> dict:
     """Metric dict M at `threshold` (decision fake when score >= threshold)."""
     y, s = _validate(labels, scores)
+    # Both sides float64: the threshold is one of the float64 scores, and a float32 side would make NumPy
+    # compare in float32, where a score a hair below the threshold can round onto it and flip the decision.
     t = float(threshold)
     if not np.isfinite(t):
         raise ValueError(f"threshold must be finite, got {threshold!r}")
@@ -110,8 +112,12 @@ def build_metrics(val, test=None, method: str = "f1", extra_methods=()) -> tuple
     `val` and `test` are (labels, scores) pairs; `test` may be None (then "test" is None). Thresholds are
     tuned on val ONLY and applied unchanged to test. "thresholds" holds f1, youden, eer plus every extra
     method and the chosen one when parametrised (e.g. "precision:0.9"); a method that is undefined on val
-    is left out with a warning. When the chosen method is undefined (val holds a single class, or a
-    precision target cannot be met) the chosen threshold is the default 0.5 and a warning says so.
+    is left out with a warning.
+
+    "chosen" is what was applied: {"method": "f1", "threshold": t}. When the requested method is
+    undefined on val (val holds a single class, or a precision target cannot be met) the default
+    threshold 0.5 is applied and "chosen" says so: {"method": "default", "threshold": 0.5,
+    "requested": "precision:0.99", "fallback_reason": "..."}, with exactly one warning line about it.
     NaN scores or bad labels raise ValueError; so does an unknown method.
     """
     key = canonical_method(method)  # ValueError for an unknown method
@@ -127,32 +133,43 @@ def build_metrics(val, test=None, method: str = "f1", extra_methods=()) -> tuple
 
     warnings: list[str] = []
     thresholds: dict[str, float] = {}
+    fallback_reason = None
     only = _single_class(vy)
     if only:
-        warnings.append(f"val split has a single class ({only} only, n={vy.size}): threshold tuning is "
-                        f"undefined and AUC/AP/EER are null; using the default threshold {DEFAULT_THRESHOLD}")
+        fallback_reason = f"val split has a single class ({only} only, n={vy.size})"
     else:
         counts = _counts(vy, vs)
         for k in wanted:
             try:
                 thresholds[k] = _tune_counts(counts, *parse_method(k))
             except ThresholdUndefined as e:
-                warnings.append(f"threshold method {k} is undefined on val: {e}")
-    chosen = thresholds.get(key)
-    if chosen is None:
-        chosen = DEFAULT_THRESHOLD
-        if not only:
-            warnings.append(f"chosen threshold method {key} is undefined on val; "
-                            f"using the default threshold {DEFAULT_THRESHOLD}")
+                if k == key:
+                    fallback_reason = f"on val, {e}"
+                else:
+                    warnings.append(f"threshold method {k} is undefined on val: {e}")
+    if fallback_reason is None:
+        chosen = {"method": key, "threshold": float(thresholds[key])}
+    else:
+        chosen = {"method": "default", "threshold": float(DEFAULT_THRESHOLD), "requested": key,
+                  "fallback_reason": fallback_reason}
+        warnings.insert(0, fallback_warning(chosen) + ("; AUC/AP/EER are null" if only else ""))
     if ty is not None:
         t_only = _single_class(ty)
         if t_only:
             warnings.append(f"test split has a single class ({t_only} only, n={ty.size}): AUC/AP/EER are null")
 
     doc = {
-        "val": split_report(vy, vs, DEFAULT_THRESHOLD, chosen),
-        "test": split_report(ty, ts, DEFAULT_THRESHOLD, chosen) if ty is not None else None,
+        "val": split_report(vy, vs, DEFAULT_THRESHOLD, chosen["threshold"]),
+        "test": split_report(ty, ts, DEFAULT_THRESHOLD, chosen["threshold"]) if ty is not None else None,
         "thresholds": thresholds,
-        "chosen": {"method": key, "threshold": float(chosen)},
+        "chosen": chosen,
     }
     return doc, warnings
+
+
+def fallback_warning(chosen: dict) -> str | None:
+    """One line saying which threshold was applied instead of the requested one; None when none fell back."""
+    if not chosen.get("fallback_reason"):
+        return None
+    return (f"threshold method {chosen.get('requested')} cannot be used: {chosen['fallback_reason']}; "
+            f"applied the {chosen.get('method')} threshold {chosen.get('threshold')!r} instead")

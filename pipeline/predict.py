@@ -73,7 +73,9 @@ def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_
         with torch.no_grad(), autocast(device, amp_dtype):
             scores = torch.sigmoid(model(x).float()).cpu().numpy()
         for n, s in zip(names, scores):
-            rows.append((n, f"{s:.6f}", "fake" if s >= thr else "real", ""))
+            # float(s): the decision is taken on the float64 the CSV holds; a float32 score against the
+            # float64 threshold would be compared in float32 (NumPy 2) and could flip a tie.
+            rows.append((n, repr(float(s)), "fake" if float(s) >= thr else "real", ""))
         batch.clear()
         names.clear()
 

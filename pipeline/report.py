@@ -27,7 +27,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .formats import CLASSES, SPLITS
-from .metrics import build_metrics
+from .metrics import build_metrics, fallback_warning
+from .predictions import read_predictions
 from .thresholds import DEFAULT_THRESHOLD, sweep
 
 log = logging.getLogger(__name__)
@@ -78,29 +79,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, obj) -> Path:
     """Atomic JSON (indent 2); NaN/inf are refused rather than written as invalid JSON."""
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def _label_value(text: str) -> int:
-    t = text.strip().lower()
-    if t in CLASSES:
-        return CLASSES.index(t)
-    return int(float(t))
-
-
-def read_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, scores) from a `key,source,label,score` CSV; labels may be 0/1 or real/fake."""
-    labels, scores = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"label", "score"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        for row in reader:
-            labels.append(_label_value(row["label"]))
-            scores.append(float(row["score"]))
-    if not labels:
-        raise ValueError(f"{path}: no rows")
-    return np.asarray(labels, dtype=np.int64), np.asarray(scores, dtype=np.float64)
 
 
 def read_history(path: str | Path) -> dict[str, np.ndarray]:
@@ -229,10 +207,14 @@ def report_notes(metrics: dict) -> list[str]:
     method = chosen.get("method")
     thresholds = metrics.get("thresholds") or {}
     val = metrics.get("val") or {}
+    fallback = fallback_warning(chosen)
+    if fallback:
+        notes.append(fallback)
     if val and val.get("auc") is None:
-        notes.append("val split has a single class: threshold tuning is undefined and AUC/AP/EER are null; "
-                     f"the default threshold {DEFAULT_THRESHOLD} is used")
-    elif method and method not in thresholds:
+        notes.append("val split has a single class: AUC/AP/EER are null" + ("" if fallback else
+                     f"; threshold tuning is undefined and the default threshold {DEFAULT_THRESHOLD} is used"))
+    elif not fallback and method and method != "default" and method not in thresholds:
+        # a metrics.json without fallback keys names the requested method even where 0.5 was applied
         notes.append(f"threshold method {method} is undefined on val; the default threshold "
                      f"{DEFAULT_THRESHOLD} is used")
     test = metrics.get("test")
@@ -288,6 +270,8 @@ def summary_text(metrics: dict, config: dict) -> str:
         for k, v in thresholds.items():
             lines.append(f"   {k}: {v:.6f}" + ("   <- chosen" if k == chosen.get("method") else ""))
         lines.append(f"   Chosen: method {chosen.get('method')}, threshold {chosen.get('threshold', 0.5):.6f}")
+        if chosen.get("fallback_reason"):
+            lines.append(f"   Requested: method {chosen.get('requested')}, not applied: {chosen['fallback_reason']}")
         lines.append("")
     for name in ("val", "test"):
         rep = metrics.get(name)
@@ -568,6 +552,9 @@ def render_html(run_name: str, metrics: dict, config: dict, images: dict[str, by
         parts += ["<h2>Thresholds (tuned on val)</h2>",
                   f"<p>Chosen: method <strong>{_e(chosen.get('method'))}</strong>, threshold "
                   f"<strong>{float(chosen.get('threshold', DEFAULT_THRESHOLD)):.6f}</strong></p>"]
+        if chosen.get("fallback_reason"):
+            parts.append(f'<p class="warn">Requested: method <strong>{_e(chosen.get("requested"))}</strong>, '
+                         f"not applied: {_e(chosen['fallback_reason'])}</p>")
         if rows:
             parts.append(_table(["Method", "Threshold", ""], rows))
     for split in ("val", "test"):

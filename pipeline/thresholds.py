@@ -154,8 +154,8 @@ def _tune_counts(c: _Counts, name: str, value: float | None) -> float:
         precision = tp / (tp + fp)  # tp + fp >= 1 at every candidate (the samples at the threshold)
         ok = precision >= value
         if not np.any(ok):
-            raise ThresholdUndefined(f"no threshold reaches precision >= {value:g} on these scores "
-                                     f"(the highest precision reachable is {precision.max():.4f})")
+            raise ThresholdUndefined(f"no threshold reaches precision >= {value:g} "
+                                     f"(the highest reachable is {precision.max():.4f})")
         best_tp = tp[ok].max()
         i = _last(ok & (tp == best_tp))
     elif name == "recall":

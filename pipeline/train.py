@@ -25,6 +25,7 @@ from .engine import (Dist, TrainingError, all_gather_objects, amp_setup, gather_
                      reduce_sum, train_one_epoch, weights_checksum)
 from .formats import CLASSES, read_manifest
 from .loaders import LoaderOptions, make_loader, resolve_device
+from .predictions import write_predictions
 from .resume import Position
 from .sources import InputError
 from .stats import RECOMMENDED, imbalance_ratio, severity
@@ -106,16 +107,6 @@ def _write_history(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def write_predictions(path: Path, keys, labels, scores, sources: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["key", "source", "label", "score"])
-        for k, l, s in zip(keys, labels, scores):
-            w.writerow([k, sources.get(k, ""), int(l), f"{float(s):.8f}"])
     os.replace(tmp, path)
 
 
@@ -511,7 +502,8 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
     _write_json(out / "metrics.json", metrics)
     chosen = metrics["chosen"]
     best.pop("format", None)
-    best["threshold"] = {"method": chosen["method"], "value": chosen["threshold"]}
+    # the checkpoint names the threshold "value"; the other keys (requested, fallback_reason too) as in metrics.json
+    best["threshold"] = {("value" if k == "threshold" else k): v for k, v in chosen.items()}
     checkpoint.save(out / "best_model.pth", best)
     if smote_info:
         config_record["smote"] = smote_info

@@ -112,13 +112,40 @@ def test_single_class_val_falls_back_to_default():
     json.dumps(doc, allow_nan=False)
 
 
-def test_unreachable_chosen_precision_warns():
+def test_unreachable_chosen_precision_records_the_fallback():
     y = np.array([0, 1, 0, 1, 0, 1])
     s = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
-    doc, warnings = build_metrics((y, s), None, "precision:0.99")
-    assert doc["chosen"] == {"method": "precision:0.99", "threshold": 0.5}
+    doc, warnings = build_metrics((y, s), make(8), "precision:0.99")
+    assert doc["chosen"] == {"method": "default", "threshold": 0.5, "requested": "precision:0.99",
+                             "fallback_reason": "on val, no threshold reaches precision >= 0.99 "
+                                                "(the highest reachable is 0.5000)"}
     assert "precision:0.99" not in doc["thresholds"] and "f1" in doc["thresholds"]
-    assert any("precision:0.99" in w for w in warnings)
+    assert doc["val"]["tuned"] == doc["val"]["default"] and doc["test"]["tuned"]["threshold"] == 0.5
+    assert len(warnings) == 1  # said once, not once per place it was noticed
+    assert "precision:0.99" in warnings[0] and "default threshold 0.5" in warnings[0]
+
+
+def test_single_class_val_records_the_fallback():
+    doc, warnings = build_metrics((np.ones(7, int), np.linspace(0, 1, 7)), None, "youden")
+    assert doc["chosen"] == {"method": "default", "threshold": 0.5, "requested": "youden",
+                             "fallback_reason": "val split has a single class (fake only, n=7)"}
+    assert len(warnings) == 1 and "youden" in warnings[0] and "AUC/AP/EER are null" in warnings[0]
+
+
+def test_met_precision_target_has_no_fallback_keys():
+    y = np.array([0, 1, 0, 1, 0, 1])
+    s = np.array([0.1, 0.9, 0.2, 0.8, 0.7, 0.3])
+    doc, warnings = build_metrics((y, s), None, "precision:0.99", extra_methods=["precision:1.0"])
+    assert doc["chosen"] == {"method": "precision:0.99", "threshold": 0.8}
+    assert warnings == []
+
+
+def test_an_undefined_extra_method_is_no_fallback():
+    y = np.array([0, 1, 0, 1, 0, 1])
+    s = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
+    doc, warnings = build_metrics((y, s), None, "f1", extra_methods=["precision:0.99"])
+    assert doc["chosen"] == {"method": "f1", "threshold": doc["thresholds"]["f1"]}
+    assert len(warnings) == 1 and "precision:0.99 is undefined on val" in warnings[0]
 
 
 def test_bad_inputs_raise():

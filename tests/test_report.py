@@ -1,5 +1,6 @@
 import base64
 import csv
+import html
 import io
 import json
 import re
@@ -135,3 +136,30 @@ def test_summary_text_tolerates_empty_inputs():
 def test_render_report_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError):
         render_report(tmp_path / "nope")
+
+
+def test_threshold_fallback_is_shown(tmp_path):
+    run, _, config = make_run(tmp_path)
+    yv, sv = np.array([0, 1, 0, 1, 0, 1] * 5), np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3] * 5)
+    doc, _ = build_metrics((yv, sv), None, "precision:0.99")
+    write_json(run / "metrics.json", doc)
+    write_predictions(run / "predictions_val.csv", yv, sv, "val")
+    (run / "predictions_test.csv").unlink()
+    render_report(run)
+    reason = doc["chosen"]["fallback_reason"]
+    text = (run / "training_results.txt").read_text()
+    assert "Chosen: method default, threshold 0.500000" in text
+    assert f"Requested: method precision:0.99, not applied: {reason}" in text
+    warnings = text[text.index("WARNINGS"):]
+    assert "precision:0.99 cannot be used" in warnings and "is undefined on val" not in warnings
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert page.count("precision:0.99") >= 2 and html.escape(reason) in page  # warning box and threshold section
+
+
+def test_normal_choice_shows_no_fallback(tmp_path):
+    run, doc, _ = make_run(tmp_path)
+    render_report(run)
+    assert "fallback_reason" not in doc["chosen"]
+    text = (run / "training_results.txt").read_text()
+    assert "Requested:" not in text and "cannot be used" not in text
+    assert "Requested:" not in (run / "report.html").read_text(encoding="utf-8")

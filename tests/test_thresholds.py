@@ -136,3 +136,21 @@ def test_perfect_separation_and_single_score():
     assert tune(y, s, "eer") == 0.7
     # every score equal: the only candidate is that score
     assert tune([0, 1, 0], [0.4, 0.4, 0.4], "f1") == 0.4
+
+
+def test_dfp_tune_refuses_an_unreachable_target_and_keeps_the_stored_threshold(tmp_path, monkeypatch):
+    from pipeline import checkpoint, evaluate
+    from pipeline.sources import InputError
+    y = np.array([0, 1, 0, 1, 0, 1])
+    s = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
+    monkeypatch.setattr(evaluate, "_predict_split", lambda *a, **k: (None, None, None, y, s))
+    path = tmp_path / "best_model.pth"
+    stored = {"method": "f1", "value": 0.123456789012345}
+    checkpoint.save(path, {"threshold": stored})
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=r"cannot tune on the val split of shards: no threshold reaches "
+                                         r"precision >= 0.99 \(the highest reachable is 0.5000\)"):
+        evaluate.tune(path, "shards", "precision:0.99", log=lambda *a: None)
+    assert path.read_bytes() == before and checkpoint.load(path)["threshold"] == stored
+    evaluate.tune(path, "shards", "youden", log=lambda *a: None)
+    assert checkpoint.load(path)["threshold"] == {"method": "youden", "value": tune(y, s, "youden")}

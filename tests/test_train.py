@@ -312,3 +312,38 @@ def test_mid_epoch_checkpoint_resumes_the_remaining_batches(image_shards, tmp_pa
     resumed = (out / "keys_rank0_epoch0.txt").read_text().split()
     assert resumed == all_keys[2 * 4:]  # exactly the batches the killed run had not trained on
     assert len(list(csv.DictReader(open(out / "history.csv")))) == 1
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_metrics_json_is_recomputable_from_the_predictions(image_shards, tmp_path, monkeypatch, fallback):
+    from pipeline import metrics as metrics_module
+    from pipeline.thresholds import ThresholdUndefined
+    from recompute import read_csv, run_mismatches
+    if fallback:  # the tiny model's scores may or may not reach a precision target: make it unreachable
+        tune_counts = metrics_module._tune_counts
+
+        def unreachable_precision(counts, name, value):
+            if name == "precision":
+                raise ThresholdUndefined("unreachable in this test")
+            return tune_counts(counts, name, value)
+
+        monkeypatch.setattr(metrics_module, "_tune_counts", unreachable_precision)
+    lines = []
+    out = run_training(tiny_config(image_shards, tmp_path / "run", model="resnet18", report=fallback,
+                                   threshold_method="precision:0.9" if fallback else "f1"), log=lines.append)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert run_mismatches(metrics, out) == []
+    _, val_scores = read_csv(out / "predictions_val.csv")
+    assert metrics["thresholds"]["f1"] in set(val_scores)  # a tuned threshold is a score, to the last bit
+    chosen = metrics["chosen"]
+    ckpt = torch.load(out / "best_model.pth", weights_only=True)
+    assert ckpt["threshold"] == {("value" if k == "threshold" else k): v for k, v in chosen.items()}
+    warnings = [line for line in lines if str(line).startswith("warning:")]
+    if not fallback:
+        assert chosen == {"method": "f1", "threshold": metrics["thresholds"]["f1"]}
+        return
+    assert chosen == {"method": "default", "threshold": 0.5, "requested": "precision:0.9",
+                      "fallback_reason": "on val, unreachable in this test"}
+    assert len(warnings) == 1 and "precision:0.9 cannot be used" in warnings[0]
+    assert "Requested: method precision:0.9" in (out / "training_results.txt").read_text()
+    assert "unreachable in this test" in (out / "report.html").read_text(encoding="utf-8")
