@@ -270,10 +270,14 @@ def report(run: Path = typer.Argument(..., help="run directory")):
 def predict(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
             paths: List[Path] = typer.Argument(..., help="files and folders of raw images, audio or video"),
             out: Path = typer.Option(Path("preds.csv"), help="CSV: path,score,label,error"),
-            device: str = typer.Option("auto"), batch_size: int = typer.Option(32)):
+            device: str = typer.Option("auto"), batch_size: int = typer.Option(32),
+            backend: str = typer.Option("auto", help="loader: auto (the checkpoint's, as evaluate uses), dali or torch"),
+            workers: int = typer.Option(2, help="loader worker processes (torch backend)")):
     """Score raw files with the stored threshold; unreadable files get a row with an error."""
+    if backend not in ("auto", "dali", "torch"):
+        raise UsageError(f"--backend {backend!r}: choose auto, dali or torch")
     from .predict import predict_files
-    predict_files(ckpt, paths, out, device, batch_size)
+    predict_files(ckpt, paths, out, device, batch_size, backend, workers)
 
 
 @bench_app.command("shard")

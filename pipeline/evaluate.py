@@ -11,6 +11,20 @@ from .loaders import LoaderOptions, make_loader, resolve_device
 from .sources import InputError
 
 
+def eval_backend(ckpt: dict, backend: str = "auto") -> str:
+    """auto: the backend the model was trained and tuned with, so its threshold meets the same eval transforms."""
+    from .train import _resolve_backend
+    if backend == "auto":
+        backend = ckpt["config"].get("backend", "auto")
+    return _resolve_backend(backend)
+
+
+def eval_options(ckpt: dict, batch_size: int, workers: int = 2) -> LoaderOptions:
+    pre = ckpt["preprocess"]
+    return LoaderOptions(batch_size=batch_size, train=False, image_size=pre["image_size"],
+                         audio_seconds=pre["audio_seconds"], workers=workers)
+
+
 def _predict_split(ckpt_path, shards, split, device, backend, batch_size, workers=2):
     device = resolve_device(device)
     ckpt = checkpoint.load(ckpt_path, map_location=device)
@@ -20,14 +34,9 @@ def _predict_split(ckpt_path, shards, split, device, backend, batch_size, worker
         raise InputError(f"{ckpt_path} is a {ckpt['modality']} model but {shards} holds {manifest['modality']} shards")
     if split not in manifest["splits"] or sum(manifest["splits"][split].values()) == 0:
         raise InputError(f"{shards}: split '{split}' is empty")
-    pre = ckpt["preprocess"]
     model = checkpoint.model_from_checkpoint(ckpt, device)
-    from .train import _resolve_backend
-    if backend == "auto":  # the backend the model was trained and tuned with: same eval transforms, same scores
-        backend = ckpt["config"].get("backend", "auto")
-    loader = make_loader(shards, split, _resolve_backend(backend), device, LoaderOptions(
-        batch_size=batch_size, train=False, image_size=pre["image_size"], audio_seconds=pre["audio_seconds"],
-        workers=workers), manifest=manifest)
+    loader = make_loader(shards, split, eval_backend(ckpt, backend), device, eval_options(ckpt, batch_size, workers),
+                         manifest=manifest)
     amp_dtype, _ = amp_setup(device, "auto")
     keys, labels, scores, _ = predict(model, loader, device, amp_dtype, progress=True, desc=split)
     if np.isnan(scores).any():

@@ -1,7 +1,8 @@
 """`dfp predict`: raw files in, one CSV row per file out, using the checkpoint's threshold.
 
-Files go through the same preparation as the shard builder (`media.prepare`) and the same
-evaluation transforms as the loaders (`loaders.decode`), so scores match what evaluation saw.
+Files are prepared exactly as the shard builder prepares them (`media.prepare`) and then go
+through the loader eval path `dfp evaluate` uses (same backend, same options), held in memory
+a chunk at a time: the threshold tuned on evaluation scores then meets the same scores here.
 """
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import csv
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from . import checkpoint
-from .engine import amp_setup, autocast
-from .loaders import resolve_device
-from .loaders.decode import LoaderConfig, audio_sample, visual_sample
-from .augment import AudioFeatures, normalize_images, torch_log_mel
+from .engine import amp_setup, predict
+from .evaluate import eval_backend, eval_options
+from .formats import payload_exts
+from .loaders import make_loader, resolve_device
+from .loaders.memory import MemoryIndex
 from .media import MediaError, prepare
 from .sources import EXTENSIONS, InputError
+
+CHUNK = 256  # files prepared and held in memory at once
 
 
 def collect_files(paths: list[Path], modality: str) -> list[Path]:
@@ -35,68 +36,50 @@ def collect_files(paths: list[Path], modality: str) -> list[Path]:
     return files
 
 
-def _sample(path: Path, modality: str, params: dict, cfg: LoaderConfig):
-    if path.suffix.lower() not in EXTENSIONS[modality]:
-        raise MediaError(f"unsupported extension for a {modality} model")
-    payload, _ = prepare(path, modality, params)
-    comps = list(payload.values())
-    if modality == "audio":
-        x = audio_sample(comps, cfg, False, np.random.default_rng(0))
-        return None if x is None else torch.from_numpy(x)
-    return visual_sample(comps, cfg, False)
+class _Scorer:
+    """One checkpoint's model, backend and preparation settings, applied to chunks of files."""
+
+    def __init__(self, ckpt: dict, device, backend: str, batch_size: int, workers: int):
+        pre = ckpt["preprocess"]
+        self.modality, self.device = ckpt["modality"], device
+        self.backend = eval_backend(ckpt, backend)
+        self.opts = eval_options(ckpt, batch_size, workers)
+        self.model = checkpoint.model_from_checkpoint(ckpt, device)
+        self.amp_dtype, _ = amp_setup(device, "auto")
+        # the shard builder's defaults stand in for values a checkpoint may lack
+        self.params = {"max_side": pre.get("max_side") or 512, "sample_rate": pre.get("sample_rate") or 16000,
+                       "frames": pre.get("frames") or 16}
+        self.exts = payload_exts(self.modality, self.params["frames"])
+
+    def _prepare(self, path: Path) -> list[bytes]:
+        if path.suffix.lower() not in EXTENSIONS[self.modality]:
+            raise MediaError(f"unsupported extension for a {self.modality} model")
+        payload, _ = prepare(path, self.modality, self.params)
+        return [payload[e] for e in self.exts]
+
+    def score(self, files: list[Path], on_file=lambda: None) -> list[tuple[float | None, str]]:
+        """(score, "") or (None, error) per file, in order."""
+        out: list[tuple[float | None, str]] = [(None, "")] * len(files)
+        samples, where = [], []
+        for j, f in enumerate(files):
+            try:
+                samples.append((self._prepare(f), {"source": str(f)}))
+                where.append(j)
+            except MediaError as e:
+                out[j] = (None, str(e))
+            on_file()
+        if samples:
+            index = MemoryIndex(samples, self.modality, self.exts, self.params["sample_rate"])
+            loader = make_loader(None, "predict", self.backend, self.device, self.opts, index=index)
+            keys, _, scores, _ = predict(self.model, loader, self.device, self.amp_dtype)
+            got = dict(zip(keys, scores))
+            for i, j in enumerate(where):
+                s = got.get(str(i))
+                out[j] = (float(s), "") if s is not None else (None, f"corrupt: the {self.backend} loader cannot decode it")
+        return out
 
 
-def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_size=32, log=print) -> dict:
-    device = resolve_device(device)
-    ckpt = checkpoint.load(ckpt_path, map_location=device)
-    modality, pre = ckpt["modality"], ckpt["preprocess"]
-    thr = (ckpt.get("threshold") or {}).get("value", 0.5)
-    model = checkpoint.model_from_checkpoint(ckpt, device)
-    files = collect_files(paths, modality)
-    if not files:
-        raise InputError("no files found under " + ", ".join(str(p) for p in paths))
-    cfg = LoaderConfig(modality, pre["image_size"], AudioFeatures(sample_rate=pre.get("sample_rate") or 16000,
-                                                                   seconds=pre["audio_seconds"]), (), False)
-    params = {"max_side": pre.get("max_side") or 512, "sample_rate": pre.get("sample_rate") or 16000,
-              "frames": pre.get("frames") or 16}
-    amp_dtype, _ = amp_setup(device, "auto")
-    rows: list[tuple[str, str, str, str]] = []
-    from tqdm import tqdm
-    bar = tqdm(total=len(files), unit="file", desc="predict", dynamic_ncols=True)
-    batch, names = [], []
-
-    def flush():
-        if not batch:
-            return
-        x = torch.stack(batch).to(device)
-        x = torch_log_mel(x, cfg.audio) if modality == "audio" else normalize_images(x)
-        with torch.no_grad(), autocast(device, amp_dtype):
-            scores = torch.sigmoid(model(x).float()).cpu().numpy()
-        for n, s in zip(names, scores):
-            # float(s): the decision is taken on the float64 the CSV holds; a float32 score against the
-            # float64 threshold would be compared in float32 (NumPy 2) and could flip a tie.
-            rows.append((n, repr(float(s)), "fake" if float(s) >= thr else "real", ""))
-        batch.clear()
-        names.clear()
-
-    for f in files:
-        try:
-            x = _sample(f, modality, params, cfg)
-            if x is None:
-                raise MediaError("corrupt: cannot decode")
-        except MediaError as e:
-            rows.append((str(f), "", "", str(e)))
-        else:
-            batch.append(x)
-            names.append(str(f))
-            if len(batch) >= batch_size:
-                flush()
-        bar.update(1)
-    flush()
-    bar.close()
-    order = {str(f): i for i, f in enumerate(files)}
-    rows.sort(key=lambda r: order[r[0]])
-    out = Path(out)
+def _write_csv(out: Path, rows: list[tuple[str, str, str, str]]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -104,8 +87,28 @@ def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_
         w.writerow(["path", "score", "label", "error"])
         w.writerows(rows)
     os.replace(tmp, out)
+
+
+def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_size=32, backend="auto",
+                  workers=2, chunk=CHUNK, log=print) -> dict:
+    device = resolve_device(device)
+    ckpt = checkpoint.load(ckpt_path, map_location=device)
+    thr = (ckpt.get("threshold") or {}).get("value", 0.5)
+    files = collect_files(paths, ckpt["modality"])
+    if not files:
+        raise InputError("no files found under " + ", ".join(str(p) for p in paths))
+    scorer = _Scorer(ckpt, device, backend, batch_size, workers)
+    from tqdm import tqdm
+    rows: list[tuple[str, str, str, str]] = []
+    with tqdm(total=len(files), unit="file", desc="predict", dynamic_ncols=True) as bar:
+        for start in range(0, len(files), chunk):
+            part = files[start:start + chunk]
+            for f, (s, err) in zip(part, scorer.score(part, lambda: bar.update(1))):
+                rows.append((str(f), "", "", err) if s is None else
+                            (str(f), repr(s), "fake" if s >= thr else "real", ""))
+    _write_csv(Path(out), rows)
     n_fake = sum(r[2] == "fake" for r in rows)
     n_err = sum(bool(r[3]) for r in rows)
     log(f"{len(rows)} files: {n_fake} fake, {len(rows) - n_fake - n_err} real, {n_err} unreadable "
-        f"(threshold {thr:.4f}); written {out}")
-    return {"files": len(rows), "fake": n_fake, "errors": n_err}
+        f"(threshold {thr:.4f}, {scorer.backend} loader); written {out}")
+    return {"files": len(rows), "fake": n_fake, "errors": n_err, "backend": scorer.backend}

@@ -189,11 +189,13 @@ def resolve_device(device: str) -> torch.device:
 
 def make_loader(shards, split: str, backend: str = "torch", device: str | torch.device = "cpu",
                 options: LoaderOptions | None = None, rank: int = 0, world_size: int = 1,
-                manifest: dict | None = None) -> Loader:
+                manifest: dict | None = None, index=None) -> Loader:
+    """`index`: samples already indexed (e.g. a `memory.MemoryIndex`); `shards` and `split` are then unused."""
     opts = options or LoaderOptions()
     if backend not in BACKENDS:
         from ..sources import InputError
         raise InputError(f"--backend {backend!r}: choose dali or torch")
-    manifest = manifest or read_manifest(shards)
-    index = ShardIndex(shards, split, manifest, opts.max_samples_per_class, opts.seed)
+    if index is None:
+        manifest = manifest or read_manifest(shards)
+        index = ShardIndex(shards, split, manifest, opts.max_samples_per_class, opts.seed)
     return Loader(index, opts, torch.device(device), backend, rank, world_size)

@@ -1,7 +1,7 @@
 """Per-sample CPU decoding and augmentation with torch/torchvision/torchaudio.
 
-Used by the PyTorch backend, by the DALI backend to tell which samples of a failed batch are
-undecodable, and by `dfp predict`. A sample that does not decode returns None: callers skip and count it.
+Used by the PyTorch backend, and by the DALI backend to tell which samples of a failed batch are
+undecodable. A sample that does not decode returns None: callers skip and count it.
 """
 from __future__ import annotations
 
