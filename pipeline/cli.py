@@ -11,31 +11,41 @@ from typing import List, Optional
 
 import typer
 
+from . import validate as v
+from .validate import UsageError
+
+MODALITIES = ("image", "audio", "video")
+BACKENDS = ("auto", "dali", "torch")
+SPLITS = ("train", "val", "test")
+SAMPLINGS = ("inverse", "sqrt", "natural")
+LOSSES = ("focal", "weighted_bce", "bce")
+# Every backbone downsamples 32x: below 32 px its last feature map is padding around less than one cell,
+# so training runs without error and learns nothing.
+MIN_IMAGE_SIZE = 32
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train deepfake detectors on imbalanced data: shards, loaders, trainer, thresholds, reports.")
 bench_app = typer.Typer(no_args_is_help=True, help="Throughput benchmarks (JSON with --json).")
 app.add_typer(bench_app, name="bench")
 
 
-class UsageError(Exception):
-    """Bad arguments found after parsing: one line, exit 2."""
+# Exceptions that mean bad input (exit 2) or a failed check (exit 1), by module: a class can only have been
+# raised if its module was imported, so the modules are looked up, never imported, and torch stays unloaded.
+_BAD_INPUT = {"formats": "FormatError", "sources": "InputError", "models": "ModelError", "checkpoint": "CheckpointError"}
+_CHECK_FAILED = {"engine": "TrainingError", "loaders.dali": "LoaderError"}
 
 
-def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    from .formats import FormatError
-    from .sources import InputError
-    errs = [UsageError, InputError, FormatError]
-    try:
-        from .models import ModelError
-        errs.append(ModelError)
-    except ImportError:
-        pass
-    try:
-        from .checkpoint import CheckpointError
-        errs.append(CheckpointError)
-    except ImportError:
-        pass
-    return tuple(errs)
+def _loaded(table: dict[str, str]) -> tuple[type[BaseException], ...]:
+    mods = ((sys.modules.get(f"{__package__}.{m}"), cls) for m, cls in table.items())
+    return tuple(getattr(mod, cls) for mod, cls in mods if mod is not None)
+
+
+def _exit_code(e: BaseException) -> Optional[int]:
+    if isinstance(e, (UsageError, *_loaded(_BAD_INPUT))):
+        return 2
+    if isinstance(e, _loaded(_CHECK_FAILED)):
+        return 1
+    return None
 
 
 def _echo_err(msg: str) -> None:
@@ -50,18 +60,12 @@ def synth(out: Path = typer.Argument(..., help="output folder (OUT/real, OUT/fak
           seed: int = typer.Option(0),
           image_size: Optional[str] = typer.Option(None, help="fixed image size WxH, e.g. 512x384")):
     """Write a synthetic labeled dataset whose fakes carry learnable, non-trivial artifacts."""
+    v.choice("modality", modality, MODALITIES)
+    v.minimum(1, n_real=n_real, n_fake=n_fake)
+    v.minimum(0, seed=seed)
+    size = v.image_size_wxh(image_size, modality)
+    v.output("OUT", out, "dir")
     from .synth import synth_dataset
-    if modality not in ("image", "audio", "video"):
-        raise UsageError(f"--modality {modality!r}: choose image, audio or video")
-    if n_real < 1 or n_fake < 1:
-        raise UsageError("--n-real and --n-fake must be at least 1")
-    size = None
-    if image_size:
-        try:
-            w, h = (int(v) for v in image_size.lower().split("x"))
-            size = (w, h)
-        except ValueError:
-            raise UsageError(f"--image-size {image_size!r}: use WxH, e.g. 512x384") from None
     try:
         res = synth_dataset(out, modality, n_real, n_fake, seed, image_size=size, progress=True)
     except ValueError as e:
@@ -89,17 +93,12 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                                     "data is then caught by `dfp verify` or skipped by the loaders)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
+    _check_shard_args(input_dir, out, modality, split, class_map, check)
+    v.minimum(1, max_count=max_count, max_size=max_size, frames=frames, sample_rate=sample_rate, workers=workers,
+              max_samples_per_class=max_samples_per_class)
+    v.minimum(0, seed=seed, group_depth=group_depth)
+    v.minimum(16, max_side=max_side)
     from .shards import ShardParams, build_shards, format_summary
-    for name, v in (("--max-count", max_count), ("--max-size", max_size), ("--frames", frames), ("--sample-rate", sample_rate)):
-        if v < 1:
-            raise UsageError(f"{name} must be positive")
-    if max_side is not None and max_side < 16:
-        raise UsageError("--max-side must be at least 16")
-    if workers is not None and workers < 1:
-        raise UsageError("--workers must be at least 1")
-    from .media.image import CHECKS
-    if check not in CHECKS:
-        raise UsageError(f"--check {check!r}: choose {' or '.join(CHECKS)}")
     params = ShardParams(modality=modality, split=split, seed=seed, max_count=max_count, max_size=max_size,
                          max_samples_per_class=max_samples_per_class, class_map=class_map, group_depth=group_depth,
                          max_side=max_side, sample_rate=sample_rate, frames=frames, check=check)
@@ -108,10 +107,25 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
     typer.echo(f"shards: {out}")
 
 
+def _check_shard_args(input_dir: Path, out: Path, modality: str, split: str, class_map: Optional[str], check: str) -> None:
+    from .media.image import CHECKS
+    from .sources import InputError, parse_class_map, parse_split
+    v.existing("INPUT", input_dir, "dir")
+    v.output("OUT", out, "dir")
+    v.choice("modality", modality, ("auto", *MODALITIES))
+    v.choice("check", check, CHECKS)
+    try:
+        parse_split(split)
+        parse_class_map(class_map)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+
+
 @app.command()
 def verify(shards: Path = typer.Argument(..., help="shard folder"),
            quiet: bool = typer.Option(False, help="no progress bar")):
     """Re-read every shard: checksums, counts, index files, decode every sample. Exit 1 on any mismatch."""
+    v.existing("SHARDS", shards, "dir")
     from .shards import verify_shards
     problems, seen = verify_shards(shards, progress=not quiet)
     if problems:
@@ -130,10 +144,14 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT"),
           class_map: Optional[str] = typer.Option(None, help="as for dfp shard (raw input only)")):
     """Counts per split and class, imbalance ratio, severity and recommended techniques."""
     from .sources import parse_class_map
+    v.existing("SHARDS_OR_INPUT", path, "dir")
+    v.output("--plot", plot, "file")
+    classes = parse_class_map(class_map)
     from .stats import dataset_stats, format_stats, json_safe
-    st = dataset_stats(path, parse_class_map(class_map))
+    st = dataset_stats(path, classes)
     if plot:
         from .report import _png, atomic_write_bytes, plot_dataset_stats
+        plot.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(plot, _png(plot_dataset_stats(st["splits"], st["modality"])))
     if as_json:
         typer.echo(json.dumps(json_safe(st), indent=2))
@@ -151,6 +169,32 @@ def _given(ctx: typer.Context) -> set[str]:
     """The TrainConfig fields the user set on the command line (a resumed run applies or refuses exactly these)."""
     sources = {n: getattr(ctx.get_parameter_source(n), "name", "") for n in ctx.params}
     return {_TRAIN_FIELD.get(n, n) for n, src in sources.items() if src in ("COMMANDLINE", "ENVIRONMENT")}
+
+
+def _pick(args: dict, *names: str) -> dict:
+    return {n: args[n] for n in names}
+
+
+def _check_train(a: dict) -> None:
+    """a: the train command's locals() before its first statement, i.e. exactly its parameters.
+
+    Cheap checks come first; torch is imported (for the device and the model names) only once they pass."""
+    v.minimum(1, **_pick(a, "epochs", "batch_size", "epoch_len", "max_samples_per_class"))
+    v.minimum(0, **_pick(a, "seed", "workers", "patience", "save_every", "weight_decay", "focal_gamma"))
+    v.minimum(MIN_IMAGE_SIZE, image_size=a["image_size"])
+    v.positive(**_pick(a, "lr", "audio_seconds"))
+    for name, choices in (("backend", BACKENDS), ("strategy", ("auto", "manual")), ("loss", LOSSES),
+                          ("amp", ("auto", "bf16", "fp16", "off")), ("sampling", SAMPLINGS)):
+        v.choice(name, a[name], choices)
+    v.focal_alpha(a["focal_alpha"])
+    v.class_weights(a["class_weights"])
+    v.threshold_method(a["threshold_method"])
+    v.shards(a["shards"])
+    v.existing("--weights", a["weights"], "file")
+    v.output("--out", a["out"], "dir")
+    v.device(a["device"])
+    v.model_name(a["model"])
+    v.model_name(a["frame_backbone"], ("image",), "frame_backbone")
 
 
 @app.command()
@@ -186,38 +230,10 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., help="shard fol
           no_report: bool = typer.Option(False, "--no-report", help="skip plots and report.html"),
           quiet: bool = typer.Option(False, help="no progress bars")):
     """Train a real/fake detector and write the run directory (works under torchrun)."""
-    from .thresholds import parse_method
-    from .train import TrainConfig, run_training
-    for name, v in (("--epochs", epochs), ("--batch-size", batch_size)):
-        if v < 1:
-            raise UsageError(f"{name} must be at least 1")
-    if lr <= 0:
-        raise UsageError("--lr must be positive")
-    try:
-        parse_method(threshold_method)
-    except ValueError as e:
-        raise UsageError(f"--threshold-method: {e}") from None
-    if backend not in ("auto", "dali", "torch"):
-        raise UsageError(f"--backend {backend!r}: choose auto, dali or torch")
+    _check_train(locals())
     if no_amp:
         amp = "off"
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise UsageError(f"--amp {amp!r}: choose auto, bf16, fp16 or off")
-    if loss not in ("focal", "weighted_bce", "bce"):
-        raise UsageError(f"--loss {loss!r}: choose focal, weighted_bce or bce")
-    if sampling not in ("inverse", "sqrt", "natural"):
-        raise UsageError(f"--sampling {sampling!r}: choose inverse, sqrt or natural")
-    if class_weights:
-        from .sampling import parse_class_weights
-        try:
-            parse_class_weights(class_weights)
-        except ValueError as e:
-            raise UsageError(f"--class-weights: {e}") from None
-    try:
-        from .losses import resolve_alpha
-        resolve_alpha(focal_alpha, [1, 1])
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    from .train import TrainConfig, run_training
     cfg = TrainConfig(shards=str(shards), out=str(out), backend=backend, device=device, epochs=epochs,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, model=model,
                       frame_backbone=frame_backbone, pretrained=pretrained, weights=str(weights) if weights else None,
@@ -230,6 +246,15 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., help="shard fol
     run_training(cfg, given=_given(ctx))
 
 
+def _check_model_run(ckpt: Path, shards: Path, device: str, backend: str, batch_size: int) -> None:
+    """The options evaluate and tune share."""
+    v.minimum(1, batch_size=batch_size)
+    v.choice("backend", backend, BACKENDS)
+    v.existing("CKPT", ckpt, "file")
+    v.shards(shards)
+    v.device(device)
+
+
 @app.command()
 def evaluate(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
              shards: Path = typer.Argument(..., help="shard folder"),
@@ -238,9 +263,10 @@ def evaluate(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
              device: str = typer.Option("auto"), backend: str = typer.Option("auto"),
              batch_size: int = typer.Option(64)):
     """Metrics at 0.5 and at the stored threshold, predictions and plots for a saved model."""
+    v.choice("split", split, SPLITS)
+    v.output("--out", out, "dir")
+    _check_model_run(ckpt, shards, device, backend, batch_size)
     from .evaluate import evaluate as run
-    if split not in ("train", "val", "test"):
-        raise UsageError(f"--split {split!r}: choose train, val or test")
     run(ckpt, shards, split, out, device, backend, batch_size)
 
 
@@ -250,6 +276,8 @@ def tune(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
          method: str = typer.Option("f1", help="f1, youden, eer, precision:P or recall:R"),
          device: str = typer.Option("auto"), backend: str = typer.Option("auto"), batch_size: int = typer.Option(64)):
     """Re-tune the decision threshold on the val split and store it in the checkpoint."""
+    v.threshold_method(method, "method")
+    _check_model_run(ckpt, shards, device, backend, batch_size)
     from .evaluate import tune as run
     run(ckpt, shards, method, device, backend, batch_size)
 
@@ -257,9 +285,8 @@ def tune(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
 @app.command()
 def report(run: Path = typer.Argument(..., help="run directory")):
     """Re-render plots, training_results.txt and report.html from a run's saved files (no model needed)."""
+    v.existing("RUN", run, "dir")
     from .report import render_report
-    if not run.is_dir():
-        raise UsageError(f"run directory {run} not found")
     if not any((run / f).exists() for f in ("metrics.json", "predictions_val.csv", "history.csv")):
         raise UsageError(f"{run} has no metrics.json, predictions or history.csv: is it a dfp run directory?")
     written = render_report(run)
@@ -274,8 +301,14 @@ def predict(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
             backend: str = typer.Option("auto", help="loader: auto (the checkpoint's, as evaluate uses), dali or torch"),
             workers: int = typer.Option(2, help="loader worker processes (torch backend)")):
     """Score raw files with the stored threshold; unreadable files get a row with an error."""
-    if backend not in ("auto", "dali", "torch"):
-        raise UsageError(f"--backend {backend!r}: choose auto, dali or torch")
+    v.minimum(1, batch_size=batch_size)
+    v.existing("CKPT", ckpt, "file")
+    for p in paths:
+        v.existing("PATHS", p)
+    v.output("--out", out, "file")
+    v.device(device)
+    v.choice("backend", backend, BACKENDS)
+    v.minimum(0, workers=workers)
     from .predict import predict_files
     predict_files(ckpt, paths, out, device, batch_size, backend, workers)
 
@@ -285,16 +318,30 @@ def bench_shard_cmd(input_dir: Path = typer.Argument(..., metavar="INPUT"),
                     json_out: Optional[Path] = typer.Option(None, "--json", help="write results here"),
                     workers: Optional[int] = typer.Option(None)):
     """Packing throughput (files/s, MB/s) beside `tar cf` of the same files."""
+    v.minimum(1, workers=workers)
+    v.existing("INPUT", input_dir, "dir")
+    v.output("--json", json_out, "file")
     from .bench import bench_shard, format_table, machine
-    if not input_dir.is_dir():
-        raise UsageError(f"INPUT {input_dir} is not a folder")
     res = {"machine": machine(), "shard": bench_shard(input_dir, workers)}
     _emit(res, json_out, format_table(res))
 
 
+def _check_bench_run(shards: Path, device: str, batch_size: int, batches: int, image_size: int,
+                     json_out: Optional[Path], raw: bool = False) -> None:
+    """The options bench loader and bench train share; raw: SHARDS is a raw input folder (the seed's way)."""
+    v.minimum(1, batch_size=batch_size, batches=batches)
+    v.minimum(MIN_IMAGE_SIZE, image_size=image_size)
+    if raw:
+        v.existing("SHARDS", shards, "dir")
+    else:
+        v.shards(shards)
+    v.output("--json", json_out, "file")
+    v.device(device)
+
+
 @bench_app.command("loader")
 def bench_loader_cmd(shards: Path = typer.Argument(...),
-                     backend: str = typer.Option("dali", help="dali, torch or seed (needs --raw)"),
+                     backend: str = typer.Option("dali", help="dali, torch or seed (then SHARDS is the raw input folder)"),
                      device: str = typer.Option("auto"), split: str = typer.Option("train"),
                      sampling: str = typer.Option("weighted", help="weighted (inverse class frequency), sqrt or natural"),
                      batch_size: int = typer.Option(64), batches: int = typer.Option(30), warmup: int = typer.Option(3),
@@ -302,18 +349,19 @@ def bench_loader_cmd(shards: Path = typer.Argument(...),
                      image_size: int = typer.Option(224),
                      json_out: Optional[Path] = typer.Option(None, "--json")):
     """Loader samples/s after warm-up with the training augmentation; JSON holds class_counts delivered."""
+    v.choice("backend", backend, ("dali", "torch", "seed"))
+    v.choice("split", split, SPLITS)
+    v.choice("sampling", sampling, ("weighted", *SAMPLINGS))
+    v.minimum(0, warmup=warmup, workers=workers)
+    _check_bench_run(shards, device, batch_size, batches, image_size, json_out, raw=backend == "seed")
     from .bench import bench_loader, bench_seed_baseline, machine
     from .loaders import resolve_device
     dev = str(resolve_device(device))
     sampling = {"weighted": "inverse"}.get(sampling, sampling)
-    if sampling not in ("inverse", "sqrt", "natural"):
-        raise UsageError(f"--sampling {sampling!r}: choose weighted (= inverse), sqrt or natural")
     if backend == "seed":
         row = bench_seed_baseline(shards, dev, batch_size, batches, warmup, workers, image_size)
-    elif backend in ("dali", "torch"):
-        row = bench_loader(shards, backend, dev, split, sampling, batch_size, batches, warmup, workers, gpu_decode, image_size)
     else:
-        raise UsageError(f"--backend {backend!r}: choose dali, torch or seed")
+        row = bench_loader(shards, backend, dev, split, sampling, batch_size, batches, warmup, workers, gpu_decode, image_size)
     row["machine"] = machine()
     _emit(row, json_out, f"{row['backend']} on {row['device']}: {row['samples_per_s']:.1f} samples/s "
                          f"({row['samples']} samples in {row['seconds']:.2f}s), delivered {row['class_counts']}")
@@ -325,6 +373,9 @@ def bench_train_cmd(shards: Path = typer.Argument(...), device: str = typer.Opti
                     batch_size: int = typer.Option(32), batches: int = typer.Option(10), image_size: int = typer.Option(224),
                     json_out: Optional[Path] = typer.Option(None, "--json")):
     """Training samples/s, fp32 vs AMP, with the share of time spent waiting for data."""
+    v.choice("backend", backend, ("dali", "torch"))
+    _check_bench_run(shards, device, batch_size, batches, image_size, json_out)
+    v.model_name(model)
     from .bench import bench_train, format_table, machine
     res = {"machine": machine(), "train": bench_train(shards, device, backend, model, batch_size, batches, image_size)}
     _emit(res, json_out, format_table(res))
@@ -340,15 +391,14 @@ def bench_all_cmd(samples: int = typer.Option(2000, help="synthetic 512x384 JPEG
                   memory_sizes: str = typer.Option("20000,200000", help="dataset sizes for the loader memory probe"),
                   json_out: Optional[Path] = typer.Option(None, "--json")):
     """Everything side by side in one run: packing, loaders, training, sampler planning, loader memory."""
+    sizes = v.int_list("memory_sizes", memory_sizes)
+    v.minimum(20, samples=samples)
+    v.minimum(1, batches=batches, rounds=rounds, train_batches=train_batches)
+    v.minimum(MIN_IMAGE_SIZE, train_image_size=train_image_size)
+    v.output("--work", work, "dir")
+    v.output("--json", json_out, "file")
+    v.model_name(train_model, ("image",), "train_model")
     from .bench import bench_all
-    try:
-        sizes = tuple(int(x) for x in memory_sizes.split(","))
-    except ValueError:
-        raise UsageError("--memory-sizes: comma-separated integers") from None
-    if samples < 20:
-        raise UsageError("--samples must be at least 20")
-    if rounds < 1:
-        raise UsageError("--rounds must be at least 1")
     bench_all(samples, json_out, work, batches, train_model, train_batches, train_image_size, sizes, rounds=rounds)
 
 
@@ -365,26 +415,27 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="work folder: data, sha
          device: str = typer.Option("auto"), epochs: Optional[int] = typer.Option(None),
          batch_size: int = typer.Option(32), backend: str = typer.Option("auto")):
     """The whole job on an embedded synthetic dataset: synth -> shard -> train -> tune -> report."""
+    v.choice("modality", modality, MODALITIES)
+    v.choice("backend", backend, BACKENDS)
+    v.minimum(1, epochs=epochs, batch_size=batch_size)
+    v.output("--out", out, "dir")
+    v.device(device)
     from .demo import run_demo
-    if modality not in ("image", "audio", "video"):
-        raise UsageError(f"--modality {modality!r}: choose image, audio or video")
     run_demo(out, modality, device, epochs, batch_size, backend)
 
 
 def main() -> None:
-    from .engine import TrainingError
-    errors = _bad_input_errors()
     try:
         app()
-    except errors as e:
-        _echo_err(str(e))
-        sys.exit(2)
-    except TrainingError as e:
-        _echo_err(str(e))
-        sys.exit(1)
     except KeyboardInterrupt:
         _echo_err("interrupted")
         sys.exit(130)
+    except Exception as e:
+        code = _exit_code(e)
+        if code is None:
+            raise
+        _echo_err(str(e))
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -66,13 +66,24 @@ def test_image_run_writes_the_whole_run_directory(image_shards, tmp_path):
     assert config["strategy_decision"]["sampling"] == "inverse"
 
 
+def check_default_metrics(out: Path, split: str = "val") -> None:
+    """metrics.json's numbers at 0.5 are those of predictions_SPLIT.csv recomputed with scikit-learn, one row per sample."""
+    from sklearn.metrics import accuracy_score, confusion_matrix
+    rows = list(csv.DictReader(open(out / f"predictions_{split}.csv")))
+    y = np.array([int(r["label"]) for r in rows])
+    pred = (np.array([float(r["score"]) for r in rows]) >= 0.5).astype(int)
+    m = json.loads((out / "metrics.json").read_text())[split]["default"]
+    assert len(rows) == sum(json.loads((out / "config.json").read_text())["dataset"]["splits"][split].values())
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["confusion_matrix"] == confusion_matrix(y, pred, labels=[0, 1]).tolist()
+
+
 @pytest.mark.parametrize("modality", ["audio", "video"])
 def test_one_short_epoch_per_modality(tmp_path, modality):
     shards = tiny_shards(tmp_path, modality)
     kw = {"frame_backbone": "resnet18"} if modality == "video" else {}
     out = run_training(tiny_config(shards, tmp_path / "run", report=False, **kw), log=lambda *a: None)
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= metrics["val"]["default"]["accuracy"] <= 1.0
+    check_default_metrics(out)
     ckpt = torch.load(out / "best_model.pth", weights_only=True)
     assert ckpt["modality"] == modality
 

@@ -1,0 +1,179 @@
+"""Up-front checks of command-line values: each failure is one `UsageError` line naming the option.
+
+Torch-free, so a bad invocation is rejected in a fraction of a second, before any file is written.
+Keyword names are the commands' parameter names; `flag` turns them into the option as typed.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Optional
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing: one line, exit 2."""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _or(choices: Iterable[str]) -> str:
+    *head, last = list(choices)
+    return f"{', '.join(head)} or {last}" if head else last
+
+
+def minimum(low: float, **values: Optional[float]) -> None:
+    """Each given value (None: option not given) must be a finite number >= low."""
+    for name, v in values.items():
+        if v is None:
+            continue
+        if not math.isfinite(v):
+            raise UsageError(f"{flag(name)} must be a finite number, got {v}")
+        if v < low:
+            raise UsageError(f"{flag(name)} must be at least {low}, got {v}")
+
+
+def positive(**values: Optional[float]) -> None:
+    """Each given value must be a finite number > 0."""
+    for name, v in values.items():
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise UsageError(f"{flag(name)} must be a positive number, got {v}")
+
+
+def choice(name: str, value: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise UsageError(f"{flag(name)} {value!r}: choose {_or(choices)}")
+
+
+def device(value: str, name: str = "device") -> None:
+    """auto, cpu, cuda or cuda:N; torch is imported only when CUDA is asked for, to see whether it is there."""
+    kind, sep, index = value.partition(":")
+    if kind not in DEVICES or (sep and (kind != "cuda" or not index.isdigit())):
+        raise UsageError(f"{flag(name)} {value!r}: choose auto, cpu or cuda (or cuda:N)")
+    if kind != "cuda":
+        return
+    import torch
+    if not torch.cuda.is_available():
+        raise UsageError(f"{flag(name)} {value}: no CUDA device is available here; use {flag(name)} cpu or auto")
+    if sep and int(index) >= torch.cuda.device_count():
+        raise UsageError(f"{flag(name)} {value}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0")
+
+
+def existing(label: str, path: Optional[Path], kind: str = "any") -> None:
+    """An input path that must exist: kind 'dir', 'file' or 'any'. label: the option or argument as shown in help."""
+    if path is None:
+        return
+    if not path.exists():
+        what = {"dir": "folder", "file": "file"}.get(kind, "file or folder")
+        raise UsageError(f"{label} {path}: {what} not found")
+    if kind == "dir" and not path.is_dir():
+        raise UsageError(f"{label} {path}: is a file; give a folder")
+    if kind == "file" and path.is_dir():
+        raise UsageError(f"{label} {path}: is a folder; give a file")
+
+
+def shards(path: Path, label: str = "SHARDS") -> None:
+    """A shard folder from `dfp shard`: its manifest is read, which is cheap and torch-free."""
+    existing(label, path, "dir")
+    from .formats import FormatError, read_manifest
+    try:
+        read_manifest(path)
+    except FormatError as e:
+        raise UsageError(f"{label}: {e}") from None
+
+
+def _blocking_ancestor(path: Path) -> Optional[Path]:
+    """The nearest existing ancestor when it is not a folder (so nothing can be created below it)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def output(label: str, path: Optional[Path], kind: str) -> None:
+    """A path to be written: kind 'dir' (a folder, created if missing) or 'file' (its folder is created if missing)."""
+    if path is None:
+        return
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise UsageError(f"{label} {path}: is a file; give a folder")
+    if kind == "file" and path.is_dir():
+        raise UsageError(f"{label} {path}: is a folder; give a file path")
+    blocker = _blocking_ancestor(path)
+    if blocker is not None:
+        raise UsageError(f"{label} {path}: {blocker} is a file, so nothing can be written below it")
+
+
+def threshold_method(value: str, name: str = "threshold_method") -> None:
+    from .thresholds import parse_method
+    try:
+        parse_method(value)
+    except ValueError as e:
+        raise UsageError(f"{flag(name)}: {e}") from None
+
+
+def focal_alpha(value: str) -> None:
+    """A number <= 1 (negative: off) or 'auto'; the same rule as `losses.resolve_alpha`, without importing torch."""
+    if value.strip().lower() == "auto":
+        return
+    try:
+        alpha = float(value)
+    except ValueError:
+        raise UsageError(f"--focal-alpha {value!r}: give a number in [0, 1], a negative number (off) or 'auto'") from None
+    if not alpha <= 1:
+        raise UsageError(f"--focal-alpha {value!r}: must be in [0, 1] (or < 0 to disable)")
+
+
+def class_weights(value: Optional[str]) -> None:
+    """Every class named with a weight >= 0, at least one of them > 0."""
+    if value is None:
+        return
+    from .sampling import class_probabilities, parse_class_weights
+    try:
+        weights = parse_class_weights(value)
+        if not any(weights.values()):
+            raise UsageError(f"--class-weights {value!r}: at least one weight must be above 0")
+        class_probabilities([1, 1], weights)
+    except ValueError as e:
+        raise UsageError("--class-weights" + str(e).removeprefix("class weights")) from None
+
+
+def model_name(value: Optional[str], modalities: Iterable[str] = ("image", "audio", "video"),
+               name: str = "model") -> None:
+    """A known model; imports torch (through models.py), so call it after the cheap checks."""
+    if value is None:
+        return
+    from .models import MODELS
+    names = [m for mod in modalities for m in MODELS[mod]]
+    if value not in names:
+        raise UsageError(f"{flag(name)} {value!r}: choose {_or(names)}")
+
+
+def image_size_wxh(value: Optional[str], modality: str) -> Optional[tuple[int, int]]:
+    """`synth --image-size WxH` -> (W, H), sides >= 8, images only."""
+    if not value:
+        return None
+    if modality != "image":
+        raise UsageError("--image-size applies to --modality image only")
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--image-size {value!r}: use WxH, e.g. 512x384") from None
+    if min(w, h) < 8:
+        raise UsageError(f"--image-size {value!r}: both sides must be at least 8")
+    return w, h
+
+
+def int_list(name: str, value: str, low: int = 1) -> tuple[int, ...]:
+    """'20000,200000' -> (20000, 200000), each >= low."""
+    try:
+        items = tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise UsageError(f"{flag(name)} {value!r}: give comma-separated integers, e.g. 20000,200000") from None
+    if min(items) < low:
+        raise UsageError(f"{flag(name)} {value!r}: every size must be at least {low}")
+    return items
