@@ -375,3 +375,29 @@ def test_metrics_json_is_recomputable_from_the_predictions(image_shards, tmp_pat
     assert len(warnings) == 1 and "precision:0.9 cannot be used" in warnings[0]
     assert "Requested: method precision:0.9" in (out / "training_results.txt").read_text()
     assert "unreachable in this test" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_killed_between_the_last_step_and_validation_resumes_to_one_row_per_epoch(image_shards, tmp_path, monkeypatch):
+    """The window where an epoch's batches are all trained but its row is not yet written: the resumed run
+    must still validate that epoch, and report it with the whole epoch's sums."""
+    import pipeline.train as train
+    kw = dict(model="resnet18", report=False, save_every=1, epochs=2, patience=0)
+    full = run_training(tiny_config(image_shards, tmp_path / "full", **kw), log=lambda *a: None)
+    real_validate = train._validate
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_validate", killed)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tiny_config(image_shards, out, **kw), log=lambda *a: None)
+    saved = torch.load(out / "last.pth", weights_only=True)["position"]
+    assert saved["epoch"] == 0 and saved["batch"] > 0 and not saved["history"]
+    monkeypatch.setattr(train, "_validate", real_validate)
+    run_training(tiny_config(image_shards, out, resume=str(out), **kw), log=lambda *a: None)
+    want, got = _history(full), _history(out)
+    assert [r["epoch"] for r in got] == ["1", "2"]
+    for a, b in zip(want, got):
+        for col in ("train_loss", "val_loss", "val_auc"):
+            assert float(b[col]) == pytest.approx(float(a[col]), abs=1e-6), col
