@@ -316,3 +316,15 @@ def test_dali_crop_warp_geometry_flip_rotation_and_black_corners():
     assert np.abs(flipped[:, ::-1] - plain).mean() < 4  # flip mirrors left-right
     assert rotated[0, 0].max() == 0 and rotated[-1, -1].max() == 0  # uncovered corners are black
     assert abs(rotated[16, 16, 0] - plain[16, 16, 0]) < 8  # the centre stays put
+
+
+def test_keyed_uniforms_depend_only_on_seed_epoch_and_position():
+    from pipeline.augment import keyed_uniforms
+    whole = keyed_uniforms(3, 7, np.arange(20000), 9)
+    assert np.array_equal(keyed_uniforms(3, 7, np.arange(100, 164), 9), whole[100:164])  # any slice, same draws
+    assert not np.isclose(keyed_uniforms(3, 8, np.arange(64), 9), whole[:64]).any()  # another epoch
+    assert not np.isclose(keyed_uniforms(4, 7, np.arange(64), 9), whole[:64]).any()  # another seed
+    assert whole.min() >= 0.0 and whole.max() < 1.0
+    hist = np.histogram(whole, bins=10, range=(0, 1))[0] / whole.size
+    assert np.abs(hist - 0.1).max() < 0.005  # uniform
+    assert np.abs(np.corrcoef(whole.T) - np.eye(9)).max() < 0.03  # columns independent

@@ -22,8 +22,8 @@ from collections import deque
 import numpy as np
 import torch
 
-from ..augment import (AUDIO, AUDIO_FIELDS, IMAGE, IMAGE_FIELDS, MEAN, STD, draw_audio, draw_image, sample_rng,
-                       strong_mask)
+from ..augment import (AUDIO, AUDIO_DRAWS, AUDIO_FIELDS, IMAGE, IMAGE_DRAWS, IMAGE_FIELDS, MEAN, STD, draw_audio,
+                       draw_image, keyed_uniforms, strong_mask)
 from .decode import decodes
 
 _MAX_THREADS = 8
@@ -212,11 +212,12 @@ class Producer:
         ld = self.loader
         strong = strong_mask(ld.index.labels[idx], ld.cfg.minority)
         recipes = IMAGE if ld.modality != "audio" else AUDIO
+        audio = ld.modality == "audio"
+        u = keyed_uniforms(ld.opts.seed, ld.epoch, ld.sample_keys(b)[:len(idx)], AUDIO_DRAWS if audio else IMAGE_DRAWS)
         draws = []
-        for pos, s in zip(ld.sample_keys(b)[:len(idx)], strong):
+        for row, s in zip(u, strong):
             aug = recipes["strong" if s else "standard"]
-            rng = sample_rng(ld.opts.seed, ld.epoch, pos)
-            d = draw_audio(rng, aug, ld.cfg.audio.samples) if ld.modality == "audio" else draw_image(rng, aug)
+            d = draw_audio(row, aug, ld.cfg.audio.samples) if audio else draw_image(row, aug)
             draws.append({**d, "strong": np.float32(s)})
         return [[d[f] for d in draws] for f in aug_fields(ld.modality)]
 
