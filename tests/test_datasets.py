@@ -12,7 +12,7 @@ import soundfile as sf
 from factory import smooth_image, tone, write_av, write_jpeg, write_video
 from pipeline.datasets import DatasetOptions, discover_dataset
 from pipeline.sources import InputError
-from pipeline.splits import assign_splits, resolve_splits
+from pipeline.splits import resolve_splits
 from test_shards import accounting, all_samples, build
 
 RNG = np.random.default_rng(0)
@@ -98,8 +98,9 @@ def test_table_protocol(tmp_path):
     inp = tmp_path / "in"
     for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg", "stray.jpg"):
         jpg(inp / "imgs" / name)
-    text(inp / "labels.csv", "path,label,split,group,attack\nimgs/a.jpg,real,train,p1,\nimgs/b.jpg,fake,train,p1,sd15\n"
-                             "imgs/c.jpg,bonafide,test,p2,\n./imgs/d.jpg,spoof,eval,p2,gan\nimgs/gone.jpg,fake,test,,\n")
+    text(inp / "labels.csv", "path,label,split,group,attack\nimgs/a.jpg,real,train,p1,\n"
+                             "imgs/b.jpg,fake,train,p1,sd15\nimgs/c.jpg,bonafide,test,p2,\n"
+                             "./imgs/d.jpg,spoof,eval,p2,gan\nimgs/gone.jpg,fake,test,,\n")
     cands, rejects = read("table", inp, protocol=inp / "labels.csv")
     assert labels(cands) == {"imgs/a.jpg": ("real", "train", "p1", None), "imgs/b.jpg": ("fake", "train", "p1", "sd15"),
                              "imgs/c.jpg": ("real", "test", "p2", None), "imgs/d.jpg": ("fake", "test", "p2", "gan")}
@@ -133,7 +134,8 @@ def test_ffpp_official_splits_pairs_masks_and_models(tmp_path):
         assert c.split == {"000": "train", "001": "train", "002": "val", "003": "val"}.get(stem, "test")
         assert c.cls == ("fake" if src.startswith("manipulated") else "real")
         assert c.attack == (src.split("/")[1] if c.cls == "fake" else None)
-    assert labels(cands)["manipulated_sequences/FaceSwap/c23/videos/003_002.mp4"] == ("fake", "val", "002_003", "FaceSwap")
+    assert labels(cands)["manipulated_sequences/FaceSwap/c23/videos/003_002.mp4"] == \
+        ("fake", "val", "002_003", "FaceSwap")
     assert rejects == {"manipulated_sequences/Deepfakes/masks/videos/000_001.mp4": "not a sample: mask video",
                        "manipulated_sequences/Deepfakes/models/000_001/model.pth": "not a sample: model weights",
                        **{f"{top}/c40/videos/{n}.mp4": "not a sample: compression c40, packing --ff-compression c23"

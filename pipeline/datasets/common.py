@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
@@ -32,7 +33,23 @@ def read_text(path: Path) -> str:
     except FileNotFoundError:
         raise protocol_error(path, None, "protocol file not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise protocol_error(path, None, f"cannot read the protocol file ({getattr(e, 'strerror', None) or e})") from None
+        why = getattr(e, "strerror", None) or e
+        raise protocol_error(path, None, f"cannot read the protocol file ({why})") from None
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise protocol_error(path, e.lineno, f"not valid JSON ({e.msg})") from None
+
+
+def beside(root: Path, path: Path) -> tuple[str | None, str]:
+    """(the protocol's own path under INPUT or None, the prefix under INPUT of the files it names
+    relative to its folder)."""
+    own = rel_to(root, path)
+    folder = rel_to(root, path.parent) if own else None
+    return own, "" if folder in (None, ".") else folder + "/"
 
 
 def lines(path: Path) -> Iterator[tuple[int, str]]:

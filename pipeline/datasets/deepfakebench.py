@@ -5,11 +5,10 @@ video; attack: the label name of a fake. Frame paths are relative to INPUT or ab
 another machine: the longest tail of the path found under INPUT is used)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..sources import SPLIT_NAMES, InputError
-from .common import Entry, join, not_listed, protocol_error, read_text, rel_to
+from .common import Entry, join, not_listed, protocol_error, read_json, rel_to
 
 
 class _Resolver:
@@ -57,10 +56,7 @@ def candidates(root: Path, files, opts):
     if opts.protocol is None:
         raise InputError("--dataset deepfakebench needs --protocol, one of DeepfakeBench's dataset JSON files")
     path = opts.protocol
-    try:
-        tree = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise protocol_error(path, e.lineno, f"not valid JSON ({e.msg})") from None
+    tree = read_json(path)
     if not isinstance(tree, dict):
         raise protocol_error(path, None, "expected {dataset: {label_name: {split: ...}}}")
     resolve, entries = _Resolver(root, files), []

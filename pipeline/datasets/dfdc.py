@@ -3,20 +3,16 @@ videos next to it, train/val; `test/labels.csv` (`filename,label`, 1 = fake) for
 Group: a fake with its `original` (a real is its own original). Every sample is listed."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..sources import InputError
-from .common import Entry, csv_rows, join, not_listed, protocol_error, read_text, rel_to
+from .common import Entry, csv_rows, join, not_listed, protocol_error, read_json, rel_to
 
 LABELS = {"REAL": "real", "FAKE": "fake"}
 
 
 def _part(path: Path, prefix: str) -> list[Entry]:
-    try:
-        meta = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise protocol_error(path, e.lineno, f"not valid JSON ({e.msg})") from None
+    meta = read_json(path)
     if not isinstance(meta, dict):
         raise protocol_error(path, None, "expected a JSON object file -> {label, split, original}")
     out = []

@@ -9,7 +9,7 @@ import csv
 from pathlib import Path
 
 from ..sources import Candidate
-from .common import Entry, join, not_listed, protocol_error, read_text, rel_to
+from .common import Entry, beside, join, not_listed, protocol_error, read_text
 
 TYPES = ("RealVideo-RealAudio", "RealVideo-FakeAudio", "FakeVideo-RealAudio", "FakeVideo-FakeAudio")
 META = "meta_data.csv"
@@ -59,7 +59,5 @@ def candidates(root: Path, files, opts):
                                  None)
     if path is None:
         return _from_folders(files, modality)
-    own = rel_to(root, path)
-    folder = rel_to(root, path.parent) if own else None
-    prefix = "" if folder in (None, ".") else folder + "/"
+    own, prefix = beside(root, path)
     return join(files, _entries(path, prefix, modality), not_listed(path.name, {own} if own else set()))

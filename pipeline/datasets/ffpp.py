@@ -6,11 +6,10 @@ Group: the ids joined by the fakes made from them (a pair), so a fake and its re
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..sources import Candidate
-from .common import PROTOCOL_FILE, protocol_error, read_text, rel_to
+from .common import PROTOCOL_FILE, protocol_error, read_json, rel_to
 
 SPLIT_FILES = {"train.json": "train", "val.json": "val", "test.json": "test"}
 
@@ -20,10 +19,7 @@ def _official(folder: Path) -> dict[str, tuple[str, str]]:
     out = {}
     for name, split in SPLIT_FILES.items():
         path = folder / name
-        try:
-            pairs = json.loads(read_text(path))
-        except json.JSONDecodeError as e:
-            raise protocol_error(path, e.lineno, f"not valid JSON ({e.msg})") from None
+        pairs = read_json(path)
         if not isinstance(pairs, list):
             raise protocol_error(path, None, "expected a JSON list of id pairs [a, b]")
         for pair in pairs:

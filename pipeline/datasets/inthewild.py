@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import Entry, csv_rows, join, not_listed, protocol_error, protocol_path, rel_to
+from .common import Entry, beside, csv_rows, join, not_listed, protocol_error, protocol_path
 
 LABELS = {"bona-fide": "real", "spoof": "fake"}
 
 
 def candidates(root: Path, files, opts):
     path = protocol_path(root, opts.protocol, "meta.csv", "release_in_the_wild/meta.csv")
-    own = rel_to(root, path)
-    folder = rel_to(root, path.parent) if own else None
-    prefix = "" if folder in (None, ".") else folder + "/"
+    own, prefix = beside(root, path)
     entries = []
     for n, row in csv_rows(path, ("file", "speaker", "label")):
         cls = LABELS.get(row["label"].lower())
