@@ -83,12 +83,12 @@ def format_stats(st: dict) -> str:
         lines.append(f"  {split:5s}  real {c['real']:>8d}  fake {c['fake']:>8d}  ratio {_fmt_ratio(st['per_split_ratio'][split])}")
     t = st["total"]
     lines.append(f"  total  real {t['real']:>8d}  fake {t['fake']:>8d}")
-    lines.append(f"Imbalance ratio: {_fmt_ratio(st['imbalance_ratio'])} ({st['majority']}:{st['minority']}), "
-                 f"severity: {st['severity']}")
     for split, per in st.get("attacks", {}).items():
         lines.append(f"  {split:5s}  fake by attack: " + ", ".join(f"{a} {n}" for a, n in per.items()))
     if "not_packable" in st:
-        lines.append(f"  not packable: {st['not_packable']} files (reasons: dfp shard writes them to rejects.jsonl)")
+        lines.append(f"  not packable: {st['not_packable']} files (dfp shard lists them in rejects.jsonl with the reason)")
+    lines.append(f"Imbalance ratio: {_fmt_ratio(st['imbalance_ratio'])} ({st['majority']}:{st['minority']}), "
+                 f"severity: {st['severity']}")
     lines.append("Recommended: " + " + ".join(st["recommended"]))
     return "\n".join(lines)
 
