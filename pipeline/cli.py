@@ -19,6 +19,9 @@ BACKENDS = ("auto", "dali", "torch")
 SPLITS = ("train", "val", "test")
 SAMPLINGS = ("inverse", "sqrt", "natural")
 LOSSES = ("focal", "weighted_bce", "bce")
+# --dataset names (the keys of pipeline.datasets.MODULES, listed here so that --help imports nothing)
+DATASETS = ("folders", "table", "ff++", "celeb-df", "dfdc", "asvspoof2019", "asvspoof5", "in-the-wild",
+            "fakeavceleb", "deepfakebench")
 # Every backbone downsamples 32x: below 32 px its last feature map is padding around less than one cell,
 # so training runs without error and learns nothing.
 MIN_IMAGE_SIZE = 32
@@ -85,6 +88,10 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
           max_samples_per_class: Optional[int] = typer.Option(None, help="keep at most N files per class (seeded)"),
           class_map: Optional[str] = typer.Option(None, help="folder names to classes, e.g. 'original,real=real manipulated,fake=fake'"),
           group_depth: int = typer.Option(0, help="keep files under the same sub-folder (this many levels below the class folder) in one split"),
+          dataset: str = typer.Option("folders", help="how INPUT is laid out: " + ", ".join(DATASETS) + " (see README)"),
+          protocol: Optional[Path] = typer.Option(None, help="the dataset's label/split file or folder, where it is not at its usual place in INPUT"),
+          val_fraction: float = typer.Option(0.1, help="share of train carved out as val where the input has no val split"),
+          ff_compression: str = typer.Option("c23", help="ff++ and deepfakebench: raw, c23 or c40"),
           max_side: Optional[int] = typer.Option(None, help="longest image/frame side (default 512 images, 256 video); JPEGs within it keep their bytes"),
           sample_rate: int = typer.Option(16000, help="audio: resample to this rate (mono FLAC)"),
           frames: int = typer.Option(16, help="video: frames sampled uniformly per clip"),
@@ -94,6 +101,7 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
     _check_shard_args(input_dir, out, modality, split, class_map, check)
+    _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
     v.minimum(1, max_count=max_count, max_size=max_size, frames=frames, sample_rate=sample_rate, workers=workers,
               max_samples_per_class=max_samples_per_class)
     v.minimum(0, seed=seed, group_depth=group_depth)
@@ -101,7 +109,9 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
     from .shards import ShardParams, build_shards, format_summary
     params = ShardParams(modality=modality, split=split, seed=seed, max_count=max_count, max_size=max_size,
                          max_samples_per_class=max_samples_per_class, class_map=class_map, group_depth=group_depth,
-                         max_side=max_side, sample_rate=sample_rate, frames=frames, check=check)
+                         max_side=max_side, sample_rate=sample_rate, frames=frames, check=check,
+                         dataset=dataset, protocol=str(protocol) if protocol else None, val_fraction=val_fraction,
+                         ff_compression=ff_compression)
     summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
     typer.echo(format_summary(summary))
     typer.echo(f"shards: {out}")
@@ -119,6 +129,14 @@ def _check_shard_args(input_dir: Path, out: Path, modality: str, split: str, cla
         parse_class_map(class_map)
     except InputError as e:
         raise UsageError(str(e)) from None
+
+
+def _check_dataset_args(dataset: str, protocol: Optional[Path], val_fraction: float, ff_compression: str) -> None:
+    v.choice("dataset", dataset, DATASETS)
+    v.existing("--protocol", protocol)
+    if not 0 <= val_fraction < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    v.choice("ff_compression", ff_compression, ("raw", "c23", "c40"))
 
 
 @app.command()
@@ -141,14 +159,29 @@ def verify(shards: Path = typer.Argument(..., help="shard folder"),
 def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT"),
           plot: Optional[Path] = typer.Option(None, help="write a bar chart PNG here"),
           as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
-          class_map: Optional[str] = typer.Option(None, help="as for dfp shard (raw input only)")):
-    """Counts per split and class, imbalance ratio, severity and recommended techniques."""
-    from .sources import parse_class_map
+          class_map: Optional[str] = typer.Option(None, help="as for dfp shard (raw input only)"),
+          dataset: str = typer.Option("folders", help="as for dfp shard (raw input only)"),
+          protocol: Optional[Path] = typer.Option(None, help="as for dfp shard (raw input only)"),
+          split: str = typer.Option("0.8,0.1,0.1", help="as for dfp shard (raw input only)"),
+          val_fraction: float = typer.Option(0.1, help="as for dfp shard (raw input only)"),
+          ff_compression: str = typer.Option("c23", help="as for dfp shard (raw input only)")):
+    """Counts per split, class and attack, imbalance ratio, severity and recommended techniques.
+
+    On a raw INPUT: what `dfp shard` with the same options would pack, before packing."""
+    from .sources import InputError, parse_class_map, parse_split
     v.existing("SHARDS_OR_INPUT", path, "dir")
     v.output("--plot", plot, "file")
-    classes = parse_class_map(class_map)
+    _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
+    try:
+        parse_class_map(class_map)
+        parse_split(split)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+    from .shards import ShardParams
     from .stats import dataset_stats, format_stats, json_safe
-    st = dataset_stats(path, classes)
+    st = dataset_stats(path, params=ShardParams(class_map=class_map, dataset=dataset, split=split,
+                                                protocol=str(protocol) if protocol else None,
+                                                val_fraction=val_fraction, ff_compression=ff_compression))
     if plot:
         from .report import _png, atomic_write_bytes, plot_dataset_stats
         plot.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ from .formats import (CLASSES, FORMAT, REJECTS, SPLITS, encode_sample, index_tex
                       read_manifest, read_shard, sample_key, write_manifest, atomic_write_text)
 from .tarwriter import ShardWriter
 from .media import MediaError, prepare
-from .sources import Candidate, InputError, assign_splits, discover, parse_class_map, parse_split
+from .sources import Candidate, InputError, parse_class_map, parse_split
+from .splits import empty_class_warnings, resolve_splits
 
 BUILD_DIR = ".building"
 DEFAULT_MAX_SIDE = {"image": 512, "video": 256, "audio": 0}
@@ -39,6 +40,10 @@ class ShardParams:
     max_samples_per_class: int | None = None
     class_map: str | None = None
     group_depth: int = 0
+    dataset: str = "folders"
+    protocol: str | None = None
+    val_fraction: float = 0.1  # carved out of train where the input has no val split
+    ff_compression: str = "c23"
     max_side: int | None = None  # None: per-modality default
     sample_rate: int = 16000
     frames: int = 16
@@ -102,15 +107,14 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     inp, out = Path(input_dir), Path(out_dir)
     _check_paths(inp, out)
     fractions = parse_split(params.split)
-    disc = discover(inp, params.modality, parse_class_map(params.class_map), params.group_depth)
+    disc = discover_input(inp, params)
     modality = disc.modality
     max_side = params.max_side or DEFAULT_MAX_SIDE[modality]
     media_params = {"max_side": max_side, "sample_rate": params.sample_rate, "frames": params.frames,
                     "check": params.check}
     cands, over = _limit_per_class(disc.candidates, params.max_samples_per_class, params.seed)
     rejects = disc.rejects + over
-    if not disc.presplit:
-        assign_splits(cands, fractions, params.seed)
+    presplit = resolve_splits(cands, fractions, params.val_fraction, params.seed)
     order = {s: i for i, s in enumerate(SPLITS)}
     cands.sort(key=lambda c: (order[c.split], CLASSES.index(c.cls), c.source))
 
@@ -159,7 +163,7 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
                 if payload is None:
                     rejects.append({"source": c.source, "reason": "unreadable: the file changed while packing"})
                     continue
-            writer.write(encode_sample(sample_key(c.source), c.source, c.cls, payload, meta))
+            writer.write(encode_sample(sample_key(c.source), c.source, c.cls, payload, _labels(c) | meta))
             counts[c.split][c.cls] += 1
         if writer:
             writer.close()
@@ -200,35 +204,26 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     return {"packed": packed, "rejected": len(rejects), "reasons": dict(Counter(_reason_kind(r["reason"]) for r in rejects)),
             "shards": len(shard_rows), "bytes": total_bytes, "seconds": seconds, "splits": counts,
             "files_per_s": (packed + len(rejects)) / max(seconds, 1e-9), "modality": modality,
-            "warnings": _empty_class_warnings(counts, fractions, disc.presplit, cands, params.group_depth)}
+            "warnings": empty_class_warnings(counts, fractions, presplit, cands, any(c.group for c in cands))}
 
 
-# What a split without one class costs, for the warning.
-_EMPTY_COST = {"train": "the model never sees that class", "val": "the threshold cannot be tuned on it",
-               "test": "its metrics leave that class out"}
+def discover_input(inp: Path, params: ShardParams):
+    """Candidates and rejects of INPUT read as `params.dataset`."""
+    from .datasets import DatasetOptions, discover_dataset
+    opts = DatasetOptions(protocol=Path(params.protocol) if params.protocol else None,
+                          class_map=parse_class_map(params.class_map), group_depth=params.group_depth,
+                          compression=params.ff_compression)
+    return discover_dataset(params.dataset, inp, params.modality, opts)
 
 
-def _empty_class_warnings(counts: dict, fractions: tuple[float, float, float], presplit: bool,
-                          cands: list[Candidate], group_depth: int) -> list[str]:
-    """One line per split in use that ended up without a class (too few files or groups of it, or
-    its files rejected); a pre-split input's splits are in use when they hold any sample."""
-    lines = []
-    for i, split in enumerate(SPLITS):
-        if not (sum(counts[split].values()) if presplit else fractions[i] > 0):
-            continue
-        for cls in CLASSES:
-            if counts[split][cls]:
-                continue
-            packed = sum(counts[s][cls] for s in SPLITS)
-            if presplit:
-                why = f"none packed from the input's {split} folder"
-            elif group_depth > 0:
-                groups = len({c.group for c in cands if c.cls == cls})
-                why = f"only {packed} {cls} files packed, in {groups} groups"
-            else:
-                why = f"only {packed} {cls} files packed"
-            lines.append(f"warning: split '{split}' has no '{cls}' samples ({why}); {_EMPTY_COST[split]}")
-    return lines
+def _labels(c: Candidate) -> dict:
+    """What KEY.json records beside source and class: the split unit and the attack, where known."""
+    out = {}
+    if c.group is not None:
+        out["group"] = c.group
+    if c.attack is not None:
+        out["attack"] = c.attack
+    return out
 
 
 def _reason_kind(reason: str) -> str:

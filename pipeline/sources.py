@@ -1,7 +1,8 @@
-"""Find input files, map folders to classes, pick the modality and assign splits.
+"""Find input files, pick the modality and drop duplicates: what every dataset layout shares.
 
-Every file under INPUT as the user sees it (symlinks followed) comes out of `discover` either
+Every file under INPUT as the user sees it (symlinks followed) comes out of discovery either
 as a candidate sample or as a reject with a reason, so the shard builder can account for every file.
+Which file is which class, split, group and attack is each layout's business (`pipeline.datasets`).
 """
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
-from .formats import CLASSES, SPLITS
+from .formats import CLASSES
 
 EXTENSIONS = {
     "image": {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"},
@@ -25,8 +24,13 @@ EXTENSIONS = {
 # Folder names understood without --class-map (compared lower-case).
 DEFAULT_CLASS_MAP = {
     "real": "real", "original": "real", "authentic": "real", "bonafide": "real", "genuine": "real", "pristine": "real",
+    "nature": "real",
     "fake": "fake", "manipulated": "fake", "deepfake": "fake", "spoof": "fake", "synthetic": "fake", "generated": "fake",
+    "ai": "fake",
 }
+# Split folder names and their synonyms (compared lower-case).
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "eval": "test", "evaluation": "test"}
 
 
 class InputError(Exception):
@@ -38,8 +42,9 @@ class Candidate:
     path: Path
     source: str  # path relative to INPUT, POSIX separators
     cls: str
-    group: str  # files of one group stay in one split
-    split: str | None = None  # set for pre-split inputs
+    group: str | None  # files of one group stay in one split; None: the file is its own group
+    split: str | None = None  # set where the dataset gives the split
+    attack: str | None = None  # the method or system that made a fake, where the dataset names it
 
 
 @dataclass
@@ -193,51 +198,23 @@ def _drop_duplicates(kept: list[Candidate], files: dict[str, _File]) -> tuple[li
     return out, rejects
 
 
-def _classify(files: list[_File], presplit: bool, class_map: dict[str, str],
-              group_depth: int) -> tuple[list[Candidate], list[dict]]:
-    candidates: list[Candidate] = []
-    rejects: list[dict] = []
-    for f in files:
-        parts = f.rel.split("/")
-        split = None
-        if presplit and parts[0].lower() in SPLITS:
-            split, parts = parts[0].lower(), parts[1:]
-        cls = class_map.get(parts[0].lower()) if len(parts) > 1 else None
-        if cls is None:
-            rejects.append({"source": f.rel, "reason": "not under a real/fake class folder"})
-            continue
-        inner = parts[1:]
-        group = "/".join([parts[0]] + inner[:min(group_depth, len(inner) - 1)]) if group_depth > 0 else f.rel
-        candidates.append(Candidate(Path(f.path), f.rel, cls, group, split))
-    return candidates, rejects
-
-
-def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str] | None = None,
-             group_depth: int = 0, exclude: Path | None = None) -> Discovery:
-    """Candidates and rejects for every path under root as the user sees it.
-
-    Symlinks are followed (see `_walk`). When several paths lead to one file (two links to one
-    folder, a link next to its target), that file is packed once: under the path that involves no
-    link if there is one, else under the first in sorted order; the other paths are rejected with
-    a reason naming the packed one. Hard links are separate files, as they are to tar."""
+def walk_input(root: str | Path, exclude: Path | None = None) -> tuple[list[_File], list[dict]]:
+    """Every file under root as the user sees it (see `_walk`), with the rejects it met on the way."""
     root = Path(root)
     if not root.exists():
         raise InputError(f"INPUT {root} does not exist")
     if not root.is_dir():
         raise InputError(f"INPUT {root} is not a folder")
-    class_map = class_map if class_map is not None else dict(DEFAULT_CLASS_MAP)
     files, rejects = _walk(root)
     if exclude is not None:
         ex = exclude.resolve()
         files = [f for f in files if ex not in Path(f.real).parents]
     if not files:
         raise InputError(f"INPUT {root} is empty: put files under {root}/real and {root}/fake")
+    return files, rejects
 
-    top = {p.name.lower() for p in root.iterdir() if p.is_dir()}
-    presplit = "train" in top and any((root / d).is_dir() for d in os.listdir(root) if d.lower() == "train")
-    candidates, unclassed = _classify(files, presplit, class_map, group_depth)
-    rejects += unclassed
 
+def _check_classes(root: Path, candidates: list[Candidate]) -> None:
     counts = Counter(c.cls for c in candidates)
     if not counts:
         raise InputError(f"INPUT {root}: no real/fake class folders found (expected {root}/real and {root}/fake, "
@@ -248,6 +225,12 @@ def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str]
         raise InputError(f"INPUT {root}: only the '{only}' class was found; add a '{missing}' folder "
                          "(or map one with --class-map)")
 
+
+def select(root: Path, files: list[_File], candidates: list[Candidate], modality: str,
+           also: frozenset[str] = frozenset()) -> tuple[str, list[Candidate], list[dict]]:
+    """Pick the modality (by majority vote for auto), reject candidates of another one and
+    drop symlinked duplicates. also: extensions read as `modality` beside its own (audio from mp4)."""
+    _check_classes(root, candidates)
     if modality == "auto":
         votes = Counter(m for m in (modality_of(c.path) for c in candidates) if m)
         if not votes:
@@ -255,58 +238,20 @@ def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str]
         modality = votes.most_common(1)[0][0]
     elif modality not in EXTENSIONS:
         raise InputError(f"--modality {modality!r}: choose auto, image, audio or video")
-
-    kept = []
+    kept, rejects = [], []
     for c in candidates:
-        if modality_of(c.path) != modality:
+        if modality_of(c.path) != modality and os.path.splitext(c.source)[1].lower() not in also:
             rejects.append({"source": c.source, "reason": f"unsupported extension for {modality}"})
         else:
             kept.append(c)
     kept, duplicates = _drop_duplicates(kept, {f.rel: f for f in files})
-    return Discovery(modality, kept, rejects + duplicates, presplit)
+    return modality, kept, rejects + duplicates
 
 
-def _cut(sizes: list[int], bounds: np.ndarray) -> list[int]:
-    """Split index of each group, in the seeded order: a group goes where its middle falls."""
-    total, done, where = sum(sizes), 0, []
-    for n in sizes:
-        where.append(min(int(np.searchsorted(bounds, (done + n / 2) / total, side="right")), 2))
-        done += n
-    return where
-
-
-def _fill_empty_splits(where: list[int], fractions: tuple[float, float, float]) -> None:
-    """Give every split in use (fraction > 0) at least one group, in the order train, val, test, as
-    long as another split can spare one: the split with the most groups gives its last group in
-    the seeded order. Nothing moves when no split is empty."""
-    for s in range(3):
-        if fractions[s] <= 0 or s in where:
-            continue
-        donor, n = max(Counter(where).items(), key=lambda kv: (kv[1], -kv[0]))
-        if n < 2:
-            return
-        where[max(i for i, w in enumerate(where) if w == donor)] = s
-
-
-def assign_splits(candidates: list[Candidate], fractions: tuple[float, float, float], seed: int) -> None:
-    """Seeded, stratified per class, grouped: files sharing `group` land in the same split.
-
-    Groups are shuffled per class and cut at the cumulative fractions, so each class keeps
-    its share in every split (to the granularity of its groups). A class with at least as many
-    groups as splits in use has a group in each of them, so val and test never lack a class
-    that the input has enough of; with fewer groups, train is served first, then val.
-    """
-    by_class: dict[str, dict[str, list[Candidate]]] = {}
-    for c in candidates:
-        if c.split is None:
-            by_class.setdefault(c.cls, {}).setdefault(c.group, []).append(c)
-    bounds = np.cumsum(fractions)
-    for ci, cls in enumerate(sorted(by_class)):
-        groups = by_class[cls]
-        names = sorted(groups)
-        order = np.random.default_rng([seed, ci]).permutation(len(names))
-        where = _cut([len(groups[names[i]]) for i in order], bounds)
-        _fill_empty_splits(where, fractions)
-        for i, s in zip(order, where):
-            for c in groups[names[i]]:
-                c.split = SPLITS[s]
+def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str] | None = None,
+             group_depth: int = 0, exclude: Path | None = None) -> Discovery:
+    """Candidates and rejects of a folders layout (see `pipeline.datasets.folders`)."""
+    from .datasets import DatasetOptions, discover_dataset
+    opts = DatasetOptions(class_map=class_map if class_map is not None else dict(DEFAULT_CLASS_MAP),
+                          group_depth=group_depth)
+    return discover_dataset("folders", root, modality, opts, exclude)

@@ -46,20 +46,29 @@ def stats_from_splits(splits: dict[str, dict[str, int]], modality: str, source: 
     }
 
 
-def dataset_stats(path: str | Path, class_map: dict | None = None) -> dict:
-    """Statistics of a shard folder (from its manifest) or of a raw input folder (from its file names)."""
+def dataset_stats(path: str | Path, class_map: str | None = None, dataset: str = "folders",
+                  protocol: str | None = None, params=None) -> dict:
+    """Statistics of a shard folder (from its manifest) or of a raw input (what `dfp shard` would pack,
+    split as it would split it, before any file is decoded)."""
     path = Path(path)
     if (path / MANIFEST).is_file():
         m = read_manifest(path)
         return stats_from_splits(m["splits"], m["modality"], f"shards {path}")
-    from .sources import discover
-    disc = discover(path, "auto", class_map)
-    splits: dict[str, dict[str, int]] = {}
+    from .shards import ShardParams, discover_input
+    from .sources import parse_split
+    from .splits import resolve_splits
+    params = params or ShardParams(class_map=class_map, dataset=dataset, protocol=protocol)
+    disc = discover_input(path, params)
+    resolve_splits(disc.candidates, parse_split(params.split), params.val_fraction, params.seed)
+    splits = {s: {k: 0 for k in CLASSES} for s in SPLITS}
+    attacks: dict[str, dict[str, int]] = {}
     for c in disc.candidates:
-        split = c.split or "all"
-        splits.setdefault(split, {k: 0 for k in CLASSES})[c.cls] += 1
-    ordered = {s: splits[s] for s in (*SPLITS, "all") if s in splits}
-    out = stats_from_splits(ordered, disc.modality, f"input {path}")
+        splits[c.split][c.cls] += 1
+        if c.attack is not None:
+            per = attacks.setdefault(c.split, {})
+            per[c.attack] = per.get(c.attack, 0) + 1
+    out = stats_from_splits(splits, disc.modality, f"input {path} ({params.dataset})")
+    out["attacks"] = {s: dict(sorted(attacks[s].items())) for s in SPLITS if s in attacks}
     out["not_packable"] = len(disc.rejects)
     return out
 
@@ -74,6 +83,10 @@ def format_stats(st: dict) -> str:
         lines.append(f"  {split:5s}  real {c['real']:>8d}  fake {c['fake']:>8d}  ratio {_fmt_ratio(st['per_split_ratio'][split])}")
     t = st["total"]
     lines.append(f"  total  real {t['real']:>8d}  fake {t['fake']:>8d}")
+    for split, per in st.get("attacks", {}).items():
+        lines.append(f"  {split:5s}  fake by attack: " + ", ".join(f"{a} {n}" for a, n in per.items()))
+    if "not_packable" in st:
+        lines.append(f"  not packable: {st['not_packable']} files (dfp shard lists them in rejects.jsonl with the reason)")
     lines.append(f"Imbalance ratio: {_fmt_ratio(st['imbalance_ratio'])} ({st['majority']}:{st['minority']}), "
                  f"severity: {st['severity']}")
     lines.append("Recommended: " + " + ".join(st["recommended"]))

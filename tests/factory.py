@@ -109,3 +109,27 @@ def video_tree(root: Path) -> Path:
     write_video(root / "fake" / "other.AVI", frames=5, w=64, h=48, codec="mpeg4")  # another container and codec
     (root / "fake" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
     return root
+
+
+def write_av(path: Path, frames: int = 3, w: int = 32, h: int = 32, seconds: float = 0.3, sr: int = 16000,
+             freq: float = 440.0, seed: int = 0) -> Path:
+    """A tiny mp4 with an H.264 video stream and an AAC audio track (a tone)."""
+    import av
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=10)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        aus = c.add_stream("aac", rate=sr)
+        aus.layout = "mono"
+        base = smooth_image(rng, w, h)
+        for i in range(frames):
+            c.mux(vs.encode(av.VideoFrame.from_ndarray(np.roll(base, i, axis=1), format="rgb24")))
+        x = tone(sr, seconds, freq=freq)
+        for start in range(0, len(x), 1024):
+            f = av.AudioFrame.from_ndarray(x[None, start:start + 1024], format="fltp", layout="mono")
+            f.sample_rate = sr
+            c.mux(aus.encode(f))
+        c.mux(vs.encode())
+        c.mux(aus.encode())
+    return path

@@ -266,7 +266,7 @@ def split_candidates(n_real: int, n_fake: int, groups: int = 0) -> list:
 def test_split_of_a_large_input_is_unchanged(groups):
     """Pinned from the assignment before small classes were guaranteed a place in every split."""
     import hashlib
-    from pipeline.sources import assign_splits
+    from pipeline.splits import assign_splits
     cands = split_candidates(300, 37, groups)
     assign_splits(cands, (0.8, 0.1, 0.1), 0)
     digest = hashlib.sha256("".join(f"{c.source}:{c.split}\n" for c in cands).encode()).hexdigest()[:16]
@@ -284,7 +284,7 @@ def test_a_small_class_gets_a_sample_in_every_split(tmp_path, n_fake):
 
 
 def test_a_small_class_counts_groups_not_files():
-    from pipeline.sources import assign_splits
+    from pipeline.splits import assign_splits
     cands = split_candidates(40, 12, groups=3)  # fake: 3 folders of 4 files
     assign_splits(cands, (0.8, 0.1, 0.1), 0)
     where = {}

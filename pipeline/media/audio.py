@@ -19,11 +19,35 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
 
 
+def _is_video(path) -> bool:
+    from ..sources import EXTENSIONS
+    return os.path.splitext(str(path))[1].lower() in EXTENSIONS["video"]
+
+
+def _read_video_audio(path) -> tuple[np.ndarray, int]:
+    """The audio track of a video file as (frames, channels) float32, decoded with PyAV."""
+    import av
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.audio:
+                raise MediaError("no audio track in the video")
+            stream = c.streams.audio[0]
+            planar = av.AudioResampler(format="fltp")  # (channels, samples) whatever the codec's sample format
+            chunks = [g.to_ndarray() for f in c.decode(stream) for g in planar.resample(f)]
+            chunks += [g.to_ndarray() for g in planar.resample(None)]
+            sr = stream.rate
+    except av.FFmpegError as e:
+        raise MediaError(f"corrupt: {e}") from None
+    if not chunks:
+        raise MediaError("empty: no audio frames")
+    return np.concatenate(chunks, axis=1).T.astype(np.float32), int(sr)
+
+
 def load_mono(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, dict]:
     try:
         if os.path.getsize(path) == 0:
             raise MediaError("empty file")
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        data, sr = _read_video_audio(path) if _is_video(path) else sf.read(path, dtype="float32", always_2d=True)
     except MediaError:
         raise
     except PermissionError as e:

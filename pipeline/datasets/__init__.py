@@ -1,0 +1,49 @@
+"""Input layouts: each module turns INPUT (+ its protocol) into candidates and rejects.
+
+A module defines `candidates(root, files, opts) -> (candidates, rejects)`; `files` is every file
+under INPUT as the user sees it, and every one of them must come back as a candidate or a reject.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..sources import DEFAULT_CLASS_MAP, Discovery, InputError, select, walk_input
+
+# --dataset name -> module
+MODULES = {"folders": "folders", "table": "table", "ff++": "ffpp", "celeb-df": "celebdf", "dfdc": "dfdc",
+           "asvspoof2019": "asvspoof2019", "asvspoof5": "asvspoof5", "in-the-wild": "inthewild",
+           "fakeavceleb": "fakeavceleb", "deepfakebench": "deepfakebench"}
+NAMES = tuple(MODULES)
+COMPRESSIONS = ("raw", "c23", "c40")
+
+
+@dataclass
+class DatasetOptions:
+    protocol: Path | None = None
+    class_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CLASS_MAP))
+    group_depth: int = 0
+    compression: str = "c23"  # FF++ and DeepfakeBench: which compression level's files are samples
+    modality: str = "auto"
+
+
+def module(name: str):
+    if name not in MODULES:
+        raise InputError(f"--dataset {name!r}: choose one of {', '.join(NAMES)}")
+    return importlib.import_module(f"{__name__}.{MODULES[name]}")
+
+
+def discover_dataset(name: str, root, modality: str = "auto", opts: DatasetOptions | None = None,
+                     exclude: Path | None = None) -> Discovery:
+    mod = module(name)
+    root = Path(root)
+    opts = opts or DatasetOptions()
+    opts.modality = modality
+    if opts.protocol is not None and not opts.protocol.exists():
+        raise InputError(f"--protocol {opts.protocol}: not found")
+    files, rejects = walk_input(root, exclude)
+    cands, more = mod.candidates(root, files, opts)
+    also = getattr(mod, "ALSO_READS", {}).get(modality, frozenset())
+    modality, kept, unsupported = select(root, files, cands, modality, also)
+    return Discovery(modality, kept, rejects + more + unsupported)
