@@ -8,6 +8,8 @@ class's. A decision is fake when `score >= threshold`.
 (e.g. precision when nothing is called fake, recall when there are no fakes) are 0.0, scikit-learn's
 `zero_division=0` convention. AUC, AP and EER are None (JSON null) when a split holds a single class.
 All values are plain Python floats and ints.
+
+Where the fakes of a split name their attack, the split also carries "by_attack" (see `by_attack`).
 """
 from __future__ import annotations
 
