@@ -47,14 +47,15 @@ def _predict_split(ckpt_path, shards, split, device, backend, batch_size, worker
 def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="auto", batch_size=64, log=print) -> dict:
     from .metrics import split_report
     from .report import render_report
-    from .predictions import write_predictions
+    from .predictions import attack_names, write_predictions
     from .train import _write_json
     ckpt, loader, keys, labels, scores = _predict_split(ckpt_path, shards, split, device, backend, batch_size)
     thr = ckpt.get("threshold") or {"method": "default", "value": 0.5}
-    rep = split_report(labels, scores, 0.5, thr["value"])
+    meta = loader.sample_meta(keys)
+    rep = split_report(labels, scores, 0.5, thr["value"], attack_names(keys, meta))
     out = Path(out) if out else Path(ckpt_path).parent / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, loader.sources(keys))
+    write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, meta)
     metrics = {"val": rep if split == "val" else None, "test": rep if split != "val" else None,
                "thresholds": {thr["method"]: thr["value"]},
                "chosen": {("threshold" if k == "value" else k): v for k, v in thr.items()},
@@ -66,6 +67,13 @@ def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="
     _write_json(out / "config.json", cfg)
     if split in ("val", "test"):
         render_report(out)
+    _log_results(log, split, labels, rep, thr)
+    log(f"written: {out}")
+    return metrics
+
+
+def _log_results(log, split: str, labels: np.ndarray, rep: dict, thr: dict) -> None:
+    from .report import attack_table_lines
     fmt = lambda m: (f"acc {m['accuracy']:.4f}  bal.acc {m['balanced_accuracy']:.4f}  P {m['precision']:.4f}  "
                      f"R {m['recall']:.4f}  F1 {m['f1']:.4f}  MCC {m['mcc']:.4f}")
     log(f"{split}: {len(labels)} samples ({int((labels == 0).sum())} real, {int(labels.sum())} fake)")
@@ -74,8 +82,8 @@ def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="
     auc = rep["auc"]
     log(f"  AUC {auc:.4f}  AP {rep['ap']:.4f}  EER {rep['eer']:.4f}" if auc is not None else
         "  AUC/AP/EER undefined: the split has a single class")
-    log(f"written: {out}")
-    return metrics
+    for line in attack_table_lines(rep.get("by_attack"), thr["value"]):
+        log(f"  {line}")
 
 
 def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_size=64, log=print) -> float:

@@ -8,6 +8,8 @@ class's. A decision is fake when `score >= threshold`.
 (e.g. precision when nothing is called fake, recall when there are no fakes) are 0.0, scikit-learn's
 `zero_division=0` convention. AUC, AP and EER are None (JSON null) when a split holds a single class.
 All values are plain Python floats and ints.
+
+Where the fakes of a split name their attack, the split also carries "by_attack" (see `by_attack`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from .thresholds import (DEFAULT_THRESHOLD, METHODS, ThresholdUndefined, _counts
                          canonical_method, check_inputs, parse_method)
 
 CURVE_KEYS = ("auc", "ap", "eer")
+# parentheses keep it apart from any dataset's own attack names (A07, Deepfakes, ...)
+UNNAMED_ATTACK = "(unnamed)"
 
 
 def _validate(labels, scores, split: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -93,10 +97,40 @@ def curve_metrics(labels, scores) -> dict:
     }
 
 
-def split_report(labels, scores, default: float, tuned: float) -> dict:
-    """{"default": M at `default`, "tuned": M at `tuned`, "auc", "ap", "eer"} for one split."""
+def by_attack(labels, scores, attacks, threshold: float) -> dict | None:
+    """{NAME: {"n", "auc", "eer", "recall"}} for one split: every real of the split against the fakes of
+    attack NAME (AUC, EER; None without reals) and the recall of those fakes at `threshold`.
+
+    `attacks` holds one name per sample; the names of reals are ignored. Fakes without a name are
+    grouped under UNNAMED_ATTACK (listed last, the named ones sorted) when another fake has one.
+    None when no fake has a name, so a dataset without attacks gets no `by_attack` entry at all."""
+    y, s = _validate(labels, scores)
+    names = np.asarray(["" if a is None else str(a) for a in attacks], dtype=object)
+    if names.size != y.size:
+        raise ValueError(f"{names.size} attack names for {y.size} samples")
+    fake_names = names[y == 1]
+    named = sorted(set(fake_names) - {""})
+    if not named:
+        return None
+    fake_names = np.where(fake_names == "", UNNAMED_ATTACK, fake_names)
+    real_s, fake_s = s[y == 0], s[y == 1]
+    out = {}
+    for name in named + ([UNNAMED_ATTACK] if UNNAMED_ATTACK in fake_names else []):
+        sa = fake_s[fake_names == name]
+        curves = curve_metrics(np.r_[np.zeros(real_s.size, np.int64), np.ones(sa.size, np.int64)], np.r_[real_s, sa])
+        out[name] = {"n": int(sa.size), "auc": curves["auc"], "eer": curves["eer"],
+                     "recall": float(np.count_nonzero(sa >= float(threshold)) / sa.size)}
+    return out
+
+
+def split_report(labels, scores, default: float, tuned: float, attacks=None) -> dict:
+    """{"default": M at `default`, "tuned": M at `tuned`, "auc", "ap", "eer"} for one split, plus
+    "by_attack" at `tuned` when `attacks` (one name per sample) names the attack of any fake."""
     out = {"default": metric_dict(labels, scores, default), "tuned": metric_dict(labels, scores, tuned)}
     out.update(curve_metrics(labels, scores))
+    table = by_attack(labels, scores, attacks, tuned) if attacks is not None else None
+    if table is not None:
+        out["by_attack"] = table
     return out
 
 
@@ -106,10 +140,12 @@ def _single_class(y: np.ndarray) -> str | None:
     return None
 
 
-def build_metrics(val, test=None, method: str = "f1", extra_methods=()) -> tuple[dict, list[str]]:
+def build_metrics(val, test=None, method: str = "f1", extra_methods=(), attacks=None) -> tuple[dict, list[str]]:
     """The `metrics.json` document and a list of warning lines.
 
-    `val` and `test` are (labels, scores) pairs; `test` may be None (then "test" is None). Thresholds are
+    `val` and `test` are (labels, scores) pairs; `test` may be None (then "test" is None). `attacks`,
+    {"val": names, "test": names} with one attack name per sample, adds each split's "by_attack"
+    (see `by_attack`) at the chosen threshold. Thresholds are
     tuned on val ONLY and applied unchanged to test. "thresholds" holds f1, youden, eer plus every extra
     method and the chosen one when parametrised (e.g. "precision:0.9"); a method that is undefined on val
     is left out with a warning.
@@ -158,9 +194,11 @@ def build_metrics(val, test=None, method: str = "f1", extra_methods=()) -> tuple
         if t_only:
             warnings.append(f"test split has a single class ({t_only} only, n={ty.size}): AUC/AP/EER are null")
 
+    attacks = attacks or {}
     doc = {
-        "val": split_report(vy, vs, DEFAULT_THRESHOLD, chosen["threshold"]),
-        "test": split_report(ty, ts, DEFAULT_THRESHOLD, chosen["threshold"]) if ty is not None else None,
+        "val": split_report(vy, vs, DEFAULT_THRESHOLD, chosen["threshold"], attacks.get("val")),
+        "test": (split_report(ty, ts, DEFAULT_THRESHOLD, chosen["threshold"], attacks.get("test"))
+                 if ty is not None else None),
         "thresholds": thresholds,
         "chosen": chosen,
     }

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from .formats import CLASSES, SPLITS
 from .metrics import build_metrics, fallback_warning
-from .predictions import read_predictions
+from .predictions import Predictions, read_prediction_table
 from .thresholds import DEFAULT_THRESHOLD, sweep
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,27 @@ def _split_block(name: str, rep: dict, chosen: dict) -> list[str]:
     lines.append(f"Improvement (F1, tuned vs 0.5): {_improvement(d['f1'], t['f1'])}")
     lines.append(f"AUC: {_fmt(rep.get('auc'))}   AP: {_fmt(rep.get('ap'))}   EER: {_fmt(rep.get('eer'))}")
     lines.append("")
+    table = attack_table_lines(rep.get("by_attack"), t["threshold"])
+    return lines + (table + [""] if table else [])
+
+
+def _attack_rows(by_attack) -> list[tuple[str, dict]]:
+    """The well-formed entries of a split's "by_attack", in their saved order (metrics.json may be hand-edited)."""
+    if not isinstance(by_attack, dict):
+        return []
+    return [(str(name), r) for name, r in by_attack.items() if isinstance(r, dict) and "n" in r]
+
+
+def attack_table_lines(by_attack, threshold: float) -> list[str]:
+    """The per-attack table as text (training_results.txt and `dfp evaluate`'s console); [] without one."""
+    rows = _attack_rows(by_attack)
+    if not rows:
+        return []
+    w = max(len("Attack"), *(len(name) for name, _ in rows))
+    lines = [f"Per attack (all reals against each attack's fakes; recall at threshold {threshold:.4f}):",
+             f"   {'Attack':<{w}}  {'n':>7}  {'AUC':>7}  {'EER':>7}  {'Recall':>7}"]
+    lines += [f"   {name:<{w}}  {r['n']:>7}  {_fmt(r.get('auc')):>7}  {_fmt(r.get('eer')):>7}  {_fmt(r.get('recall')):>7}"
+              for name, r in rows]
     return lines
 
 
@@ -519,7 +540,18 @@ def _results_table(rep: dict) -> str:
         rows.append([_e(f"TN / FP / FN / TP ({name})"), "", "", _e(f"{tn} / {fp} / {fn} / {tp}")])
     table = _table(["Metric", f"threshold {d['threshold']:.4g}", f"tuned {t['threshold']:.4f}", "change"], rows)
     curve = _table(["AUC", "AP", "EER"], [[_fmt(rep.get("auc")), _fmt(rep.get("ap")), _fmt(rep.get("eer"))]])
-    return table + curve
+    return table + curve + _attack_table(rep)
+
+
+def _attack_table(rep: dict) -> str:
+    rows = _attack_rows(rep.get("by_attack"))
+    if not rows:
+        return ""
+    t = rep["tuned"]["threshold"]
+    body = [[_e(name), f"{r['n']:,}", _fmt(r.get("auc")), _fmt(r.get("eer")), _fmt(r.get("recall"))] for name, r in rows]
+    return ("<h3>Per attack</h3><p>All reals of the split against the fakes of each attack (AUC, EER); recall of "
+            f"that attack's fakes at the tuned threshold {t:.4f}.</p>" +
+            _table(["Attack", "n (fakes)", "AUC", "EER", f"Recall @ {t:.4f}"], body))
 
 
 def render_html(run_name: str, metrics: dict, config: dict, images: dict[str, bytes], summary: str) -> str:
@@ -576,6 +608,20 @@ def render_html(run_name: str, metrics: dict, config: dict, images: dict[str, by
 
 # ------------------------------------------------------------------------------------------- driver
 
+def _read_tables(run: Path) -> dict[str, Predictions | None]:
+    """predictions_{val,test}.csv of a run; None for a split whose file is missing or unreadable."""
+    tables: dict[str, Predictions | None] = {}
+    for split in ("val", "test"):
+        path = run / f"predictions_{split}.csv"
+        tables[split] = None
+        if path.exists():
+            try:
+                tables[split] = read_prediction_table(path)
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("report: cannot read %s: %s", path.name, e)
+    return tables
+
+
 def render_report(run_dir: str | Path) -> list[Path]:
     """(Re)render the plots, training_results.txt and report.html of a run; returns the files written."""
     run = Path(run_dir)
@@ -586,18 +632,12 @@ def render_report(run_dir: str | Path) -> list[Path]:
     metrics = _load_json(run / "metrics.json")
     metrics = metrics if isinstance(metrics, dict) else None
 
-    preds: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
-    for split in ("val", "test"):
-        path = run / f"predictions_{split}.csv"
-        preds[split] = None
-        if path.exists():
-            try:
-                preds[split] = read_predictions(path)
-            except (OSError, ValueError, KeyError) as e:
-                log.warning("report: cannot read %s: %s", path.name, e)
+    tables = _read_tables(run)
+    preds = {split: (t.labels, t.scores) if t else None for split, t in tables.items()}
     if metrics is None and preds["val"] is not None:
         try:
-            metrics, _ = build_metrics(preds["val"], preds["test"], str(config.get("threshold_method", "f1")))
+            metrics, _ = build_metrics(preds["val"], preds["test"], str(config.get("threshold_method", "f1")),
+                                       attacks={split: t.attacks for split, t in tables.items() if t})
             log.warning("report: metrics recomputed from the predictions (metrics.json is missing)")
         except ValueError as e:
             log.warning("report: cannot compute metrics from the predictions: %s", e)

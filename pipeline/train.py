@@ -482,18 +482,20 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
         keys, labels, scores, _ = predict(model, loader, device, amp_dtype, progress=cfg.progress and d.main, desc=split)
         lost[split] = reduce_sum([loader.skipped - before[0], loader.rescued_batches - before[1]], d, device)
         keys, labels, scores = gather_predictions(keys, labels, scores, d)
-        srcs = all_gather_objects(loader.sources(keys[d.rank::d.world_size]), d)
-        preds[split] = (keys, labels, scores, {k: v for part in srcs for k, v in part.items()})
+        meta = all_gather_objects(loader.sample_meta(keys[d.rank::d.world_size]), d)
+        preds[split] = (keys, labels, scores, {k: v for part in meta for k, v in part.items()})
     if not d.main:
         return
     if np.isnan(preds["val"][2]).any():
         raise TrainingError(f"run {out}: the model produced NaN scores; lower --lr or use --amp off")
     from .metrics import build_metrics
-    for split, (keys, labels, scores, srcs) in preds.items():
-        write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, srcs)
+    from .predictions import attack_names
+    for split, (keys, labels, scores, meta) in preds.items():
+        write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, meta)
     test = preds.get("test")
     metrics, warnings = build_metrics((preds["val"][1], preds["val"][2]),
-                                      (test[1], test[2]) if test else None, cfg.threshold_method)
+                                      (test[1], test[2]) if test else None, cfg.threshold_method,
+                                      attacks={s: attack_names(p[0], p[3]) for s, p in preds.items()})
     for w in warnings:
         log(f"warning: {w}")
     # samples that could not be decoded are not in the predictions: say how many, per split

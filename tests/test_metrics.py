@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.metrics import build_metrics, curve_metrics, eer_point, metric_dict, split_report
+from pipeline.metrics import UNNAMED_ATTACK, build_metrics, by_attack, curve_metrics, eer_point, metric_dict, split_report
 from pipeline.thresholds import tune
 
 M_KEYS = {"threshold", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "mcc",
@@ -160,3 +160,63 @@ def test_bad_inputs_raise():
         metric_dict(y, bad, 0.5)
     with pytest.raises(ValueError, match="unknown threshold method"):
         build_metrics((y, s), None, "accuracy")
+
+
+def attack_split():
+    """Reals, a separable attack, a one-fake attack, an attack tied with every real, and unnamed fakes."""
+    reals = [0.1, 0.2, 0.4, 0.4, 0.6, 0.3]
+    fakes = {"Deepfakes": [0.7, 0.9, 0.35, 0.8], "A07": [0.65], "Tied": [0.4, 0.4, 0.4], "": [0.2, 0.95]}
+    y = [0] * len(reals)
+    s = list(reals)
+    names = ["bona-fide-ignored"] + [""] * (len(reals) - 1)  # a real's name never makes an attack
+    for name, scores in fakes.items():
+        y += [1] * len(scores)
+        s += scores
+        names += [name] * len(scores)
+    return np.array(y), np.array(s), names, np.array(reals), fakes
+
+
+@pytest.mark.parametrize("t", [0.4, 0.62, 0.9])
+def test_by_attack_agrees_with_sklearn(t):
+    from recompute import sk_eer
+    y, s, names, reals, fakes = attack_split()
+    table = by_attack(y, s, names, t)
+    assert list(table) == ["A07", "Deepfakes", "Tied", UNNAMED_ATTACK]  # named sorted, unnamed last
+    for name, got in table.items():
+        fs = np.array(fakes["" if name == UNNAMED_ATTACK else name])
+        yy, ss = np.r_[np.zeros(reals.size), np.ones(fs.size)], np.r_[reals, fs]
+        assert got["n"] == fs.size
+        assert got["auc"] == pytest.approx(skm.roc_auc_score(yy, ss), abs=1e-12), name
+        assert got["eer"] == pytest.approx(sk_eer(yy, ss), abs=1e-12), name
+        assert got["recall"] == pytest.approx(skm.recall_score(np.ones(fs.size), (fs >= t).astype(int)), abs=1e-12)
+    assert table["A07"]["n"] == 1 and table["A07"]["auc"] == 1.0 and table["A07"]["eer"] == 0.0
+    assert table["Tied"]["recall"] == (1.0 if t <= 0.4 else 0.0)  # ties are decided fake at score >= threshold
+
+
+def test_by_attack_in_the_split_report_and_json():
+    y, s, names, _, _ = attack_split()
+    doc, _ = build_metrics((y, s), (y, s[::-1].copy()), "f1", attacks={"val": names, "test": names})
+    t = doc["chosen"]["threshold"]
+    assert doc["val"]["by_attack"] == by_attack(y, s, names, t)
+    assert doc["test"]["by_attack"] == by_attack(y, s[::-1], names, t)  # test at val's threshold
+    assert doc["test"]["by_attack"] != doc["val"]["by_attack"]
+    assert {k: v for k, v in doc["val"].items() if k != "by_attack"} == split_report(y, s, 0.5, t)
+    assert json.loads(json.dumps(doc, allow_nan=False)) == doc
+
+
+def test_no_named_attack_leaves_the_document_as_it_was():
+    y, s = make(1)
+    plain, _ = build_metrics((y, s), (y, s))
+    unnamed, _ = build_metrics((y, s), (y, s), attacks={"val": [""] * y.size, "test": [None] * y.size})
+    reals_only = [("X" if label == 0 else "") for label in y]
+    named_reals, _ = build_metrics((y, s), None, attacks={"val": reals_only})
+    assert plain == unnamed and "by_attack" not in plain["val"] and "by_attack" not in named_reals["val"]
+    assert by_attack(y, s, [""] * y.size, 0.5) is None
+
+
+def test_by_attack_without_reals_and_bad_lengths():
+    table = by_attack([1, 1, 1], [0.2, 0.6, 0.9], ["A", "A", "B"], 0.5)
+    assert table == {"A": {"n": 2, "auc": None, "eer": None, "recall": 0.5},
+                     "B": {"n": 1, "auc": None, "eer": None, "recall": 1.0}}
+    with pytest.raises(ValueError, match="2 attack names for 3 samples"):
+        by_attack([0, 1, 1], [0.2, 0.6, 0.9], ["A", "A"], 0.5)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.metrics import build_metrics
-from pipeline.predictions import read_predictions, write_predictions
+from pipeline.predictions import SampleMeta, attack_names, read_prediction_table, read_predictions, write_predictions
 from recompute import mismatches, read_csv, run_mismatches
 
 # An EfficientNet-B0 gave every sample this score; rounded to 8 decimals it falls below itself as a threshold.
@@ -14,7 +14,7 @@ CONSTANT = float(np.float32(0.48693475127))
 
 def write(path, y, s):
     keys = [f"k{i:04d}" for i in range(len(y))]
-    write_predictions(path, keys, y, s, {k: f"{'fake' if l else 'real'}/{k}.jpg" for k, l in zip(keys, y)})
+    write_predictions(path, keys, y, s, {k: SampleMeta(f"{'fake' if l else 'real'}/{k}.jpg") for k, l in zip(keys, y)})
 
 
 def labels(n, fakes, seed=0):
@@ -42,7 +42,8 @@ def test_scores_round_trip_bit_for_bit(tmp_path):
         ry, rs = read_predictions(tmp_path / "p.csv")
         assert rs.dtype == np.float64 and np.array_equal(rs, got_s) and np.array_equal(ry, y)
     rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="", encoding="utf-8")))
-    assert list(rows[0]) == ["key", "source", "label", "score"] and rows[0]["source"].endswith("/k0000.jpg")
+    assert list(rows[0]) == ["key", "source", "label", "score", "group", "attack"]
+    assert rows[0]["source"].endswith("/k0000.jpg") and rows[0]["group"] == rows[0]["attack"] == ""
 
 
 @pytest.mark.parametrize("method", ["f1", "youden", "eer", "recall:0.9"])
@@ -83,3 +84,26 @@ def test_eight_decimals_would_disagree():
     cut = np.array([float(f"{v:.8f}") for v in s])
     assert len(mismatches(doc["val"], y, cut, doc["chosen"]["threshold"])) >= 5
     assert mismatches(doc["val"], y, s, doc["chosen"]["threshold"]) == []
+
+
+def test_group_and_attack_round_trip(tmp_path):
+    keys = ["r0", "f0", "f1", "f2", "lost"]
+    meta = {"r0": SampleMeta("real/id0/a.mp4", "id0", ""),
+            "f0": SampleMeta("fake/Deepfakes/a_b.mp4", "a_b", "Deepfakes"),
+            "f1": SampleMeta("LA_T_1.flac", "LA_0079", "A07"),
+            "f2": SampleMeta('odd, "quoted"\nname.jpg', "g,1", "méthode, 2")}  # CSV quoting and non-ASCII
+    y = np.array([0, 1, 1, 1, 1])
+    s = np.array([0.1, CONSTANT, 1 - 2 ** -53, 0.5, 0.7])
+    write_predictions(tmp_path / "p.csv", keys, y, s, meta)
+    t = read_prediction_table(tmp_path / "p.csv")
+    assert t.keys == keys and np.array_equal(t.labels, y) and np.array_equal(t.scores, s)
+    assert t.meta == [meta["r0"], meta["f0"], meta["f1"], meta["f2"], SampleMeta()]  # a key without metadata: empty
+    assert t.attacks == attack_names(keys, meta) == ["", "Deepfakes", "A07", "méthode, 2", ""]
+
+
+def test_sample_meta_from_json_and_old_files(tmp_path):
+    assert SampleMeta.from_json({"source": "a.wav", "class": "fake", "group": 79, "attack": None}) == \
+        SampleMeta("a.wav", "79", "")
+    (tmp_path / "old.csv").write_text("key,source,label,score\nk1,real/x.jpg,real,0.25\n", encoding="utf-8")
+    t = read_prediction_table(tmp_path / "old.csv")
+    assert t.meta == [SampleMeta("real/x.jpg")] and t.labels.tolist() == [0] and t.scores.tolist() == [0.25]

@@ -163,3 +163,60 @@ def test_normal_choice_shows_no_fallback(tmp_path):
     text = (run / "training_results.txt").read_text()
     assert "Requested:" not in text and "cannot be used" not in text
     assert "Requested:" not in (run / "report.html").read_text(encoding="utf-8")
+
+
+def attack_run(tmp_path):
+    """A run whose val and test fakes name their attack (one of them a single fake, some unnamed)."""
+    from pipeline.predictions import SampleMeta, write_predictions as write_csv
+    rng = np.random.default_rng(3)
+    run = tmp_path / "run"
+    run.mkdir()
+    names = np.array(["NeuralTextures"] * 12 + ["A07"] + [""] * 5)
+    preds, attacks = {}, {}
+    for split in ("val", "test"):
+        y = np.array([0] * 40 + [1] * names.size)
+        s = scores(rng, y)
+        attacks[split] = [""] * 40 + list(names)
+        keys = [f"{split}{i}" for i in range(y.size)]
+        write_csv(run / f"predictions_{split}.csv", keys, y, s,
+                  {k: SampleMeta(f"{k}.jpg", f"g{i % 7}", a) for i, (k, a) in enumerate(zip(keys, attacks[split]))})
+        preds[split] = (y, s)
+    doc, _ = build_metrics(preds["val"], preds["test"], "f1", attacks=attacks)
+    write_json(run / "metrics.json", doc)
+    return run, doc
+
+
+def check_attack_tables(run, doc):
+    text = (run / "training_results.txt").read_text(encoding="utf-8")
+    page = (run / "report.html").read_text(encoding="utf-8")
+    for split in ("val", "test"):
+        start = text.index(f"{split.upper()} RESULTS")
+        block = text[start:text.index("TEST RESULTS" if split == "val" else "=" * 80, start + 1)]
+        assert block.count("Per attack") == 1
+        for name, r in doc[split]["by_attack"].items():
+            row = re.search(rf"^ +{re.escape(name)} +(\d+) +([\d.]+) +([\d.]+) +([\d.]+)$", block, re.M)
+            assert row and row.groups() == (str(r["n"]), f"{r['auc']:.4f}", f"{r['eer']:.4f}", f"{r['recall']:.4f}")
+            assert f"<td>{html.escape(name)}</td><td>{r['n']:,}</td><td>{r['auc']:.4f}</td>" in page
+    assert page.count("<h3>Per attack</h3>") == 2 and "(unnamed)" in page
+
+
+def test_attack_table_in_txt_and_html(tmp_path):
+    run, doc = attack_run(tmp_path)
+    assert list(doc["test"]["by_attack"]) == ["A07", "NeuralTextures", "(unnamed)"]
+    render_report(run)
+    check_attack_tables(run, doc)
+
+
+def test_attack_table_recomputed_from_predictions(tmp_path):
+    run, doc = attack_run(tmp_path)
+    (run / "metrics.json").unlink()
+    render_report(run)
+    check_attack_tables(run, doc)
+
+
+def test_no_attack_table_without_attacks(tmp_path):
+    run, doc, _ = make_run(tmp_path)
+    render_report(run)
+    assert "by_attack" not in doc["val"]
+    assert "Per attack" not in (run / "training_results.txt").read_text()
+    assert "Per attack" not in (run / "report.html").read_text(encoding="utf-8")

@@ -19,6 +19,7 @@ import torch
 
 from ..augment import AUDIO, AudioFeatures, normalize_images, spec_masks, strong_mask, torch_log_mel
 from ..formats import CLASSES, read_manifest
+from ..predictions import SampleMeta
 from ..sampling import EpochSampler, eval_indices, rank_slice
 from .decode import LoaderConfig
 from .index import ShardIndex
@@ -163,10 +164,10 @@ class Loader:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def sources(self, keys: list[str]) -> dict[str, str]:
-        """key -> source path, read from the samples' JSON (evaluation output only)."""
+    def sample_meta(self, keys: list[str]) -> dict[str, SampleMeta]:
+        """key -> (source, group, attack) from one read of each sample's JSON (evaluation output only)."""
         pos = {k: i for i, k in enumerate(self.index.keys.astype(str))}
-        return {k: self.index.meta(pos[k]).get("source", "") for k in keys}
+        return {k: SampleMeta.from_json(self.index.meta(pos[k])) for k in keys}
 
     def class_counts_delivered(self) -> dict[str, int]:
         return {c: int(self.delivered[i]) for i, c in enumerate(CLASSES)}
