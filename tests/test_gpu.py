@@ -27,10 +27,11 @@ def test_dali_mixed_agrees_with_dali_cpu(tmp_path_factory, modality):
             assert torch.isfinite(x).all()
             got[device] = (tuple(x.shape), x.dtype, len(keys))
         assert got["cpu"] == got["cuda"], (modality, train, got)
-    if modality == "image":  # evaluation has no randomness: the two decoders agree up to IDCT differences
-        a = first_batch(make_loader(out, "train", "dali", "cpu", opts(train=False)))[0]
-        b = first_batch(make_loader(out, "train", "dali", "cuda", opts(train=False)))[0].cpu()
-        assert (a - b).abs().mean() < 0.05
+    if modality == "image":  # the augmentation is keyed by plan position, so even training batches are the same
+        for train, tol in ((False, 0.05), (True, 0.1)):  # up to IDCT and nearest-neighbour rounding differences
+            a = first_batch(make_loader(out, "train", "dali", "cpu", opts(train=train)))[0]
+            b = first_batch(make_loader(out, "train", "dali", "cuda", opts(train=train)))[0].cpu()
+            assert (a - b).abs().mean() < tol, train
 
 
 def test_torchvision_gpu_decode_agrees_with_cpu(tmp_path_factory):
