@@ -92,13 +92,14 @@ def _time_iter(it, batches: int, warmup: int, on_batch=None) -> tuple[int, float
 
 def bench_loader(shards: Path, backend: str, device: str, split: str = "train", sampling: str = "inverse",
                  batch_size: int = 64, batches: int = 30, warmup: int = 3, workers: int = 2,
-                 gpu_decode: bool = False, image_size: int = 224) -> dict:
+                 gpu_decode: bool = False, image_size: int = 224, dali_threads: int | None = None,
+                 hw_decoder_load: float | None = None) -> dict:
     from .loaders import LoaderOptions, make_loader, resolve_device
     dev = resolve_device(device)
     need = (batches + warmup + 1) * batch_size
     ld = make_loader(shards, split, backend, dev, LoaderOptions(
         batch_size=batch_size, sampling=sampling, epoch_len=need, workers=workers, gpu_decode=gpu_decode,
-        image_size=image_size))
+        image_size=image_size, dali_threads=dali_threads, hw_decoder_load=hw_decoder_load))
     counts = np.zeros(len(CLASSES), np.int64)
 
     def tally(x, y):
@@ -107,7 +108,8 @@ def bench_loader(shards: Path, backend: str, device: str, split: str = "train", 
     n, s = _time_iter(ld, batches, warmup, tally)
     return {"backend": backend + ("+gpu_decode" if gpu_decode else ""), "device": str(dev), "split": split,
             "sampling": sampling, "batch_size": batch_size, "samples": n, "seconds": s, "samples_per_s": n / s,
-            "class_counts": {c: int(counts[i]) for i, c in enumerate(CLASSES)}, "skipped": ld.skipped}
+            "class_counts": {c: int(counts[i]) for i, c in enumerate(CLASSES)}, "skipped": ld.skipped,
+            "dali_threads": dali_threads, "hw_decoder_load": hw_decoder_load}
 
 
 class _SeedDataset(torch.utils.data.Dataset):

@@ -380,9 +380,16 @@ def bench_loader_cmd(shards: Path = typer.Argument(...),
                      batch_size: int = typer.Option(64), batches: int = typer.Option(30), warmup: int = typer.Option(3),
                      workers: int = typer.Option(2), gpu_decode: bool = typer.Option(False, "--gpu-decode"),
                      image_size: int = typer.Option(224),
+                     dali_threads: Optional[int] = typer.Option(None, help="DALI CPU threads (default: cores + 1)"),
+                     hw_decoder_load: Optional[float] = typer.Option(
+                         None, help="DALI on a GPU: share of JPEGs for the hardware decoder, 0..1 (default DALI's)"),
                      json_out: Optional[Path] = typer.Option(None, "--json")):
     """Loader samples/s after warm-up with the training augmentation; JSON holds class_counts delivered."""
     v.choice("backend", backend, ("dali", "torch", "seed"))
+    v.minimum(1, dali_threads=dali_threads)
+    v.minimum(0, hw_decoder_load=hw_decoder_load)
+    if hw_decoder_load is not None and hw_decoder_load > 1:
+        raise UsageError(f"--hw-decoder-load must be between 0 and 1, got {hw_decoder_load}")
     v.choice("split", split, SPLITS)
     v.choice("sampling", sampling, ("weighted", *SAMPLINGS))
     v.minimum(0, warmup=warmup, workers=workers)
@@ -394,7 +401,8 @@ def bench_loader_cmd(shards: Path = typer.Argument(...),
     if backend == "seed":
         row = bench_seed_baseline(shards, dev, batch_size, batches, warmup, workers, image_size)
     else:
-        row = bench_loader(shards, backend, dev, split, sampling, batch_size, batches, warmup, workers, gpu_decode, image_size)
+        row = bench_loader(shards, backend, dev, split, sampling, batch_size, batches, warmup, workers, gpu_decode,
+                           image_size, dali_threads, hw_decoder_load)
     row["machine"] = machine()
     _emit(row, json_out, f"{row['backend']} on {row['device']}: {row['samples_per_s']:.1f} samples/s "
                          f"({row['samples']} samples in {row['seconds']:.2f}s), delivered {row['class_counts']}")

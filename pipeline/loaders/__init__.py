@@ -41,6 +41,8 @@ class LoaderOptions:
     workers: int = 2
     max_samples_per_class: int | None = None
     gpu_decode: bool = False  # torch backend: decode JPEGs with torchvision on the target device
+    dali_threads: int | None = None  # DALI backend: CPU threads (default: this rank's share of the cores, plus one)
+    hw_decoder_load: float | None = None  # DALI on a GPU: share of JPEGs for the hardware decoder (DALI's default)
 
 
 class Chunks:

@@ -41,13 +41,13 @@ def _guard_forks() -> None:
         _fork_guarded = True
 
 
-def image_train_graph(jpegs, params: dict, size: int, decode_device: str, finish=None):
+def image_train_graph(jpegs, params: dict, size: int, decode, finish=None):
     geometry = (params["anchor"], params["shape"], params["flip"], params["angle"])
     colour = (params["brightness"], params["contrast"], params["saturation"])
-    return _colour(_crop_warp(jpegs, geometry, size, decode_device), params["strong"], colour, finish=finish)
+    return _colour(_crop_warp(jpegs, geometry, size, decode), params["strong"], colour, finish=finish)
 
 
-def _crop_warp(jpegs, geometry, size: int, decode_device: str):
+def _crop_warp(jpegs, geometry, size: int, decode):
     """Decode only the crop window, then one warp: centre, flip, scale to size, rotate, re-centre.
 
     Nearest-neighbour sampling (torchvision's RandomRotation default) and black corners (its fill).
@@ -55,7 +55,7 @@ def _crop_warp(jpegs, geometry, size: int, decode_device: str):
     `warp_affine` did here (0.5 vs 0.9 ms of CPU a sample, same geometry)."""
     from nvidia.dali import fn, types
     anchor, shape, flip, angle = geometry
-    img = fn.decoders.image_slice(jpegs, anchor, shape, device=decode_device, output_type=types.RGB,
+    img = fn.decoders.image_slice(jpegs, anchor, shape, **_decoder(decode), output_type=types.RGB,
                                   normalized_anchor=True, normalized_shape=True)
     hw = fn.cast(img.shape(), dtype=types.FLOAT)
     h_px, w_px = hw[0], hw[1]
@@ -86,9 +86,9 @@ def _colour(img, strong, params, finish=None):
     return finish(img) if finish else img
 
 
-def image_eval_graph(jpegs, size: int, decode_device: str):
+def image_eval_graph(jpegs, size: int, decode):
     from nvidia.dali import fn, types
-    img = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+    img = fn.decoders.image(jpegs, **_decoder(decode), output_type=types.RGB)
     return fn.resize(img, resize_x=size, resize_y=size, antialias=True)
 
 
@@ -133,19 +133,22 @@ def _threads() -> int:
     return max(2, min(_MAX_THREADS, share + 1))
 
 
-def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payload: int):
+def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payload: int, threads: int | None = None,
+                   hw_decoder_load: float | None = None):
     """The graph takes every random choice as input (see `augment.draw_image`), so it has no seed of its own."""
     from nvidia.dali import fn, pipeline_def, types
     _guard_forks()
     fields = aug_fields(cfg.modality) if cfg.augment else ()
 
-    @pipeline_def(batch_size=batch_size, num_threads=_threads(), device_id=device_id, seed=0,
+    @pipeline_def(batch_size=batch_size, num_threads=threads or _threads(), device_id=device_id, seed=0,
                   prefetch_queue_depth=2, exec_dynamic=True, enable_conditionals=True)
     def pipe():
         outs = fn.external_source(source=source, num_outputs=n_payload + len(fields), batch=True,
                                   dtype=[types.UINT8] * n_payload + [types.FLOAT] * len(fields))
         payload, params = outs[:n_payload], dict(zip(fields, outs[n_payload:]))
-        decode_device = "mixed" if on_gpu else "cpu"
+        decode = {"device": "mixed" if on_gpu else "cpu"}
+        if on_gpu and hw_decoder_load is not None:
+            decode["hw_decoder_load"] = hw_decoder_load
         if cfg.modality == "audio":
             return audio_graph(payload[0], params, cfg.audio, on_gpu)
         if cfg.modality == "image":
@@ -154,12 +157,12 @@ def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payl
             normalize = lambda x: fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW",
                                                            mean=[255.0 * m for m in MEAN], std=[255.0 * s for s in STD])
             if params:
-                return image_train_graph(payload[0], params, cfg.image_size, decode_device, finish=normalize)
-            return normalize(image_eval_graph(payload[0], cfg.image_size, decode_device))
+                return image_train_graph(payload[0], params, cfg.image_size, decode, finish=normalize)
+            return normalize(image_eval_graph(payload[0], cfg.image_size, decode))
         if params:  # one draw per clip: every frame gets the same crop, flip, rotation and colour
-            frames = [image_train_graph(p, params, cfg.image_size, decode_device) for p in payload]
+            frames = [image_train_graph(p, params, cfg.image_size, decode) for p in payload]
         else:
-            frames = [image_eval_graph(p, cfg.image_size, decode_device) for p in payload]
+            frames = [image_eval_graph(p, cfg.image_size, decode) for p in payload]
         return fn.transpose(fn.stack(*frames), perm=[0, 3, 1, 2])
 
     p = pipe()
@@ -247,7 +250,7 @@ class Producer:
         ld = self.loader
         if self.pipe is None:
             self.pipe = build_pipeline(ld.cfg, ld.opts.batch_size, self.on_gpu, self.device_id, self._source,
-                                       len(ld.index.exts))
+                                       len(ld.index.exts), ld.opts.dali_threads, ld.opts.hw_decoder_load)
         else:
             self.pipe.reset()
         self.fed.clear()
@@ -268,6 +271,12 @@ class Producer:
         # DALI's own PyTorch iterator takes it the same way. Copying it cost ~19 ms a batch on a CPU.
         with self.loader.device:
             return torch.from_dlpack(out.as_tensor())
+
+
+def _decoder(decode) -> dict:
+    """Decoder arguments: a device name, or a dict with the device and options such as `hw_decoder_load`
+    (the share of JPEGs sent to the GPU's hardware decoder where there is one)."""
+    return {"device": decode} if isinstance(decode, str) else dict(decode)
 
 
 def _reason(error: Exception) -> str:
