@@ -1,7 +1,7 @@
 """Face crops: detect, keep one face, align it and crop it square, for packing and for `dfp predict`.
 
 The detector is dlib's HOG frontal-face detector (compiled into the dlib-bin wheel) and the eye landmarks
-come from dlib's 5-point predictor (shipped in the face-recognition-models wheel): nothing is downloaded.
+come from dlib's 5-point predictor (shipped in the face-recognition-models package): nothing is downloaded.
 """
 from __future__ import annotations
 
