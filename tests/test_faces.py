@@ -186,3 +186,20 @@ def test_predict_crops_faces_like_the_shards_and_reports_a_faceless_file(images,
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "p.csv"))}
     assert rows["real_empty.jpg"]["error"] == "no face found" and not rows["real_empty.jpg"]["score"]
     assert rows["real_a.jpg"]["score"] and not rows["real_a.jpg"]["error"]
+
+
+def test_bench_shard_reports_face_crops_beside_plain_packing(images, tmp_path):
+    from pipeline.bench import bench_shard, format_table, machine
+    root, truth = images
+    res = bench_shard(root / "in", workers=1, work=tmp_path, rounds=1, faces=True)
+    assert res["faces_crops"] == len(truth) and res["faces_crops_per_s"] > 0 and res["dfp_files_per_s"] > 0
+    assert "face crops/s" in format_table({"machine": machine(), "shard": res})
+
+
+def test_faces_on_audio_input_is_refused(tmp_path):
+    from factory import audio_tree
+    from pipeline.sources import InputError
+    audio_tree(tmp_path / "in")
+    with pytest.raises(InputError, match="--faces applies to image and video"):
+        build_shards(tmp_path / "in", tmp_path / "out", ShardParams(faces=True), workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
