@@ -33,8 +33,9 @@ def _files(root: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------- packing
-def bench_shard(input_dir: Path, workers: int | None = None, work: Path | None = None, rounds: int = 3) -> dict:
-    """`tar cf` against `dfp shard` (default check and --check structure), in interleaved rounds.
+def bench_shard(input_dir: Path, workers: int | None = None, work: Path | None = None, rounds: int = 3,
+                faces: bool = False) -> dict:
+    """`tar cf` against `dfp shard` (default check and --check structure, and --faces if asked), in interleaved rounds.
 
     `tar`'s speed on a shared machine swings by 2x or more between minutes, so each ratio is taken within
     a round and the median over rounds reported, with its range; seconds and files/s are medians too."""
@@ -43,8 +44,8 @@ def bench_shard(input_dir: Path, workers: int | None = None, work: Path | None =
     files = _files(input_dir)
     nbytes = sum(p.stat().st_size for p in files)
     _ = [p.read_bytes() for p in files]  # warm the page cache for both contenders alike
-    times: dict[str, list[float]] = {"tar": [], "structure": [], "decode": []}
-    packed = {}
+    times: dict[str, list[float]] = {"tar": [], "structure": [], "decode": [], **({"faces": []} if faces else {})}
+    packed, crops = {}, 0
     for _ in range(rounds):
         t = time.perf_counter()
         subprocess.run(["tar", "cf", str(work / "plain.tar"), "-C", str(input_dir), "."], check=True)
@@ -57,6 +58,9 @@ def bench_shard(input_dir: Path, workers: int | None = None, work: Path | None =
             packed[check] = build_shards(input_dir, out, ShardParams(check=check), workers=workers,
                                          progress=False)["packed"]
             times[check].append(time.perf_counter() - t)
+        if faces:
+            crops, t = _pack_faces(input_dir, work / "shards_faces", workers)
+            times["faces"].append(t)
     med = {k: float(np.median(v)) for k, v in times.items()}
     res = {"files": len(files), "mb": nbytes / 1e6, "rounds": rounds, "tar_seconds": med["tar"],
            "tar_round_seconds": times["tar"], "tar_files_per_s": len(files) / med["tar"],
@@ -67,8 +71,21 @@ def bench_shard(input_dir: Path, workers: int | None = None, work: Path | None =
                     f"{prefix}dfp_files_per_s": len(files) / med[check], f"{prefix}dfp_mb_per_s": nbytes / 1e6 / med[check],
                     f"{prefix}speed_vs_tar": float(np.median(ratios)), f"{prefix}speed_vs_tar_range": [min(ratios), max(ratios)],
                     f"{prefix}packed": packed[check]})
+    if faces:
+        res.update(faces_seconds=med["faces"], faces_round_seconds=times["faces"], faces_crops=crops,
+                   faces_crops_per_s=crops / med["faces"], faces_files_per_s=len(files) / med["faces"])
     res["shards"] = str(work / "shards_decode")
     return res
+
+
+def _pack_faces(input_dir: Path, out: Path, workers: int | None) -> tuple[int, float]:
+    """`dfp shard --faces`: (face crops written, seconds); a video sample holds `frames` crops."""
+    from .shards import ShardParams, build_shards
+    shutil.rmtree(out, ignore_errors=True)
+    params = ShardParams(faces=True)
+    t = time.perf_counter()
+    s = build_shards(input_dir, out, params, workers=workers, progress=False)
+    return s["packed"] * (params.frames if s["modality"] == "video" else 1), time.perf_counter() - t
 
 
 # ---------------------------------------------------------------- loaders
@@ -338,6 +355,8 @@ def format_table(res: dict) -> str:
                   f"  dfp shard --check structure : {s['structure_dfp_files_per_s']:8.0f} files/s "
                   f"{s['structure_dfp_mb_per_s']:7.1f} MB/s",
                   f"  tar cf    : {s['tar_files_per_s']:8.0f} files/s {s['tar_mb_per_s']:7.1f} MB/s",
+                  *([f"  dfp shard --faces : {s['faces_files_per_s']:8.0f} files/s {s['faces_crops_per_s']:7.1f} "
+                     f"face crops/s ({s['faces_crops']} crops)"] if "faces_crops" in s else []),
                   f"  dfp / tar speed: {s['speed_vs_tar']:.2f}x, rounds {lo:.2f}-{hi:.2f}x "
                   f"(--check structure: {s['structure_speed_vs_tar']:.2f}x, rounds {slo:.2f}-{shi:.2f}x)"]
     if res.get("loaders"):

@@ -98,10 +98,16 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
           check: str = typer.Option("decode", help="JPEGs kept as they are: 'decode' proves each decodes; 'structure' "
                                     "only parses headers and the end marker (faster; damage inside the compressed "
                                     "data is then caught by `dfp verify` or skipped by the loaders)"),
+          faces: bool = typer.Option(False, "--faces", help="images and video: store the largest face, aligned and "
+                                     "cropped square, instead of the whole picture (see README, Face crops)"),
+          face_margin: float = typer.Option(1.3, help="--faces: crop side as a multiple of the detected box"),
+          face_size: int = typer.Option(256, help="--faces: crop side in pixels"),
+          face_quality: int = typer.Option(95, help="--faces: JPEG quality of the crops (1-100)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
     _check_shard_args(input_dir, out, modality, split, class_map, check)
     _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
+    _check_face_args(faces, modality, face_margin, face_size, face_quality)
     v.minimum(1, max_count=max_count, max_size=max_size, frames=frames, sample_rate=sample_rate, workers=workers,
               max_samples_per_class=max_samples_per_class)
     v.minimum(0, seed=seed, group_depth=group_depth)
@@ -111,7 +117,8 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                          max_samples_per_class=max_samples_per_class, class_map=class_map, group_depth=group_depth,
                          max_side=max_side, sample_rate=sample_rate, frames=frames, check=check,
                          dataset=dataset, protocol=str(protocol) if protocol else None, val_fraction=val_fraction,
-                         ff_compression=ff_compression)
+                         ff_compression=ff_compression, faces=faces, face_margin=face_margin, face_size=face_size,
+                         face_quality=face_quality)
     summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
     typer.echo(format_summary(summary))
     typer.echo(f"shards: {out}")
@@ -137,6 +144,16 @@ def _check_dataset_args(dataset: str, protocol: Optional[Path], val_fraction: fl
     if not 0 <= val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     v.choice("ff_compression", ff_compression, ("raw", "c23", "c40"))
+
+
+def _check_face_args(faces: bool, modality: str, margin: float, size: int, quality: int) -> None:
+    if faces and modality == "audio":
+        raise UsageError("--faces applies to image and video input, not --modality audio")
+    v.minimum(1.0, face_margin=margin)
+    v.minimum(MIN_IMAGE_SIZE, face_size=size)
+    v.minimum(1, face_quality=quality)
+    if quality > 100:
+        raise UsageError(f"--face-quality must be at most 100, got {quality}")
 
 
 @app.command()
@@ -349,13 +366,14 @@ def predict(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
 @bench_app.command("shard")
 def bench_shard_cmd(input_dir: Path = typer.Argument(..., metavar="INPUT"),
                     json_out: Optional[Path] = typer.Option(None, "--json", help="write results here"),
-                    workers: Optional[int] = typer.Option(None)):
+                    workers: Optional[int] = typer.Option(None),
+                    faces: bool = typer.Option(False, "--faces", help="also time `dfp shard --faces` (face crops/s)")):
     """Packing throughput (files/s, MB/s) beside `tar cf` of the same files."""
     v.minimum(1, workers=workers)
     v.existing("INPUT", input_dir, "dir")
     v.output("--json", json_out, "file")
     from .bench import bench_shard, format_table, machine
-    res = {"machine": machine(), "shard": bench_shard(input_dir, workers)}
+    res = {"machine": machine(), "shard": bench_shard(input_dir, workers, faces=faces)}
     _emit(res, json_out, format_table(res))
 
 

@@ -48,7 +48,7 @@ class _Scorer:
         self.amp_dtype, _ = amp_setup(device, "auto")
         # the shard builder's defaults stand in for values a checkpoint may lack
         self.params = {"max_side": pre.get("max_side") or 512, "sample_rate": pre.get("sample_rate") or 16000,
-                       "frames": pre.get("frames") or 16}
+                       "frames": pre.get("frames") or 16, "faces": pre.get("faces")}
         self.exts = payload_exts(self.modality, self.params["frames"])
 
     def _prepare(self, path: Path) -> list[bytes]:

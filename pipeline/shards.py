@@ -48,6 +48,10 @@ class ShardParams:
     sample_rate: int = 16000
     frames: int = 16
     check: str = "decode"  # kept JPEGs: "decode" (prove they decode) or "structure" (headers + end marker)
+    faces: bool = False  # face crops instead of whole images and frames (media/faces.py)
+    face_margin: float = 1.3
+    face_size: int = 256
+    face_quality: int = 95
 
 
 def _prepare_one(args, in_worker: bool = False):
@@ -102,6 +106,15 @@ def _check_paths(inp: Path, out: Path) -> None:
         raise InputError(f"OUT {out} exists and is not a folder")
 
 
+def _face_settings(params: ShardParams, modality: str) -> dict | None:
+    if not params.faces:
+        return None
+    if modality == "audio":
+        raise InputError("--faces applies to image and video input; this input is audio")
+    from .media.faces import settings
+    return settings(params.face_margin, params.face_size, params.face_quality)
+
+
 def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, params: ShardParams,
                  workers: int | None = None, progress: bool = True, log=print) -> dict:
     inp, out = Path(input_dir), Path(out_dir)
@@ -111,7 +124,7 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     modality = disc.modality
     max_side = params.max_side or DEFAULT_MAX_SIDE[modality]
     media_params = {"max_side": max_side, "sample_rate": params.sample_rate, "frames": params.frames,
-                    "check": params.check}
+                    "check": params.check, "faces": _face_settings(params, modality)}
     cands, over = _limit_per_class(disc.candidates, params.max_samples_per_class, params.seed)
     rejects = disc.rejects + over
     presplit = resolve_splits(cands, fractions, params.val_fraction, params.seed)
@@ -189,7 +202,7 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     atomic_write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     shard_rows.sort(key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
     p = asdict(params)
-    p.update(modality=modality, max_side=max_side, input=str(inp.resolve()))
+    p.update(modality=modality, max_side=max_side, input=str(inp.resolve()), face_step=media_params["faces"])
     manifest = {
         "format": FORMAT, "tool": f"dfp {__version__}", "modality": modality, "classes": list(CLASSES),
         "payload": payload_exts(modality, params.frames),

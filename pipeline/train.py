@@ -127,7 +127,8 @@ def _preprocess(cfg: TrainConfig, manifest: dict) -> dict:
     from .augment import MEAN, STD
     return {"image_size": cfg.image_size, "audio_seconds": cfg.audio_seconds,
             "sample_rate": manifest.get("sample_rate"), "frames": manifest.get("frames"),
-            "max_side": manifest["params"].get("max_side"), "mean": list(MEAN), "std": list(STD)}
+            "max_side": manifest["params"].get("max_side"), "mean": list(MEAN), "std": list(STD),
+            "faces": manifest["params"].get("face_step")}
 
 
 def _check_splits(manifest: dict, shards: str, limit: int | None) -> dict[str, int]:

@@ -10,7 +10,13 @@ class MediaError(Exception):
 
 
 def prepare(path, modality: str, params: dict):
-    """Dispatch to the modality's `prepare` with the shard parameters."""
+    """Dispatch to the modality's `prepare` with the shard parameters; params["faces"] (settings from
+    `faces.settings`) swaps whole images and frames for face crops."""
+    if params.get("faces") and modality in ("image", "video"):
+        from .faces import prepare_face_image, prepare_face_video
+        if modality == "image":
+            return prepare_face_image(path, params["faces"])
+        return prepare_face_video(path, params["frames"], params["faces"])
     if modality == "image":
         from .image import prepare_image
         return prepare_image(path, params["max_side"], params.get("check", "decode"))

@@ -81,6 +81,23 @@ def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode")
     return {"jpg": buf.getvalue()}, meta
 
 
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """The whole picture, upright, as HWC uint8 RGB (for the face step, which crops from full resolution)."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise MediaError("empty file")
+        with Image.open(path) as im:
+            return np.asarray(_to_rgb(ImageOps.exif_transpose(im)))
+    except MediaError:
+        raise
+    except UnidentifiedImageError:
+        raise MediaError("not media: not a readable image") from None
+    except PermissionError as e:
+        raise MediaError(f"unreadable: {e.strerror}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise MediaError(f"corrupt: {e}") from None
+
+
 def decode_jpeg(data: bytes) -> np.ndarray:
     """HWC uint8 RGB."""
     with Image.open(io.BytesIO(data)) as im:
