@@ -10,11 +10,9 @@ from pathlib import Path
 
 import torch
 
+from .errors import CheckpointError
+
 FORMAT = "dfp-ckpt/1"
-
-
-class CheckpointError(Exception):
-    """An unreadable or foreign checkpoint: one line, exit 2."""
 
 
 def save(path: str | os.PathLike, state: dict) -> None:

@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from . import validate as v
-from .validate import UsageError
+from .errors import InputError, UsageError, exit_code
 
 MODALITIES = ("image", "audio", "video")
 BACKENDS = ("auto", "dali", "torch")
@@ -30,25 +30,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train deepfake detectors on imbalanced data: shards, loaders, trainer, thresholds, reports.")
 bench_app = typer.Typer(no_args_is_help=True, help="Throughput benchmarks (JSON with --json).")
 app.add_typer(bench_app, name="bench")
-
-
-# Exceptions that mean bad input (exit 2) or a failed check (exit 1), by module: a class can only have been
-# raised if its module was imported, so the modules are looked up, never imported, and torch stays unloaded.
-_BAD_INPUT = {"formats": "FormatError", "sources": "InputError", "models": "ModelError", "checkpoint": "CheckpointError"}
-_CHECK_FAILED = {"engine": "TrainingError", "loaders.dali": "LoaderError"}
-
-
-def _loaded(table: dict[str, str]) -> tuple[type[BaseException], ...]:
-    mods = ((sys.modules.get(f"{__package__}.{m}"), cls) for m, cls in table.items())
-    return tuple(getattr(mod, cls) for mod, cls in mods if mod is not None)
-
-
-def _exit_code(e: BaseException) -> Optional[int]:
-    if isinstance(e, (UsageError, *_loaded(_BAD_INPUT))):
-        return 2
-    if isinstance(e, _loaded(_CHECK_FAILED)):
-        return 1
-    return None
 
 
 def _echo_err(msg: str) -> None:
@@ -126,7 +107,7 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
 
 def _check_shard_args(input_dir: Path, out: Path, modality: str, split: str, class_map: Optional[str], check: str) -> None:
     from .media.image import CHECKS
-    from .sources import InputError, parse_class_map, parse_split
+    from .sources import parse_class_map, parse_split
     v.existing("INPUT", input_dir, "dir")
     v.output("OUT", out, "dir")
     v.choice("modality", modality, ("auto", *MODALITIES))
@@ -185,7 +166,7 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT"),
     """Counts per split, class and attack, imbalance ratio, severity and recommended techniques.
 
     On a raw INPUT: what `dfp shard` with the same options would pack, before packing."""
-    from .sources import InputError, parse_class_map, parse_split
+    from .sources import parse_class_map, parse_split
     v.existing("SHARDS_OR_INPUT", path, "dir")
     v.output("--plot", plot, "file")
     _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
@@ -490,7 +471,7 @@ def main() -> None:
         _echo_err("interrupted")
         sys.exit(130)
     except Exception as e:
-        code = _exit_code(e)
+        code = exit_code(e)
         if code is None:
             raise
         _echo_err(str(e))

@@ -15,9 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-
-class TrainingError(Exception):
-    """Training cannot go on (e.g. the loss keeps being non-finite): one line, exit 1."""
+from .errors import TrainingError
 
 
 # ---------------------------------------------------------------- distributed

@@ -7,8 +7,8 @@ import numpy as np
 
 from . import checkpoint
 from .engine import amp_setup, predict
+from .errors import InputError
 from .loaders import LoaderOptions, make_loader, resolve_device
-from .sources import InputError
 
 
 def eval_backend(ckpt: dict, backend: str = "auto") -> str:

@@ -14,6 +14,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import FormatError
+
 FORMAT = "dfp-shards/1"
 CLASSES = ("real", "fake")  # label index = position: real=0, fake=1
 SPLITS = ("train", "val", "test")
@@ -173,10 +175,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-class FormatError(Exception):
-    """A shard folder that is missing or not in the `dfp-shards/1` format."""
 
 
 def read_manifest(shards_dir: str | os.PathLike) -> dict:

@@ -27,6 +27,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .errors import ModelError
+
 IMAGE_MODELS = ("efficientnet_b0", "efficientnet_b4", "resnet18", "resnet50", "mobilenet_v3_large")
 AUDIO_MODELS = ("audio_resnet18",)
 VIDEO_MODELS = ("frame_pool", "r2plus1d_18")
@@ -36,10 +38,6 @@ DEFAULT_MODEL = {"image": "efficientnet_b0", "audio": "audio_resnet18", "video":
 # torchvision attribute path of the final Linear of each underlying network
 _FINAL = {"efficientnet_b0": "classifier.1", "efficientnet_b4": "classifier.1", "resnet18": "fc", "resnet50": "fc",
           "mobilenet_v3_large": "classifier.3", "r2plus1d_18": "fc"}
-
-
-class ModelError(ValueError):
-    """Unknown model, modality/model mismatch, unusable weights: one line, meant for the console (exit code 2)."""
 
 
 class FramePool(nn.Module):

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from . import checkpoint
 from .engine import amp_setup, predict
+from .errors import InputError
 from .evaluate import eval_backend, eval_options
 from .formats import payload_exts
 from .loaders import make_loader, resolve_device
 from .loaders.memory import MemoryIndex
 from .media import MediaError, prepare
-from .sources import EXTENSIONS, InputError
+from .sources import EXTENSIONS
 
 CHUNK = 256  # files prepared and held in memory at once
 

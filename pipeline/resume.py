@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .sources import InputError
+from .errors import InputError
 
 # may change on resume; recorded in config.json under "resumed"
 CHANGEABLE = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "patience", "save_every",

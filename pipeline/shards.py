@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .errors import InputError
 from .formats import (CLASSES, FORMAT, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
                       read_manifest, read_shard, sample_key, write_manifest, atomic_write_text)
 from .tarwriter import ShardWriter
 from .media import MediaError, prepare
-from .sources import Candidate, InputError, parse_class_map, parse_split
+from .sources import Candidate, parse_class_map, parse_split
 from .splits import empty_class_warnings, resolve_splits
 
 BUILD_DIR = ".building"

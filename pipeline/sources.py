@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from .errors import InputError
 from .formats import CLASSES
 
 EXTENSIONS = {
@@ -31,10 +32,6 @@ DEFAULT_CLASS_MAP = {
 # Split folder names and their synonyms (compared lower-case).
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "dev": "val", "test": "test", "eval": "test", "evaluation": "test"}
-
-
-class InputError(Exception):
-    """Bad input or arguments: reported as one line, exit code 2."""
 
 
 @dataclass

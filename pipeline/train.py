@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .engine import (Dist, TrainingError, all_gather_objects, amp_setup, gather_predictions, init_distributed, predict,
+from .engine import (Dist, all_gather_objects, amp_setup, gather_predictions, init_distributed, predict,
                      reduce_sum, train_one_epoch, weights_checksum)
+from .errors import InputError, TrainingError
 from .formats import CLASSES, read_manifest
 from .loaders import LoaderOptions, make_loader, resolve_device
 from .predictions import write_predictions
 from .resume import Position
-from .sources import InputError
 from .stats import RECOMMENDED, imbalance_ratio, severity
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_f1", "val_auc", "lr", "samples_per_s",
@@ -249,7 +249,8 @@ def _decide(cfg: TrainConfig, manifest: dict):
     modality = manifest["modality"]
     train_counts = _check_splits(manifest, cfg.shards, cfg.max_samples_per_class)
     cfg, decision = decide_strategy(cfg, train_counts)
-    from .models import DEFAULT_MODEL, MODELS, ModelError
+    from .errors import ModelError
+    from .models import DEFAULT_MODEL, MODELS
     model_name = cfg.model or DEFAULT_MODEL[modality]
     if model_name not in MODELS[modality]:
         raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}")

@@ -9,11 +9,9 @@ import math
 from pathlib import Path
 from typing import Iterable, Optional
 
+from .errors import UsageError
+
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class UsageError(Exception):
-    """Bad arguments found after parsing: one line, exit 2."""
 
 
 def flag(name: str) -> str:
@@ -80,7 +78,8 @@ def existing(label: str, path: Optional[Path], kind: str = "any") -> None:
 def shards(path: Path, label: str = "SHARDS") -> None:
     """A shard folder from `dfp shard`: its manifest is read, which is cheap and torch-free."""
     existing(label, path, "dir")
-    from .formats import FormatError, read_manifest
+    from .errors import FormatError
+    from .formats import read_manifest
     try:
         read_manifest(path)
     except FormatError as e:

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from factory import smooth_image, tone, write_av, write_jpeg, write_video
 from pipeline.datasets import DatasetOptions, discover_dataset
-from pipeline.sources import InputError
+from pipeline.errors import InputError
 from pipeline.splits import resolve_splits
 from test_shards import accounting, all_samples, build
 

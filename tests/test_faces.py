@@ -198,7 +198,7 @@ def test_bench_shard_reports_face_crops_beside_plain_packing(images, tmp_path):
 
 def test_faces_on_audio_input_is_refused(tmp_path):
     from factory import audio_tree
-    from pipeline.sources import InputError
+    from pipeline.errors import InputError
     audio_tree(tmp_path / "in")
     with pytest.raises(InputError, match="--faces applies to image and video"):
         build_shards(tmp_path / "in", tmp_path / "out", ShardParams(faces=True), workers=1, progress=False)

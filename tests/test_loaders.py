@@ -183,10 +183,11 @@ def test_dali_error_on_samples_that_decode_is_raised_not_rescued(image_shards, t
     """Only an undecodable sample may be skipped: when the CPU decoder reads every sample of the batch
     DALI failed on, the fault is DALI's and must surface."""
     import pipeline.loaders.dali as dali
+    from pipeline.errors import LoaderError
     out, _ = corrupt_copy(image_shards, tmp_path)
     monkeypatch.setattr(dali, "decodes", lambda *a: True)
     ev = make_loader(out, "train", "dali", "cpu", opts(train=False, batch_size=6))
-    with pytest.raises(dali.LoaderError, match="whose samples all decode on the CPU"):
+    with pytest.raises(LoaderError, match="whose samples all decode on the CPU"):
         for _ in ev:
             pass
 

@@ -5,8 +5,9 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.models import (AUDIO_MODELS, DEFAULT_MODEL, IMAGE_MODELS, VIDEO_MODELS, Detector, ModelError,
-                             build_model, embed_and_head)
+from pipeline.errors import ModelError
+from pipeline.models import (AUDIO_MODELS, DEFAULT_MODEL, IMAGE_MODELS, VIDEO_MODELS, Detector, build_model,
+                             embed_and_head)
 
 torch.set_num_threads(1)
 

@@ -10,6 +10,7 @@ import webdataset as wds
 from PIL import Image
 
 from factory import audio_tree, corrupt_images, image_tree, unusual_images, video_tree, write_jpeg, smooth_image
+from pipeline.errors import InputError
 from pipeline.formats import read_index, read_manifest, tar_samples
 from pipeline.shards import ShardParams, build_shards, verify_shards
 
@@ -453,5 +454,5 @@ def test_unlistable_folder_is_a_clear_error_not_a_silent_loss(tmp_path, monkeypa
         return real_scandir(path)
 
     monkeypatch.setattr(sources.os, "scandir", scandir)
-    with pytest.raises(sources.InputError, match="cannot list folder .*fake.*Permission denied"):
+    with pytest.raises(InputError, match="cannot list folder .*fake.*Permission denied"):
         sources.discover(inp)

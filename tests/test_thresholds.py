@@ -140,7 +140,7 @@ def test_perfect_separation_and_single_score():
 
 def test_dfp_tune_refuses_an_unreachable_target_and_keeps_the_stored_threshold(tmp_path, monkeypatch):
     from pipeline import checkpoint, evaluate
-    from pipeline.sources import InputError
+    from pipeline.errors import InputError
     y = np.array([0, 1, 0, 1, 0, 1])
     s = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
     monkeypatch.setattr(evaluate, "_predict_split", lambda *a, **k: (None, None, None, y, s))

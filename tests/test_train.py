@@ -117,7 +117,8 @@ def test_smote_refits_the_head_and_reports(image_shards, tmp_path):
 
 
 def test_nonfinite_loss_steps_are_skipped_then_stop(image_shards):
-    from pipeline.engine import TrainingError, train_one_epoch
+    from pipeline.engine import train_one_epoch
+    from pipeline.errors import TrainingError
     model = torch.nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = [(torch.randn(2, 3), torch.ones(2), ["a", "b"])] * 6

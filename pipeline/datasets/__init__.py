@@ -9,7 +9,8 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..sources import DEFAULT_CLASS_MAP, Discovery, InputError, select, walk_input
+from ..errors import InputError
+from ..sources import DEFAULT_CLASS_MAP, Discovery, select, walk_input
 
 # --dataset name -> module
 MODULES = {"folders": "folders", "table": "table", "ff++": "ffpp", "celeb-df": "celebdf", "dfdc": "dfdc",

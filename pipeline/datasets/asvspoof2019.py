@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..sources import InputError
+from ..errors import InputError
 from .common import Entry, join, lines, not_listed, protocol_error, protocol_path, rel_to
 
 FOLDER = "ASVspoof2019_LA_cm_protocols"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..sources import InputError
+from ..errors import InputError
 from .asvspoof2019 import KEYS, audio_index
 from .common import Entry, join, lines, not_listed, protocol_error, rel_to
 

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
-from ..sources import Candidate, InputError, modality_of
+from ..errors import InputError
+from ..sources import Candidate, modality_of
 
 PROTOCOL_FILE = "protocol file, not a sample"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..sources import InputError
+from ..errors import InputError
 from .common import Entry, csv_rows, join, not_listed, protocol_error, read_json, rel_to
 
 LABELS = {"REAL": "real", "FAKE": "fake"}

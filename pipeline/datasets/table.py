@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..sources import SPLIT_NAMES, InputError
+from ..errors import InputError
+from ..sources import SPLIT_NAMES
 from .common import Entry, csv_rows, join, not_listed, protocol_error, rel_to
 
 

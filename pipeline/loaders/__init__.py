@@ -182,10 +182,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        from ..sources import InputError
+        from ..errors import InputError
         raise InputError("--device cuda: no CUDA device is available here; use --device cpu or auto")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        from ..sources import InputError
+        from ..errors import InputError
         raise InputError(f"--device {device!r}: choose auto, cpu or cuda")
     return torch.device(device)
 
@@ -196,7 +196,7 @@ def make_loader(shards, split: str, backend: str = "torch", device: str | torch.
     """`index`: samples already indexed (e.g. a `memory.MemoryIndex`); `shards` and `split` are then unused."""
     opts = options or LoaderOptions()
     if backend not in BACKENDS:
-        from ..sources import InputError
+        from ..errors import InputError
         raise InputError(f"--backend {backend!r}: choose dali or torch")
     if index is None:
         manifest = manifest or read_manifest(shards)

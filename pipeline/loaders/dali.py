@@ -24,6 +24,7 @@ import torch
 
 from ..augment import (AUDIO, AUDIO_DRAWS, AUDIO_FIELDS, IMAGE, IMAGE_DRAWS, IMAGE_FIELDS, MEAN, STD, draw_audio,
                        draw_image, keyed_uniforms, strong_mask)
+from ..errors import LoaderError
 from .decode import decodes
 
 _MAX_THREADS = 8
@@ -168,10 +169,6 @@ def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payl
     p = pipe()
     p.build()
     return p
-
-
-class LoaderError(RuntimeError):
-    """DALI failed on a batch in which every sample decodes on its own: a pipeline fault, not bad data."""
 
 
 class Producer:

@@ -1,0 +1,46 @@
+"""Every error `dfp` turns into one line and an exit code: 2 for bad input, 1 for a check or run that failed.
+
+Imports nothing, so the command line can map exceptions to exit codes without loading torch.
+"""
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing: one line, exit 2."""
+
+
+class InputError(Exception):
+    """Bad input or arguments: reported as one line, exit code 2."""
+
+
+class FormatError(Exception):
+    """A shard folder that is missing or not in the `dfp-shards/1` format: exit 2."""
+
+
+class ModelError(ValueError):
+    """Unknown model, modality/model mismatch, unusable weights: one line, meant for the console (exit code 2)."""
+
+
+class CheckpointError(Exception):
+    """An unreadable or foreign checkpoint: one line, exit 2."""
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. the loss keeps being non-finite): one line, exit 1."""
+
+
+class LoaderError(RuntimeError):
+    """DALI failed on a batch in which every sample decodes on its own: a pipeline fault, not bad data; exit 1."""
+
+
+BAD_INPUT = (UsageError, InputError, FormatError, ModelError, CheckpointError)
+CHECK_FAILED = (TrainingError, LoaderError)
+
+
+def exit_code(e: BaseException) -> int | None:
+    """2 for bad input, 1 for a failed check or run, None for anything else (a bug: let it show its traceback)."""
+    if isinstance(e, BAD_INPUT):
+        return 2
+    if isinstance(e, CHECK_FAILED):
+        return 1
+    return None
