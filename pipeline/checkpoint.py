@@ -10,17 +10,16 @@ from pathlib import Path
 
 import torch
 
+from . import atomic
 from .errors import CheckpointError
 
 FORMAT = "dfp-ckpt/1"
 
 
 def save(path: str | os.PathLike, state: dict) -> None:
-    """Write under a temporary name, then rename: a kill at any moment leaves the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    """Written atomically (see `atomic`): a kill at any moment leaves the old file or the new one."""
+    with atomic.replacing(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -181,9 +181,10 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT"),
                                                 protocol=str(protocol) if protocol else None,
                                                 val_fraction=val_fraction, ff_compression=ff_compression))
     if plot:
-        from .report import _png, atomic_write_bytes, plot_dataset_stats
+        from .atomic import write_bytes
+        from .report import _png, plot_dataset_stats
         plot.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(plot, _png(plot_dataset_stats(st["splits"], st["modality"])))
+        write_bytes(plot, _png(plot_dataset_stats(st["splits"], st["modality"])))
     if as_json:
         typer.echo(json.dumps(json_safe(st), indent=2))
     else:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint
+from . import atomic, checkpoint
 from .engine import amp_setup, predict
 from .errors import InputError
 from .loaders import LoaderOptions, make_loader, resolve_device
@@ -48,7 +48,6 @@ def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="
     from .metrics import split_report
     from .report import render_report
     from .predictions import attack_names, write_predictions
-    from .train import _write_json
     ckpt, loader, keys, labels, scores = _predict_split(ckpt_path, shards, split, device, backend, batch_size)
     thr = ckpt.get("threshold") or {"method": "default", "value": 0.5}
     meta = loader.sample_meta(keys)
@@ -60,11 +59,11 @@ def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="
                "thresholds": {thr["method"]: thr["value"]},
                "chosen": {("threshold" if k == "value" else k): v for k, v in thr.items()},
                "evaluated_split": split}
-    _write_json(out / "metrics.json", metrics)
+    atomic.write_json(out / "metrics.json", metrics, default=str)
     cfg = dict(ckpt["config"])
     from .formats import read_manifest
     cfg["dataset"] = {"shards": str(shards), "modality": ckpt["modality"], "splits": read_manifest(shards)["splits"]}
-    _write_json(out / "config.json", cfg)
+    atomic.write_json(out / "config.json", cfg, default=str)
     if split in ("val", "test"):
         render_report(out)
     _log_results(log, split, labels, rep, thr)

@@ -14,6 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import atomic
 from .errors import FormatError
 
 FORMAT = "dfp-shards/1"
@@ -170,13 +171,6 @@ def read_index(idx_path: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
 
 
 # ---------------------------------------------------------------- manifest
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_manifest(shards_dir: str | os.PathLike) -> dict:
     path = Path(shards_dir) / MANIFEST
     if not path.is_file():
@@ -191,4 +185,4 @@ def read_manifest(shards_dir: str | os.PathLike) -> dict:
 
 
 def write_manifest(shards_dir: str | os.PathLike, manifest: dict) -> None:
-    atomic_write_text(Path(shards_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    atomic.write_json(Path(shards_dir) / MANIFEST, manifest)

@@ -10,7 +10,7 @@ import csv
 import os
 from pathlib import Path
 
-from . import checkpoint
+from . import atomic, checkpoint
 from .engine import amp_setup, predict
 from .errors import InputError
 from .evaluate import eval_backend, eval_options
@@ -82,12 +82,10 @@ class _Scorer:
 
 def _write_csv(out: Path, rows: list[tuple[str, str, str, str]]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic.replacing(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "score", "label", "error"])
         w.writerows(rows)
-    os.replace(tmp, out)
 
 
 def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_size=32, backend="auto",

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import csv
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from . import atomic
 from .formats import CLASSES
 
 FIELDS = ["key", "source", "label", "score", "group", "attack"]
@@ -63,16 +63,13 @@ def attack_names(keys, meta: dict[str, SampleMeta]) -> list[str]:
 
 
 def write_predictions(path: str | os.PathLike, keys, labels, scores, meta: dict[str, SampleMeta]) -> None:
-    """Atomic write (temporary name, then rename), rows in the order given."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    """Written atomically (see `atomic`), rows in the order given."""
+    with atomic.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(FIELDS)
         for k, label, s in zip(keys, labels, scores):
             m = meta.get(k, UNKNOWN)
             w.writerow([k, m.source, int(label), format_score(s), m.group, m.attack])
-    os.replace(tmp, path)
 
 
 def _label_value(text: str) -> int:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, atomic
 from .errors import InputError
 from .formats import (CLASSES, FORMAT, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
-                      read_manifest, read_shard, sample_key, write_manifest, atomic_write_text)
+                      read_manifest, read_shard, sample_key, write_manifest)
 from .tarwriter import ShardWriter
 from .media import MediaError, prepare
 from .sources import Candidate, parse_class_map, parse_split
@@ -143,7 +143,7 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     def finish_shard(fname: str, digest: str, samples: list) -> None:
         partial = Path(fname)
         final = partial.with_name(partial.name[: -len(".partial")])
-        atomic_write_text(final.with_suffix(".idx"), index_text(samples))
+        atomic.write_text(final.with_suffix(".idx"), index_text(samples))
         os.replace(partial, final)
         split, cls = final.parent.name, final.name.split("-")[0]
         shard_rows.append({"path": final.relative_to(build).as_posix(), "split": split, "class": cls,
@@ -200,7 +200,7 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
         os.replace(build / s, old)
     shutil.rmtree(build, ignore_errors=True)
     rejects.sort(key=lambda r: r["source"])
-    atomic_write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    atomic.write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     shard_rows.sort(key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
     p = asdict(params)
     p.update(modality=modality, max_side=max_side, input=str(inp.resolve()), face_step=media_params["faces"])

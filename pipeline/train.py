@@ -11,7 +11,6 @@ rank and split rank-wise, evaluation is sharded without duplicates and gathered.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, replace
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import atomic, checkpoint
 from .engine import (Dist, all_gather_objects, amp_setup, gather_predictions, init_distributed, predict,
                      reduce_sum, train_one_epoch, weights_checksum)
 from .errors import InputError, TrainingError
@@ -102,12 +101,10 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
+    with atomic.replacing(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _val_summary(labels, scores) -> dict:
@@ -181,7 +178,7 @@ def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> 
     config_record = _config_record(cfg, decision, manifest, run, ckpt, changed)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", config_record)
+        atomic.write_json(out / "config.json", config_record, default=str)
     tb = _tensorboard(out) if (cfg.tensorboard and d.main) else None
     best_state = None
     while pos.epoch < cfg.epochs:
@@ -452,12 +449,6 @@ def _teardown(run: _Run, d: Dist) -> None:
     dist.destroy_process_group()
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -503,7 +494,7 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
     # samples that could not be decoded are not in the predictions: say how many, per split
     metrics["skipped_samples"] = {s: int(v[0]) for s, v in lost.items()}
     metrics["rescued_batches"] = {s: int(v[1]) for s, v in lost.items()}
-    _write_json(out / "metrics.json", metrics)
+    atomic.write_json(out / "metrics.json", metrics, default=str)
     chosen = metrics["chosen"]
     best.pop("format", None)
     # the checkpoint names the threshold "value"; the other keys (requested, fallback_reason too) as in metrics.json
@@ -511,7 +502,7 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
     checkpoint.save(out / "best_model.pth", best)
     if smote_info:
         config_record["smote"] = smote_info
-    _write_json(out / "config.json", config_record)
+    atomic.write_json(out / "config.json", config_record, default=str)
     if cfg.report:
         from .report import render_report
         render_report(out)
