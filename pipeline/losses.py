@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from .formats import CLASSES
+
 LOSSES = ("focal", "weighted_bce", "bce")
-CLASSES = ("real", "fake")
 
 
 def _counts(counts: Sequence[int] | Mapping[str, int]) -> tuple[int, int]:

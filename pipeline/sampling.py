@@ -32,7 +32,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-CLASSES = ("real", "fake")
+from .formats import CLASSES
+
 MODES = ("inverse", "natural", "sqrt")
 # Random numbers are drawn in chunks of this many positions (bounded temporary memory). The result does not depend
 # on it: numpy's Generator.random() consumes the stream identically whether drawn at once or in pieces.
