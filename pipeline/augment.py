@@ -126,6 +126,7 @@ def draw_audio(u: np.ndarray, aug: AudioAug, samples: int) -> dict[str, np.ndarr
 
 
 def strong_mask(labels: np.ndarray, minority: tuple[int, ...]) -> np.ndarray:
+    """Which samples get the minority-class (strong) recipe: those whose label is in `minority`."""
     return np.isin(labels, np.asarray(minority, dtype=labels.dtype)) if minority else np.zeros(len(labels), bool)
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..augment import AUDIO, IMAGE, AudioFeatures, audio_wave_aug, crop_or_pad, torch_image_eval, torch_image_train
+from ..augment import (AUDIO, IMAGE, AudioFeatures, audio_wave_aug, crop_or_pad, strong_mask, torch_image_eval,
+                       torch_image_train)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def decode_batch(read, indices: np.ndarray, labels: np.ndarray, cfg: LoaderConfi
     """
     rng = np.random.default_rng(list(seed))
     torch.manual_seed(int(rng.integers(2**62)))
-    strong = np.isin(labels, cfg.minority) if cfg.minority else np.zeros(len(labels), bool)
+    strong = strong_mask(labels, cfg.minority)
     out, ok = [], np.zeros(len(indices), bool)
     for j, i in enumerate(indices):
         comps = read(int(i))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..augment import strong_mask
 from .decode import decode_batch, visual_sample
 
 
@@ -61,7 +62,7 @@ class Producer:
         except RuntimeError:
             decoded = None  # a corrupt JPEG fails the batched call: fall back to one by one
         out, k = [], 0
-        strong = np.isin(ld.index.labels[idx], ld.cfg.minority) if ld.cfg.minority else np.zeros(len(idx), bool)
+        strong = strong_mask(ld.index.labels[idx], ld.cfg.minority)
         for j, c in enumerate(comps):
             if c is None:
                 continue
