@@ -153,8 +153,8 @@ def index_text(samples: list[tuple[str, list[Member]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_index(idx_path: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
-    """Parse a v1.2 index into one {ext: (offset, size)} dict per sample."""
+def read_index_entries(idx_path: str | os.PathLike) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Parse a v1.2 index: per sample, the name of its first member and {ext: (offset, size)}."""
     with open(idx_path, encoding="ascii") as f:
         header = f.readline().split()
         if len(header) != 2 or header[0] != "v1.2":
@@ -164,10 +164,15 @@ def read_index(idx_path: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
             parts = line.split()
             if not parts:
                 continue
-            rows.append({parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)})
+            rows.append((parts[3], {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}))
     if len(rows) != int(header[1]):
         raise ValueError(f"{idx_path}: header says {header[1]} samples, found {len(rows)}")
     return rows
+
+
+def read_index(idx_path: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
+    """Parse a v1.2 index into one {ext: (offset, size)} dict per sample."""
+    return [comps for _, comps in read_index_entries(idx_path)]
 
 
 # ---------------------------------------------------------------- manifest

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..formats import CLASSES, read_manifest
+from ..formats import CLASSES, read_index_entries, read_manifest
 
 
 class ShardIndex:
@@ -36,22 +36,16 @@ class ShardIndex:
         for si, r in enumerate(rows):
             label = CLASSES.index(r["class"])
             idx_path = self.root / r["path"][:-4]
-            with open(str(idx_path) + ".idx", encoding="ascii") as f:
-                header = f.readline().split()
-                count = int(header[1])
-                if count != r["samples"]:
-                    raise ValueError(f"{idx_path}.idx: {count} samples, manifest says {r['samples']}; run `dfp verify`")
-                for line in f:
-                    parts = line.split()
-                    if not parts:
-                        continue
-                    comp = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
-                    for j, ext in enumerate(cols):
-                        self.offsets[pos, j], self.sizes[pos, j] = comp.get(ext, (-1, 0))
-                    self.keys[pos] = parts[3].rsplit("/", 1)[-1].split(".", 1)[0]
-                    self.labels[pos] = label
-                    self.shard[pos] = si
-                    pos += 1
+            entries = read_index_entries(str(idx_path) + ".idx")
+            if len(entries) != r["samples"]:
+                raise ValueError(f"{idx_path}.idx: {len(entries)} samples, manifest says {r['samples']}; run `dfp verify`")
+            for name, comp in entries:
+                for j, ext in enumerate(cols):
+                    self.offsets[pos, j], self.sizes[pos, j] = comp.get(ext, (-1, 0))
+                self.keys[pos] = name.rsplit("/", 1)[-1].split(".", 1)[0]
+                self.labels[pos] = label
+                self.shard[pos] = si
+                pos += 1
         if max_samples_per_class:
             keep = []
             for ci in range(len(CLASSES)):
