@@ -124,6 +124,17 @@ def class_probabilities(counts: Sequence[int] | Mapping[str, int], mode: str | M
     return mass / total
 
 
+def limit_per_class(labels: np.ndarray, limit: int, seed: int, stream: int) -> np.ndarray:
+    """Sorted positions of at most `limit` samples of each class, drawn with `default_rng([seed, stream, class])`.
+
+    `stream` keeps the draws of different callers apart (the shard builder and the loader each have their own)."""
+    keep = []
+    for ci in range(len(CLASSES)):
+        members = np.flatnonzero(labels == ci)
+        keep.append(np.random.default_rng([seed, stream, ci]).permutation(members)[:limit])
+    return np.sort(np.concatenate(keep))
+
+
 # ------------------------------------------------------------------------------------------------ plans
 def class_index(labels: np.ndarray, n_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Sample indices grouped by class, and the per-class counts.

@@ -24,6 +24,7 @@ from .formats import (CLASSES, FORMAT, REJECTS, SPLITS, encode_sample, index_tex
                       read_manifest, read_shard, sample_key, write_manifest)
 from .tarwriter import ShardWriter
 from .media import MediaError, prepare
+from .sampling import limit_per_class
 from .sources import Candidate, parse_class_map, parse_split
 from .splits import empty_class_warnings, resolve_splits
 
@@ -84,16 +85,12 @@ def _kept_payload(path: Path, size: int) -> dict[str, bytes] | None:
 def _limit_per_class(cands: list[Candidate], limit: int | None, seed: int) -> tuple[list[Candidate], list[dict]]:
     if not limit:
         return cands, []
-    kept, rejects = [], []
-    for ci, cls in enumerate(CLASSES):
-        mine = [c for c in cands if c.cls == cls]
-        order = np.random.default_rng([seed, 7, ci]).permutation(len(mine))
-        chosen = set(order[:limit].tolist())
-        for i, c in enumerate(mine):
-            if i in chosen:
-                kept.append(c)
-            else:
-                rejects.append({"source": c.source, "reason": "over --max-samples-per-class"})
+    labels = np.array([CLASSES.index(c.cls) for c in cands], np.int8)
+    chosen = np.zeros(len(cands), bool)
+    chosen[limit_per_class(labels, limit, seed, stream=7)] = True
+    by_class = np.argsort(labels, kind="stable")  # all reals, then all fakes, each in input order
+    kept = [cands[i] for i in by_class if chosen[i]]
+    rejects = [{"source": cands[i].source, "reason": "over --max-samples-per-class"} for i in by_class if not chosen[i]]
     return kept, rejects
 
 

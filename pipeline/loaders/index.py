@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..formats import CLASSES, read_index_entries, read_manifest
+from ..sampling import limit_per_class
 
 
 class ShardIndex:
@@ -47,12 +48,7 @@ class ShardIndex:
                 self.shard[pos] = si
                 pos += 1
         if max_samples_per_class:
-            keep = []
-            for ci in range(len(CLASSES)):
-                members = np.flatnonzero(self.labels == ci)
-                rng = np.random.default_rng([seed, 11, ci])
-                keep.append(np.sort(rng.permutation(members)[:max_samples_per_class]))
-            sel = np.sort(np.concatenate(keep))
+            sel = limit_per_class(self.labels, max_samples_per_class, seed, stream=11)
             for name in ("labels", "shard", "offsets", "sizes", "keys"):
                 setattr(self, name, getattr(self, name)[sel])
         self._fds: dict[int, int] = {}
