@@ -21,7 +21,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              recall_score, roc_auc_score, roc_curve)
 
 from .thresholds import (DEFAULT_THRESHOLD, METHODS, ThresholdUndefined, _counts, _tune_counts,
-                         canonical_method, check_inputs, parse_method)
+                         canonical_method, check_inputs, parse_method, tune)
 
 CURVE_KEYS = ("auc", "ap", "eer")
 # parentheses keep it apart from any dataset's own attack names (A07, Deepfakes, ...)
@@ -95,6 +95,20 @@ def curve_metrics(labels, scores) -> dict:
         "ap": float(average_precision_score(y, s)),
         "eer": point[1],
     }
+
+
+def val_summary(labels, scores) -> dict:
+    """The per-epoch validation figures: {"f1": F1 at 0.5, "auc", "f1_tuned": F1 at the F1-tuned threshold}.
+    AUC and tuned F1 are None for a single class; F1 is 0.0 without samples."""
+    out = {"f1": metric_dict(labels, scores, DEFAULT_THRESHOLD)["f1"] if len(labels) else 0.0, "auc": None,
+           "f1_tuned": None}
+    if len(labels) and len(np.unique(labels)) == 2:
+        out["auc"] = curve_metrics(labels, scores)["auc"]
+        try:
+            out["f1_tuned"] = metric_dict(labels, scores, tune(labels, scores, "f1"))["f1"]
+        except ThresholdUndefined:
+            pass
+    return out
 
 
 def by_attack(labels, scores, attacks, threshold: float) -> dict | None:

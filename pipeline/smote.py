@@ -32,13 +32,10 @@ def _val_scores(f: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
 
 
 def _summary(labels, scores) -> dict:
-    from .metrics import curve_metrics, metric_dict
-    from .thresholds import ThresholdUndefined, tune
-    try:
-        t = tune(labels, scores, "f1")
-    except ThresholdUndefined:
-        t = 0.5
-    return {"f1_tuned": metric_dict(labels, scores, t)["f1"], "auc": curve_metrics(labels, scores)["auc"]}
+    """F1 at the F1-tuned threshold (at 0.5 where tuning is undefined) and AUC."""
+    from .metrics import val_summary
+    v = val_summary(labels, scores)
+    return {"f1_tuned": v["f1"] if v["f1_tuned"] is None else v["f1_tuned"], "auc": v["auc"]}
 
 
 def smote_refit_head(model, cfg, device, amp_dtype, d, eval_loader, val_loader, log=print) -> dict:

@@ -107,19 +107,6 @@ def _write_history(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _val_summary(labels, scores) -> dict:
-    from .metrics import curve_metrics, metric_dict
-    from .thresholds import ThresholdUndefined, tune
-    out = {"f1": metric_dict(labels, scores, 0.5)["f1"] if len(labels) else 0.0, "auc": None, "f1_tuned": None}
-    if len(labels) and len(np.unique(labels)) == 2:
-        out["auc"] = curve_metrics(labels, scores)["auc"]
-        try:
-            out["f1_tuned"] = metric_dict(labels, scores, tune(labels, scores, "f1"))["f1"]
-        except ThresholdUndefined:
-            pass
-    return out
-
-
 def _preprocess(cfg: TrainConfig, manifest: dict) -> dict:
     from .augment import MEAN, STD
     return {"image_size": cfg.image_size, "audio_seconds": cfg.audio_seconds,
@@ -375,7 +362,8 @@ def _validate(run: _Run, pos: Position, totals: dict, say) -> dict:
     vloss = reduce_sum([vloss], d, run.device)[0]
     vskipped = reduce_sum([run.val_loader.skipped - skipped0], d, run.device)[0]
     keys, labels, scores = gather_predictions(keys, labels, scores, d)
-    v = _val_summary(labels, scores)
+    from .metrics import val_summary
+    v = val_summary(labels, scores)
     n, secs = totals["samples"], totals["seconds"]
     row = {"epoch": pos.epoch + 1, "train_loss": round(totals["loss_sum"] / max(n, 1), 6),
            "val_loss": round(vloss / max(len(labels), 1), 6), "val_f1": round(v["f1"], 6),
