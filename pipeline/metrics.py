@@ -18,10 +18,10 @@ import warnings as _warnings
 import numpy as np
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score,
                              confusion_matrix, f1_score, matthews_corrcoef, precision_score,
-                             recall_score, roc_auc_score, roc_curve)
+                             recall_score, roc_auc_score)
 
-from .thresholds import (DEFAULT_THRESHOLD, METHODS, ThresholdUndefined, _counts, _tune_counts,
-                         canonical_method, check_inputs, parse_method, tune)
+from .thresholds import (DEFAULT_THRESHOLD, METHODS, ThresholdUndefined, candidates, canonical_method, check_inputs,
+                         eer_point, parse_method, tune, tune_candidates)
 
 CURVE_KEYS = ("auc", "ap", "eer")
 # parentheses keep it apart from any dataset's own attack names (A07, Deepfakes, ...)
@@ -63,25 +63,6 @@ def metric_dict(labels, scores, threshold: float) -> dict:
             "confusion_matrix": [[tn, fp], [fn, tp]],
         }
     return m
-
-
-def eer_point(labels, scores) -> tuple[float, float] | None:
-    """(threshold, eer) from `roc_curve`: the candidate where FPR and FNR are closest, EER = (FPR + FNR) / 2
-    there. Same candidates and tie rule (largest threshold) as `thresholds.tune(..., "eer")`.
-    None when the labels hold a single class."""
-    y, s = _validate(labels, scores)
-    P = int(y.sum())
-    N = int(y.size - P)
-    if P == 0 or N == 0:
-        return None
-    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
-    # thr is descending; thr[0] = inf is sklearn's "nothing is fake" point, not a score: skip it.
-    fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]
-    fp = np.rint(fpr * N).astype(np.int64)  # exact counts back from the rates, so ties are exact
-    tp = np.rint(tpr * P).astype(np.int64)
-    d = np.abs(fp * P - (P - tp) * N)
-    i = int(np.argmin(d))  # first minimum = largest threshold
-    return float(thr[i]), float((fp[i] / N + (P - tp[i]) / P) / 2.0)
 
 
 def curve_metrics(labels, scores) -> dict:
@@ -188,10 +169,10 @@ def build_metrics(val, test=None, method: str = "f1", extra_methods=(), attacks=
     if only:
         fallback_reason = f"val split has a single class ({only} only, n={vy.size})"
     else:
-        counts = _counts(vy, vs)
+        cands = candidates(vy, vs)
         for k in wanted:
             try:
-                thresholds[k] = _tune_counts(counts, *parse_method(k))
+                thresholds[k] = tune_candidates(cands, *parse_method(k))
             except ThresholdUndefined as e:
                 if k == key:
                     fallback_reason = f"on val, {e}"

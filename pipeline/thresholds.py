@@ -102,7 +102,7 @@ def check_inputs(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class _Counts:
+class Candidates:
     """Confusion counts for every candidate threshold `thr` (ascending distinct scores)."""
 
     thr: np.ndarray  # float64, ascending
@@ -112,7 +112,8 @@ class _Counts:
     N: int
 
 
-def _counts(labels, scores) -> _Counts:
+def candidates(labels, scores) -> Candidates:
+    """Every distinct score as a candidate threshold, with the confusion counts there (one sort)."""
     y, s = check_inputs(labels, scores)
     P = int(y.sum())
     N = int(y.size - P)
@@ -126,7 +127,7 @@ def _counts(labels, scores) -> _Counts:
     neg = np.bincount(inv[y == 0], minlength=thr.size)
     tp = np.cumsum(pos[::-1])[::-1].astype(np.int64)
     fp = np.cumsum(neg[::-1])[::-1].astype(np.int64)
-    return _Counts(thr, tp, fp, P, N)
+    return Candidates(thr, tp, fp, P, N)
 
 
 def _last(mask: np.ndarray) -> int:
@@ -137,7 +138,13 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _tune_counts(c: _Counts, name: str, value: float | None) -> float:
+def _eer_index(c: Candidates) -> int:
+    d = np.abs(c.fp * c.P - (c.P - c.tp) * c.N)  # |FPR - FNR| * P * N, exact integers
+    return _last(d == d.min())
+
+
+def tune_candidates(c: Candidates, name: str, value: float | None) -> float:
+    """The threshold `name` (with its target `value`, if parametrised) picks among the candidates."""
     tp, fp, P, N = c.tp, c.fp, c.P, c.N
     if name == "f1":
         # F1 = 2TP / (2TP + FP + FN) = 2TP / (TP + FP + P): one correctly rounded division, so equal
@@ -148,8 +155,7 @@ def _tune_counts(c: _Counts, name: str, value: float | None) -> float:
         j = tp * N - fp * P  # J * P * N, exact integers
         i = _last(j == j.max())
     elif name == "eer":
-        d = np.abs(fp * P - (P - tp) * N)  # |FPR - FNR| * P * N, exact integers
-        i = _last(d == d.min())
+        i = _eer_index(c)
     elif name == "precision":
         precision = tp / (tp + fp)  # tp + fp >= 1 at every candidate (the samples at the threshold)
         ok = precision >= value
@@ -170,7 +176,18 @@ def _tune_counts(c: _Counts, name: str, value: float | None) -> float:
 def tune(labels, scores, method: str = "f1") -> float:
     """The threshold chosen by `method` (see the module docstring), as a plain float."""
     name, value = parse_method(method)
-    return _tune_counts(_counts(labels, scores), name, value)
+    return tune_candidates(candidates(labels, scores), name, value)
+
+
+def eer_point(labels, scores) -> tuple[float, float] | None:
+    """(threshold, eer): the `eer` method's threshold and the equal error rate there, (FPR + FNR) / 2.
+    None when the labels hold a single class."""
+    y, s = check_inputs(labels, scores)
+    if y.min() == y.max():
+        return None
+    c = candidates(y, s)
+    i = _eer_index(c)
+    return float(c.thr[i]), float((c.fp[i] / c.N + (c.P - c.tp[i]) / c.P) / 2.0)
 
 
 def all_thresholds(labels, scores, extra=()) -> dict[str, float]:
@@ -181,8 +198,8 @@ def all_thresholds(labels, scores, extra=()) -> dict[str, float]:
         k = canonical_method(text)
         if k not in keys:
             keys.append(k)
-    c = _counts(labels, scores)
-    return {k: _tune_counts(c, *parse_method(k)) for k in keys}
+    c = candidates(labels, scores)
+    return {k: tune_candidates(c, *parse_method(k)) for k in keys}
 
 
 def sweep(labels, scores) -> dict[str, np.ndarray]:
@@ -190,7 +207,7 @@ def sweep(labels, scores) -> dict[str, np.ndarray]:
 
     Keys: threshold, tp, fp, tn, fn, precision, recall, f1, specificity, fpr, fnr, youden.
     """
-    c = _counts(labels, scores)
+    c = candidates(labels, scores)
     tp, fp, P, N = c.tp, c.fp, c.P, c.N
     fn = P - tp
     tn = N - fp

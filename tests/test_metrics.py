@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.metrics import UNNAMED_ATTACK, build_metrics, by_attack, curve_metrics, eer_point, metric_dict, split_report
-from pipeline.thresholds import tune
+from pipeline.metrics import UNNAMED_ATTACK, build_metrics, by_attack, curve_metrics, metric_dict, split_report
+from pipeline.thresholds import eer_point, tune
 
 M_KEYS = {"threshold", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "mcc",
           "confusion_matrix"}

@@ -349,14 +349,14 @@ def test_metrics_json_is_recomputable_from_the_predictions(image_shards, tmp_pat
     from pipeline.thresholds import ThresholdUndefined
     from recompute import read_csv, run_mismatches
     if fallback:  # the tiny model's scores may or may not reach a precision target: make it unreachable
-        tune_counts = metrics_module._tune_counts
+        tune_candidates = metrics_module.tune_candidates
 
-        def unreachable_precision(counts, name, value):
+        def unreachable_precision(candidates, name, value):
             if name == "precision":
                 raise ThresholdUndefined("unreachable in this test")
-            return tune_counts(counts, name, value)
+            return tune_candidates(candidates, name, value)
 
-        monkeypatch.setattr(metrics_module, "_tune_counts", unreachable_precision)
+        monkeypatch.setattr(metrics_module, "tune_candidates", unreachable_precision)
     lines = []
     out = run_training(tiny_config(image_shards, tmp_path / "run", model="resnet18", report=fallback,
                                    threshold_method="precision:0.9" if fallback else "f1"), log=lines.append)
