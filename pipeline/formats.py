@@ -54,10 +54,6 @@ def payload_exts(modality: str, frames: int = 0) -> list[str]:
     return [frame_ext(i) for i in range(frames)]
 
 
-def shard_name(split: str, cls: str, index: int) -> str:
-    return f"{split}/{cls}-{index:06d}.tar"
-
-
 # ---------------------------------------------------------------- index files
 @dataclass(frozen=True)
 class Member:

@@ -34,7 +34,6 @@ import numpy as np
 
 from .formats import CLASSES
 
-MODES = ("inverse", "natural", "sqrt")
 # Random numbers are drawn in chunks of this many positions (bounded temporary memory). The result does not depend
 # on it: numpy's Generator.random() consumes the stream identically whether drawn at once or in pieces.
 _CHUNK = 1 << 20
@@ -281,16 +280,12 @@ def eval_indices(n: int, rank: int, world_size: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ sampler
 class EpochSampler:
-    """This rank's index batches for each epoch, with resumable position.
+    """This rank's index batches for each epoch.
 
     ``EpochSampler(labels, mode="inverse", epoch_len=None, seed=0, rank=0, world_size=1, batch_size=32)``;
     ``epoch_len`` defaults to the number of samples. ``mode`` is anything ``class_probabilities`` takes.
     ``batches(epoch, start_batch=0)`` yields ``batch_size`` index arrays; ``len(sampler)`` is batches per epoch per
-    rank. Position bookkeeping: after a batch has been yielded, ``state_dict()`` says ``{"epoch": e, "batch": b+1}``
-    (the next batch to run); once an epoch is exhausted it says ``{"epoch": e+1, "batch": 0}``. To resume:
-    ``s.load_state_dict(ckpt["sampler"]); for batch in s.batches(s.epoch, s.batch): ...``. The state also stores
-    world_size and batch_size; loading it under different ones maps the position through the global step
-    (``batch * W * B`` plan positions done), rounding down.
+    rank. Where a resumed run goes on is `pipeline.resume.Position`'s business.
     """
 
     def __init__(self, labels: np.ndarray, mode: str | Mapping[str, float] = "inverse", epoch_len: int | None = None,
@@ -310,7 +305,6 @@ class EpochSampler:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.seed, self.rank, self.world_size, self.batch_size = int(seed), int(rank), int(world_size), int(batch_size)
-        self.epoch, self.batch = 0, 0
 
     @property
     def without_replacement(self) -> bool:
@@ -327,21 +321,7 @@ class EpochSampler:
 
     def batches(self, epoch: int, start_batch: int = 0) -> Iterator[np.ndarray]:
         idx = rank_slice(self.plan(epoch), self.rank, self.world_size, self.batch_size, start_batch)
-        self.epoch, self.batch = int(epoch), int(start_batch)
-        for b, batch in enumerate(idx.reshape(-1, self.batch_size)):
-            self.batch = start_batch + b + 1
-            yield batch
-        self.epoch, self.batch = int(epoch) + 1, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "world_size": self.world_size, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        epoch, batch = int(state["epoch"]), int(state["batch"])
-        w, b = int(state.get("world_size", self.world_size)), int(state.get("batch_size", self.batch_size))
-        if (w, b) != (self.world_size, self.batch_size):
-            batch = batch * w * b // (self.world_size * self.batch_size)
-        self.epoch, self.batch = epoch, min(batch, len(self))
+        yield from idx.reshape(-1, self.batch_size)
 
     def describe(self) -> str:
         """One line for the console: e.g. ``sampling inverse: real 50.0% fake 50.0% (natural 90.0% / 10.0%)``."""

@@ -195,7 +195,7 @@ def _drop_duplicates(kept: list[Candidate], files: dict[str, _File]) -> tuple[li
     return out, rejects
 
 
-def walk_input(root: str | Path, exclude: Path | None = None) -> tuple[list[_File], list[dict]]:
+def walk_input(root: str | Path) -> tuple[list[_File], list[dict]]:
     """Every file under root as the user sees it (see `_walk`), with the rejects it met on the way."""
     root = Path(root)
     if not root.exists():
@@ -203,9 +203,6 @@ def walk_input(root: str | Path, exclude: Path | None = None) -> tuple[list[_Fil
     if not root.is_dir():
         raise InputError(f"INPUT {root} is not a folder")
     files, rejects = _walk(root)
-    if exclude is not None:
-        ex = exclude.resolve()
-        files = [f for f in files if ex not in Path(f.real).parents]
     if not files:
         raise InputError(f"INPUT {root} is empty: put files under {root}/real and {root}/fake")
     return files, rejects
@@ -246,9 +243,9 @@ def select(root: Path, files: list[_File], candidates: list[Candidate], modality
 
 
 def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str] | None = None,
-             group_depth: int = 0, exclude: Path | None = None) -> Discovery:
+             group_depth: int = 0) -> Discovery:
     """Candidates and rejects of a folders layout (see `pipeline.datasets.folders`)."""
     from .datasets import DatasetOptions, discover_dataset
     opts = DatasetOptions(class_map=class_map if class_map is not None else dict(DEFAULT_CLASS_MAP),
                           group_depth=group_depth)
-    return discover_dataset("folders", root, modality, opts, exclude)
+    return discover_dataset("folders", root, modality, opts)

@@ -35,15 +35,14 @@ def module(name: str):
     return importlib.import_module(f"{__name__}.{MODULES[name]}")
 
 
-def discover_dataset(name: str, root, modality: str = "auto", opts: DatasetOptions | None = None,
-                     exclude: Path | None = None) -> Discovery:
+def discover_dataset(name: str, root, modality: str = "auto", opts: DatasetOptions | None = None) -> Discovery:
     mod = module(name)
     root = Path(root)
     opts = opts or DatasetOptions()
     opts.modality = modality
     if opts.protocol is not None and not opts.protocol.exists():
         raise InputError(f"--protocol {opts.protocol}: not found")
-    files, rejects = walk_input(root, exclude)
+    files, rejects = walk_input(root)
     cands, more = mod.candidates(root, files, opts)
     also = getattr(mod, "ALSO_READS", {}).get(modality, frozenset())
     modality, kept, unsupported = select(root, files, cands, modality, also)

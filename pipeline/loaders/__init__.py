@@ -174,9 +174,6 @@ class Loader:
     def class_counts_delivered(self) -> dict[str, int]:
         return {c: int(self.delivered[i]) for i, c in enumerate(CLASSES)}
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "start_batch": self.start_batch}
-
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
