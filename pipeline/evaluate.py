@@ -8,15 +8,14 @@ import numpy as np
 from . import atomic, checkpoint
 from .engine import amp_setup, predict
 from .errors import InputError
-from .loaders import LoaderOptions, make_loader, resolve_device
+from .loaders import LoaderOptions, make_loader, resolve_backend, resolve_device
 
 
 def eval_backend(ckpt: dict, backend: str = "auto") -> str:
     """auto: the backend the model was trained and tuned with, so its threshold meets the same eval transforms."""
-    from .train import _resolve_backend
     if backend == "auto":
         backend = ckpt["config"].get("backend", "auto")
-    return _resolve_backend(backend)
+    return resolve_backend(backend)
 
 
 def eval_options(ckpt: dict, batch_size: int, workers: int = 2) -> LoaderOptions:

@@ -24,7 +24,7 @@ from .engine import (Dist, all_gather_objects, amp_setup, gather_predictions, in
                      reduce_sum, train_one_epoch, weights_checksum)
 from .errors import InputError, TrainingError
 from .formats import CLASSES, read_manifest
-from .loaders import LoaderOptions, make_loader, resolve_device
+from .loaders import LoaderOptions, make_loader, resolve_backend, resolve_device
 from .predictions import write_predictions
 from .resume import Position
 from .stats import RECOMMENDED, imbalance_ratio, severity
@@ -129,16 +129,6 @@ def _check_splits(manifest: dict, shards: str, limit: int | None) -> dict[str, i
     return train
 
 
-def _resolve_backend(name: str) -> str:
-    if name != "auto":
-        return name
-    try:
-        import nvidia.dali  # noqa: F401
-        return "dali"
-    except ImportError:
-        return "torch"
-
-
 def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> Path:
     """`given`: the options set on the command line; on --resume they are applied or refused (see resume.py)."""
     device, d = _setup_device(cfg.device)
@@ -238,7 +228,7 @@ def _decide(cfg: TrainConfig, manifest: dict):
     model_name = cfg.model or DEFAULT_MODEL[modality]
     if model_name not in MODELS[modality]:
         raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}")
-    return replace(cfg, model=model_name, backend=_resolve_backend(cfg.backend)), decision, train_counts
+    return replace(cfg, model=model_name, backend=resolve_backend(cfg.backend)), decision, train_counts
 
 
 def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict, device, d: Dist) -> _Run:

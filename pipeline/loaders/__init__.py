@@ -175,6 +175,17 @@ class Loader:
         return {c: int(self.delivered[i]) for i, c in enumerate(CLASSES)}
 
 
+def resolve_backend(name: str) -> str:
+    """auto: dali where it is installed, else torch."""
+    if name != "auto":
+        return name
+    try:
+        import nvidia.dali  # noqa: F401
+        return "dali"
+    except ImportError:
+        return "torch"
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
