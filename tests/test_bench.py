@@ -13,6 +13,7 @@ from pipeline.shards import ShardParams, build_shards
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_all_toy_scale(tmp_path):
     out = tmp_path / "bench.json"
     # 64x64 training: CPUs without bf16 instructions emulate it, tens of times slower than fp32 at 224
