@@ -258,6 +258,7 @@ def test_torchrun_two_ranks_gloo(image_shards, tmp_path):
         sum(metrics["val"]["default"]["confusion_matrix"][1])
 
 
+@pytest.mark.slow
 def test_bad_training_inputs_exit_2(tmp_path, image_shards):
     one = tmp_path / "one"
     rng = np.random.default_rng(0)
@@ -319,6 +320,7 @@ def test_evaluate_tune_predict_and_report_commands(image_shards, tmp_path):
     assert r.returncode == 0 and (out / "report.html").stat().st_size > 10000
 
 
+@pytest.mark.slow
 def test_mid_epoch_checkpoint_resumes_the_remaining_batches(image_shards, tmp_path, monkeypatch):
     from pipeline.loaders import Loader
     monkeypatch.setenv("DFP_RECORD_KEYS", "1")
@@ -382,6 +384,7 @@ def test_metrics_json_is_recomputable_from_the_predictions(image_shards, tmp_pat
     assert "unreachable in this test" in (out / "report.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_killed_between_the_last_step_and_validation_resumes_to_one_row_per_epoch(image_shards, tmp_path, monkeypatch):
     """The window where an epoch's batches are all trained but its row is not yet written: the resumed run
     must still validate that epoch, and report it with the whole epoch's sums."""
