@@ -105,6 +105,7 @@ def test_the_backends_score_differently_so_the_match_is_no_accident(tmp_path_fac
     assert max(diff) > TOL
 
 
+@pytest.mark.slow
 def test_unpreparable_and_undecodable_files_get_error_rows(tmp_path):
     raw = tmp_path / "raw"
     rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@ import html
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +221,41 @@ def test_no_attack_table_without_attacks(tmp_path):
     assert "by_attack" not in doc["val"]
     assert "Per attack" not in (run / "training_results.txt").read_text()
     assert "Per attack" not in (run / "report.html").read_text(encoding="utf-8")
+
+
+def test_txt_and_html_sections(tmp_path):
+    """Setup, dataset, threshold and results sections carry the same numbers in the text and on the page."""
+    run, doc, config = make_run(tmp_path)
+    render_report(run)
+    text = (run / "training_results.txt").read_text(encoding="utf-8")
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "Model: efficientnet_b0\n" in text and "Loss: name=focal, gamma=2.0\n" in text
+    assert "Strategy: sampler=weighted, minority_augment=True\n" in text
+    assert "<td>Model</td><td>efficientnet_b0</td>" in page
+    assert f"{'train':<8}{600:>10}{150:>10}{750:>10}   4.00:1 (real majority)\n" in text
+    assert "<td>train</td><td>600</td><td>150</td><td>750</td><td>4.00:1 (real majority)</td>" in page
+    assert "   Total: 1065\n" in text and "<td><strong>all</strong></td><td>850</td><td>215</td><td>1,065</td>" in page
+    chosen = doc["chosen"]
+    assert f"   {chosen['method']}: {chosen['threshold']:.6f}   <- chosen\n" in text
+    assert f"<td>{chosen['method']}</td><td>{chosen['threshold']:.6f}</td><td>&#10004; chosen</td>" in page
+    for split in ("val", "test"):
+        rep = doc[split]
+        assert f"   F1: {rep['tuned']['f1']:.4f}\n" in text
+        assert f"AUC: {rep['auc']:.4f}   AP: {rep['ap']:.4f}   EER: {rep['eer']:.4f}\n" in text
+        assert f"<h2>Results: {split}</h2>" in page and f"<td>{rep['auc']:.4f}</td>" in page
+    assert f"<pre>{html.escape(text)}</pre>" in page  # the page ends with the text summary, escaped
+    order = [page.index(h) for h in ("<h2>Setup</h2>", "<h2>Dataset</h2>", "<h2>Thresholds", "<h2>Results: val",
+                                     "<h2>Results: test", "<h2>Plots</h2>", "<h2>training_results.txt</h2>")]
+    assert order == sorted(order)
+
+
+def test_import_loads_neither_matplotlib_nor_sklearn():
+    """`dfp stats` and `dfp --help` import pipeline.report's names; the heavy libraries wait for a figure or a
+    metrics recomputation."""
+    import subprocess
+    import sys
+    code = ("import sys, pipeline.report; "
+            "print(sorted(m for m in ('matplotlib', 'sklearn', 'torch') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.stdout.strip() == "[]"

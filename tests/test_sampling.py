@@ -195,6 +195,7 @@ def test_epoch_sampler_natural_is_permutation():
     assert "natural" in s.describe() and "real" in s.describe()
 
 
+@pytest.mark.slow
 def test_plan_1e8_is_fast():
     n = 10 ** 8
     labels = np.zeros(n, dtype=np.int8)

@@ -154,6 +154,7 @@ def _history(out):
     return list(csv.DictReader(open(out / "history.csv")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_run(image_shards, tmp_path, backend):
     full = tmp_path / "full"
@@ -183,6 +184,7 @@ def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_run(image_shard
     assert m_run["test"]["auc"] == pytest.approx(m_full["test"]["auc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_applies_changeable_flags_and_refuses_the_rest(image_shards, tmp_path):
     out = tmp_path / "run"
     r = _cli(*_train_args(image_shards, out, "torch", epochs=1))
@@ -231,6 +233,7 @@ def _torchrun(shards, out, ranks: int, port: int, backend="torch"):
     return r
 
 
+@pytest.mark.slow
 def test_torchrun_runs_always_exit(image_shards, tmp_path):
     """A teardown deadlock (reducer destroying gloo's group with the GIL held) hung about one run in six."""
     for i, ranks in enumerate((2, 3, 2)):
@@ -239,6 +242,7 @@ def test_torchrun_runs_always_exit(image_shards, tmp_path):
         assert config["distributed"] == {"world_size": ranks, "weights_identical": True}
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_gloo(image_shards, tmp_path):
     out = tmp_path / "run"
     _torchrun(image_shards, out, 2, 29517)
@@ -255,6 +259,7 @@ def test_torchrun_two_ranks_gloo(image_shards, tmp_path):
         sum(metrics["val"]["default"]["confusion_matrix"][1])
 
 
+@pytest.mark.slow
 def test_bad_training_inputs_exit_2(tmp_path, image_shards):
     one = tmp_path / "one"
     rng = np.random.default_rng(0)
@@ -286,6 +291,7 @@ def test_bad_training_inputs_exit_2(tmp_path, image_shards):
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_tune_predict_and_report_commands(image_shards, tmp_path):
     out = run_training(tiny_config(image_shards, tmp_path / "run", model="resnet18"), log=lambda *a: None)
     r = _cli("evaluate", out / "best_model.pth", image_shards, "--split", "test", "--out", tmp_path / "ev", "--device", "cpu")
@@ -315,6 +321,7 @@ def test_evaluate_tune_predict_and_report_commands(image_shards, tmp_path):
     assert r.returncode == 0 and (out / "report.html").stat().st_size > 10000
 
 
+@pytest.mark.slow
 def test_mid_epoch_checkpoint_resumes_the_remaining_batches(image_shards, tmp_path, monkeypatch):
     from pipeline.loaders import Loader
     monkeypatch.setenv("DFP_RECORD_KEYS", "1")
@@ -378,6 +385,7 @@ def test_metrics_json_is_recomputable_from_the_predictions(image_shards, tmp_pat
     assert "unreachable in this test" in (out / "report.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_killed_between_the_last_step_and_validation_resumes_to_one_row_per_epoch(image_shards, tmp_path, monkeypatch):
     """The window where an epoch's batches are all trained but its row is not yet written: the resumed run
     must still validate that epoch, and report it with the whole epoch's sums."""

@@ -1,0 +1,55 @@
+"""Samples per split and class, and the imbalance ratio as the report words it (text, HTML and the stats plot)."""
+from __future__ import annotations
+
+from ..formats import SPLITS
+
+
+def imbalance_ratio(real: int, fake: int) -> float | None:
+    """majority / minority; None when a class is absent."""
+    lo, hi = min(real, fake), max(real, fake)
+    return hi / lo if lo > 0 else None
+
+
+def format_ratio(real: int, fake: int) -> str:
+    if real + fake == 0:
+        return "empty"
+    r = imbalance_ratio(real, fake)
+    if r is None:
+        return f"single class ({'real' if fake == 0 else 'fake'} only)"
+    if real == fake:
+        return "1.00:1 (balanced)"
+    return f"{r:.2f}:1 ({'real' if real > fake else 'fake'} majority)"
+
+
+def short_ratio(real: int, fake: int) -> str:
+    r = imbalance_ratio(real, fake)
+    return f"{r:.2f}:1" if r is not None else format_ratio(real, fake)
+
+
+def split_counts(config: dict | None, metrics: dict | None = None) -> dict[str, dict[str, int]]:
+    """{"train": {"real": n, "fake": k}, ...} from config["dataset"]["splits"]; for val/test missing
+    there, from the confusion matrices in metrics.json (real = tn + fp, fake = fn + tp)."""
+    out: dict[str, dict[str, int]] = {}
+    splits = ((config or {}).get("dataset") or {}).get("splits") if isinstance(config, dict) else None
+    if isinstance(splits, dict):
+        for name, c in splits.items():
+            if isinstance(c, dict):
+                try:
+                    out[str(name)] = {"real": int(c.get("real", 0)), "fake": int(c.get("fake", 0))}
+                except (TypeError, ValueError):
+                    continue
+    for name in ("val", "test"):
+        rep = (metrics or {}).get(name) if isinstance(metrics, dict) else None
+        if name not in out and isinstance(rep, dict):
+            try:
+                (tn, fp), (fn, tp) = rep["default"]["confusion_matrix"]
+                out[name] = {"real": int(tn + fp), "fake": int(fn + tp)}
+            except (KeyError, TypeError, ValueError):
+                pass
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def totals(counts: dict[str, dict[str, int]]) -> tuple[int, int]:
+    """(real, fake) summed over the splits."""
+    return sum(c["real"] for c in counts.values()), sum(c["fake"] for c in counts.values())

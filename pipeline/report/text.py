@@ -1,0 +1,163 @@
+"""`training_results.txt`: the run's setup, dataset statistics, thresholds and per-split results as plain text.
+
+The small formatters here (setup items, warnings, per-attack rows) are shared with the HTML page so that both
+say the same thing.
+"""
+from __future__ import annotations
+
+from ..thresholds import DEFAULT_THRESHOLD
+from .counts import format_ratio, split_counts, totals
+
+SUMMARY_FILE = "training_results.txt"
+METRIC_ROWS = (("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced Accuracy"), ("precision", "Precision"),
+               ("recall", "Recall"), ("f1", "F1"), ("specificity", "Specificity"), ("mcc", "MCC"))
+RULE = "=" * 80
+THIN = "-" * 80
+
+
+def _describe(value) -> str:
+    """Free-form config values (str, dict, list) as one readable line."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_describe(v) if not isinstance(v, dict) else '(' + _describe(v) + ')'}"
+                         for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    return str(value)
+
+
+def setup_items(config: dict) -> list[tuple[str, str]]:
+    """(label, value) pairs describing how the run was trained, from config.json."""
+    if not isinstance(config, dict):
+        return []
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    items = []
+    modality = dataset.get("modality", config.get("modality"))
+    if modality:
+        items.append(("Modality", str(modality)))
+    for key, label in (("model", "Model"), ("loss", "Loss"), ("strategy", "Strategy"), ("sampler", "Sampler"),
+                       ("epochs", "Epochs"), ("batch_size", "Batch size"), ("lr", "Learning rate"),
+                       ("device", "Device"), ("threshold_method", "Threshold method")):
+        if config.get(key) not in (None, "", {}):
+            items.append((label, _describe(config[key])))
+    return items
+
+
+def fmt(x, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def improvement(default_f1: float, tuned_f1: float) -> str:
+    delta = tuned_f1 - default_f1
+    if default_f1 > 0:
+        return f"{delta / default_f1 * 100:+.2f}% ({default_f1:.4f} -> {tuned_f1:.4f}, {delta:+.4f} F1)"
+    return f"{delta:+.4f} F1 ({default_f1:.4f} -> {tuned_f1:.4f}; relative change undefined)"
+
+
+def report_notes(metrics: dict) -> list[str]:
+    """Warnings recoverable from metrics.json alone (single-class splits, untuned threshold)."""
+    from ..metrics import fallback_warning  # scikit-learn: importing pipeline.report stays cheap
+
+    notes = []
+    if not isinstance(metrics, dict) or not metrics:
+        return ["metrics.json is missing: no results to report"]
+    chosen = metrics.get("chosen") or {}
+    method = chosen.get("method")
+    thresholds = metrics.get("thresholds") or {}
+    val = metrics.get("val") or {}
+    fallback = fallback_warning(chosen)
+    if fallback:
+        notes.append(fallback)
+    if val and val.get("auc") is None:
+        notes.append("val split has a single class: AUC/AP/EER are null" + ("" if fallback else
+                     f"; threshold tuning is undefined and the default threshold {DEFAULT_THRESHOLD} is used"))
+    elif not fallback and method and method != "default" and method not in thresholds:
+        # a metrics.json without fallback keys names the requested method even where 0.5 was applied
+        notes.append(f"threshold method {method} is undefined on val; the default threshold "
+                     f"{DEFAULT_THRESHOLD} is used")
+    test = metrics.get("test")
+    if isinstance(test, dict) and test.get("auc") is None:
+        notes.append("test split has a single class: AUC/AP/EER are null")
+    return notes
+
+
+def attack_rows(by_attack) -> list[tuple[str, dict]]:
+    """The well-formed entries of a split's "by_attack", in their saved order (metrics.json may be hand-edited)."""
+    if not isinstance(by_attack, dict):
+        return []
+    return [(str(name), r) for name, r in by_attack.items() if isinstance(r, dict) and "n" in r]
+
+
+def attack_table_lines(by_attack, threshold: float) -> list[str]:
+    """The per-attack table as text (training_results.txt and `dfp evaluate`'s console); [] without one."""
+    rows = attack_rows(by_attack)
+    if not rows:
+        return []
+    w = max(len("Attack"), *(len(name) for name, _ in rows))
+    lines = [f"Per attack (all reals against each attack's fakes; recall at threshold {threshold:.4f}):",
+             f"   {'Attack':<{w}}  {'n':>7}  {'AUC':>7}  {'EER':>7}  {'Recall':>7}"]
+    lines += [f"   {name:<{w}}  {r['n']:>7}  {fmt(r.get('auc')):>7}  {fmt(r.get('eer')):>7}  {fmt(r.get('recall')):>7}"
+              for name, r in rows]
+    return lines
+
+
+def _dataset_lines(counts: dict[str, dict[str, int]]) -> list[str]:
+    lines = ["DATASET STATISTICS", THIN]
+    if not counts:
+        return lines + ["   (no dataset statistics recorded)", ""]
+    lines.append(f"{'Split':<8}{'Real':>10}{'Fake':>10}{'Total':>10}   Imbalance Ratio")
+    for name, c in counts.items():
+        lines.append(f"{name:<8}{c['real']:>10}{c['fake']:>10}{c['real'] + c['fake']:>10}   "
+                     f"{format_ratio(c['real'], c['fake'])}")
+    real, fake = totals(counts)
+    return lines + ["", f"   Total: {real + fake}", f"   Real: {real}", f"   Fake: {fake}",
+                    f"   Imbalance Ratio: {format_ratio(real, fake)}", ""]
+
+
+def _threshold_lines(chosen: dict, thresholds: dict) -> list[str]:
+    if not chosen:
+        return []
+    lines = ["THRESHOLD TUNING (on val only; a sample is fake when score >= threshold)", THIN]
+    for k, v in thresholds.items():
+        lines.append(f"   {k}: {v:.6f}" + ("   <- chosen" if k == chosen.get("method") else ""))
+    lines.append(f"   Chosen: method {chosen.get('method')}, threshold {chosen.get('threshold', 0.5):.6f}")
+    if chosen.get("fallback_reason"):
+        lines.append(f"   Requested: method {chosen.get('requested')}, not applied: {chosen['fallback_reason']}")
+    return lines + [""]
+
+
+def _split_lines(name: str, rep: dict, chosen: dict) -> list[str]:
+    d, t = rep["default"], rep["tuned"]
+    method = chosen.get("method", "?")
+    lines = [f"{name.upper()} RESULTS", THIN]
+    for title, m in ((f"Results (threshold={d['threshold']:.4g}):", d),
+                     (f"Results (threshold={t['threshold']:.4f}, tuned on val, method {method}):", t)):
+        lines.append(title)
+        lines += [f"   {label}: {m[key]:.4f}" for key, label in METRIC_ROWS]
+        lines.append(f"   Confusion matrix [[TN, FP], [FN, TP]]: {m['confusion_matrix']}")
+        lines.append("")
+    lines.append(f"Improvement (F1, tuned vs 0.5): {improvement(d['f1'], t['f1'])}")
+    lines.append(f"AUC: {fmt(rep.get('auc'))}   AP: {fmt(rep.get('ap'))}   EER: {fmt(rep.get('eer'))}")
+    lines.append("")
+    table = attack_table_lines(rep.get("by_attack"), t["threshold"])
+    return lines + (table + [""] if table else [])
+
+
+def summary_text(metrics: dict, config: dict) -> str:
+    """The text of `training_results.txt`, also printed on the console at the end of training."""
+    metrics = metrics if isinstance(metrics, dict) else {}
+    config = config if isinstance(config, dict) else {}
+    lines = [RULE, "DEEPFAKE DETECTION - TRAINING RESULTS", RULE]
+    lines += [f"{label}: {value}" for label, value in setup_items(config)]
+    lines.append("")
+    lines += _dataset_lines(split_counts(config, metrics))
+    chosen = metrics.get("chosen") or {}
+    lines += _threshold_lines(chosen, metrics.get("thresholds") or {})
+    for name in ("val", "test"):
+        rep = metrics.get(name)
+        if isinstance(rep, dict) and "default" in rep and "tuned" in rep:
+            lines += _split_lines(name, rep, chosen)
+    notes = report_notes(metrics)
+    if notes:
+        lines += ["WARNINGS", THIN] + [f"   - {n}" for n in notes] + [""]
+    lines.append(RULE)
+    return "\n".join(lines) + "\n"
