@@ -182,9 +182,9 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT"),
                                                 val_fraction=val_fraction, ff_compression=ff_compression))
     if plot:
         from .atomic import write_bytes
-        from .report import _png, plot_dataset_stats
+        from .report import plot_dataset_stats, png_bytes
         plot.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(plot, _png(plot_dataset_stats(st["splits"], st["modality"])))
+        write_bytes(plot, png_bytes(plot_dataset_stats(st["splits"], st["modality"])))
     if as_json:
         typer.echo(json.dumps(json_safe(st), indent=2))
     else:

@@ -12,7 +12,7 @@ DEVICES = ["cpu", pytest.param("gpu", marks=pytest.mark.skipif(not torch.cuda.is
 
 
 def _run(graph, batch_size: int, device: str, sources):
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def
 
     @pipeline_def(batch_size=batch_size, num_threads=1, device_id=0 if device == "gpu" else None, exec_dynamic=True)
     def pipe():

@@ -82,7 +82,7 @@ def test_render_full_run(tmp_path):
     assert "Results (threshold=0.5)" in text and "Improvement" in text
     assert "VAL RESULTS" in text and "TEST RESULTS" in text
     assert text == summary_text(doc, config)
-    assert not list(run.glob(".*.tmp"))  # no temporary files left behind
+    assert not list(run.glob("*.partial"))  # no temporary files left behind
 
 
 def test_missing_history_and_test(tmp_path):

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from factory import image_tree, smooth_image, write_jpeg
 from pipeline import sources

@@ -1,6 +1,5 @@
 """The shard tar writer: standard tars whose index and checksum are computed while writing."""
 import hashlib
-import io
 import tarfile
 
 import pytest

@@ -17,11 +17,11 @@ import csv
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
 from ..predictions import Predictions, read_prediction_table
 from .counts import format_ratio, imbalance_ratio, split_counts
 from .html import HTML_FILE, render_html
@@ -29,9 +29,8 @@ from .plots import (PLOTS, plot_confusion, plot_dataset_stats, plot_pr, plot_roc
                     plot_training_curves, png_bytes, render_plots)
 from .text import SUMMARY_FILE, attack_table_lines, report_notes, summary_text
 
-_png = png_bytes  # the name `dfp stats --plot` (cli.py) imports
 
-__all__ = ["HTML_FILE", "PLOTS", "SUMMARY_FILE", "atomic_write_bytes", "atomic_write_text", "attack_table_lines",
+__all__ = ["HTML_FILE", "PLOTS", "SUMMARY_FILE", "attack_table_lines",
            "format_ratio", "imbalance_ratio", "plot_confusion", "plot_dataset_stats", "plot_pr", "plot_roc",
            "plot_threshold_analysis", "plot_training_curves", "png_bytes", "read_history", "render_html",
            "render_plots", "render_report", "report_notes", "split_counts", "summary_text", "write_json"]
@@ -39,29 +38,9 @@ __all__ = ["HTML_FILE", "PLOTS", "SUMMARY_FILE", "atomic_write_bytes", "atomic_w
 log = logging.getLogger(__name__)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def write_json(path: str | Path, obj) -> Path:
     """Atomic JSON (indent 2); NaN/inf are refused rather than written as invalid JSON."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    return atomic.write_json(path, obj, allow_nan=False)
 
 
 def read_history(path: str | Path) -> dict[str, np.ndarray]:
@@ -147,9 +126,9 @@ def render_report(run_dir: str | Path) -> list[Path]:
         metrics = _recompute_metrics(config, tables, preds)
 
     images = render_plots(config, metrics, preds, _read_history(run))
-    written = [atomic_write_bytes(run / name, data) for name, data in images.items()]
+    written = [atomic.write_bytes(run / name, data) for name, data in images.items()]
     summary = summary_text(metrics or {}, config)
-    written.append(atomic_write_text(run / SUMMARY_FILE, summary))
-    written.append(atomic_write_text(run / HTML_FILE, render_html(run.resolve().name, metrics or {}, config,
+    written.append(atomic.write_text(run / SUMMARY_FILE, summary))
+    written.append(atomic.write_text(run / HTML_FILE, render_html(run.resolve().name, metrics or {}, config,
                                                                   images, summary)))
     return written

@@ -1,13 +1,16 @@
 """Samples per split and class, and the imbalance ratio as the report words it (text, HTML and the stats plot)."""
 from __future__ import annotations
 
+import math
+
 from ..formats import SPLITS
+from ..stats import imbalance_ratio as stats_ratio
 
 
 def imbalance_ratio(real: int, fake: int) -> float | None:
-    """majority / minority; None when a class is absent."""
-    lo, hi = min(real, fake), max(real, fake)
-    return hi / lo if lo > 0 else None
+    """majority / minority (`stats.imbalance_ratio`); None when a class is absent, which the report words itself."""
+    r = stats_ratio({"real": real, "fake": fake})
+    return r if math.isfinite(r) else None
 
 
 def format_ratio(real: int, fake: int) -> str:
