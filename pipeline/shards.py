@@ -115,79 +115,131 @@ def _face_settings(params: ShardParams, modality: str) -> dict | None:
 
 def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, params: ShardParams,
                  workers: int | None = None, progress: bool = True, log=print) -> dict:
+    """INPUT -> OUT: plan (discover, limit, split), pack under OUT/.building, then move into place and write the
+    manifest last, so OUT never holds a manifest that disagrees with the shards beside it."""
     inp, out = Path(input_dir), Path(out_dir)
     _check_paths(inp, out)
+    t0 = time.time()
+    plan = _plan(inp, params)
+    build = out / BUILD_DIR
+    shard_rows, counts, failed = _pack(plan, build, params, workers, progress)
+    rejects = sorted(plan.rejects + failed, key=lambda r: r["source"])
+    _move_into_place(build, out)
+    atomic.write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    write_manifest(out, _manifest(inp, params, plan, shard_rows, counts, len(rejects)))
+    seconds = time.time() - t0
+    packed = sum(sum(v.values()) for v in counts.values())
+    return {"packed": packed, "rejected": len(rejects), "reasons": dict(Counter(_reason_kind(r["reason"]) for r in rejects)),
+            "shards": len(shard_rows), "bytes": sum(r["bytes"] for r in shard_rows), "seconds": seconds,
+            "splits": counts, "files_per_s": (packed + len(rejects)) / max(seconds, 1e-9), "modality": plan.modality,
+            "warnings": empty_class_warnings(counts, plan.fractions, plan.presplit, plan.cands,
+                                             any(c.group for c in plan.cands))}
+
+
+@dataclass
+class _Plan:
+    modality: str
+    media_params: dict
+    cands: list
+    rejects: list
+    fractions: tuple
+    presplit: object
+
+
+def _plan(inp: Path, params: ShardParams) -> _Plan:
+    """What will be packed, in shard order (split, class, source), and what is rejected before packing."""
     fractions = parse_split(params.split)
     disc = discover_input(inp, params)
     modality = disc.modality
-    max_side = params.max_side or DEFAULT_MAX_SIDE[modality]
-    media_params = {"max_side": max_side, "sample_rate": params.sample_rate, "frames": params.frames,
-                    "check": params.check, "faces": _face_settings(params, modality)}
+    media_params = {"max_side": params.max_side or DEFAULT_MAX_SIDE[modality], "sample_rate": params.sample_rate,
+                    "frames": params.frames, "check": params.check, "faces": _face_settings(params, modality)}
     cands, over = _limit_per_class(disc.candidates, params.max_samples_per_class, params.seed)
-    rejects = disc.rejects + over
     presplit = resolve_splits(cands, fractions, params.val_fraction, params.seed)
     order = {s: i for i, s in enumerate(SPLITS)}
     cands.sort(key=lambda c: (order[c.split], CLASSES.index(c.cls), c.source))
+    return _Plan(modality, media_params, cands, disc.rejects + over, fractions, presplit)
 
-    t0 = time.time()
-    build = out / BUILD_DIR
+
+def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, progress: bool):
+    """Prepare the candidates in worker processes and write them, in order, into one shard run per (split, class).
+    Returns the shard rows, the per-split class counts and the files that failed to prepare."""
     shutil.rmtree(build, ignore_errors=True)
     for s in SPLITS:
         (build / s).mkdir(parents=True, exist_ok=True)
-    shard_rows: list[dict] = []
-    counts = {s: {c: 0 for c in CLASSES} for s in SPLITS}
+    sink = _ShardSink(build, params)
+    workers = max(1, workers or os.cpu_count() or 1)
+    jobs = ((c.path, plan.modality, plan.media_params) for c in plan.cands)
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    results = pool.imap(_prepare_in_worker, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(plan.cands), unit="file", desc=f"packing {plan.modality}", dynamic_ncols=True)
+    failed = []
+    try:
+        for c, (payload, meta, err) in zip(plan.cands, results):
+            if bar:
+                bar.update(1)
+            kept_bytes = meta.pop("kept_bytes", None) if err is None else None
+            if err is None and payload is None:
+                payload = _kept_payload(c.path, kept_bytes)
+                err = None if payload is not None else "unreadable: the file changed while packing"
+            if err is not None:
+                failed.append({"source": c.source, "reason": err})
+                continue
+            sink.write(c, payload, meta)
+        sink.close()
+    finally:
+        sink.abort()  # after an error: the shard stays a .partial under .building
+        if bar:
+            bar.close()
+        if pool:
+            pool.terminate()
+    order = {s: i for i, s in enumerate(SPLITS)}
+    sink.rows.sort(key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
+    return sink.rows, sink.counts, failed
 
-    def finish_shard(fname: str, digest: str, samples: list) -> None:
+
+class _ShardSink:
+    """One ShardWriter per (split, class) run of samples; finished shards get their .idx and a manifest row."""
+
+    def __init__(self, build: Path, params: ShardParams):
+        self.build, self.params = build, params
+        self.writer, self.current = None, None
+        self.rows: list[dict] = []
+        self.counts = {s: {c: 0 for c in CLASSES} for s in SPLITS}
+
+    def write(self, c, payload: dict, meta: dict) -> None:
+        if (c.split, c.cls) != self.current:
+            self.close()
+            self.current = (c.split, c.cls)
+            self.writer = ShardWriter(str(self.build / c.split / f"{c.cls}-%06d.tar.partial"),
+                                      maxcount=self.params.max_count, maxsize=self.params.max_size, post=self._finish)
+        self.writer.write(encode_sample(sample_key(c.source), c.source, c.cls, payload, _labels(c) | meta))
+        self.counts[c.split][c.cls] += 1
+
+    def _finish(self, fname: str, digest: str, samples: list) -> None:
         partial = Path(fname)
         final = partial.with_name(partial.name[: -len(".partial")])
         atomic.write_text(final.with_suffix(".idx"), index_text(samples))
         os.replace(partial, final)
         split, cls = final.parent.name, final.name.split("-")[0]
-        shard_rows.append({"path": final.relative_to(build).as_posix(), "split": split, "class": cls,
-                           "samples": len(samples), "bytes": final.stat().st_size, "sha256": digest})
+        self.rows.append({"path": final.relative_to(self.build).as_posix(), "split": split, "class": cls,
+                          "samples": len(samples), "bytes": final.stat().st_size, "sha256": digest})
 
-    workers = max(1, workers or os.cpu_count() or 1)
-    jobs = ((c.path, modality, media_params) for c in cands)
-    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
-    results = pool.imap(_prepare_in_worker, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
-    writer, current = None, None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(cands), unit="file", desc=f"packing {modality}", dynamic_ncols=True)
-    try:
-        for c, (payload, meta, err) in zip(cands, results):
-            if bar:
-                bar.update(1)
-            if err is not None:
-                rejects.append({"source": c.source, "reason": err})
-                continue
-            if (c.split, c.cls) != current:
-                if writer:
-                    writer.close()
-                current = (c.split, c.cls)
-                writer = ShardWriter(str(build / c.split / f"{c.cls}-%06d.tar.partial"), maxcount=params.max_count,
-                                     maxsize=params.max_size, post=finish_shard)
-            kept_bytes = meta.pop("kept_bytes", None)
-            if payload is None:
-                payload = _kept_payload(c.path, kept_bytes)
-                if payload is None:
-                    rejects.append({"source": c.source, "reason": "unreadable: the file changed while packing"})
-                    continue
-            writer.write(encode_sample(sample_key(c.source), c.source, c.cls, payload, _labels(c) | meta))
-            counts[c.split][c.cls] += 1
-        if writer:
-            writer.close()
-    finally:
-        if writer:
-            writer.abort()  # after an error: the shard stays a .partial under .building
-        if bar:
-            bar.close()
-        if pool:
-            pool.terminate()
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+            self.writer = None
 
-    # Move into place: drop the old manifest first, so an interruption here never leaves a
-    # manifest that disagrees with the shards next to it.
+    def abort(self) -> None:
+        if self.writer:
+            self.writer.abort()
+            self.writer = None
+
+
+def _move_into_place(build: Path, out: Path) -> None:
+    # the old manifest goes first, so an interruption here never leaves one that disagrees with the shards
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
     for s in SPLITS:
@@ -196,26 +248,18 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
             shutil.rmtree(old)
         os.replace(build / s, old)
     shutil.rmtree(build, ignore_errors=True)
-    rejects.sort(key=lambda r: r["source"])
-    atomic.write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
-    shard_rows.sort(key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
+
+
+def _manifest(inp: Path, params: ShardParams, plan: _Plan, shard_rows: list, counts: dict, rejected: int) -> dict:
+    modality = plan.modality
     p = asdict(params)
-    p.update(modality=modality, max_side=max_side, input=str(inp.resolve()), face_step=media_params["faces"])
-    manifest = {
-        "format": FORMAT, "tool": f"dfp {__version__}", "modality": modality, "classes": list(CLASSES),
-        "payload": payload_exts(modality, params.frames),
-        "sample_rate": params.sample_rate if modality == "audio" else None,
-        "frames": params.frames if modality == "video" else None,
-        "splits": counts, "shards": shard_rows, "rejected": len(rejects), "params": p,
-    }
-    write_manifest(out, manifest)
-    seconds = time.time() - t0
-    packed = sum(sum(v.values()) for v in counts.values())
-    total_bytes = sum(r["bytes"] for r in shard_rows)
-    return {"packed": packed, "rejected": len(rejects), "reasons": dict(Counter(_reason_kind(r["reason"]) for r in rejects)),
-            "shards": len(shard_rows), "bytes": total_bytes, "seconds": seconds, "splits": counts,
-            "files_per_s": (packed + len(rejects)) / max(seconds, 1e-9), "modality": modality,
-            "warnings": empty_class_warnings(counts, fractions, presplit, cands, any(c.group for c in cands))}
+    p.update(modality=modality, max_side=plan.media_params["max_side"], input=str(inp.resolve()),
+             face_step=plan.media_params["faces"])
+    return {"format": FORMAT, "tool": f"dfp {__version__}", "modality": modality, "classes": list(CLASSES),
+            "payload": payload_exts(modality, params.frames),
+            "sample_rate": params.sample_rate if modality == "audio" else None,
+            "frames": params.frames if modality == "video" else None,
+            "splits": counts, "shards": shard_rows, "rejected": rejected, "params": p}
 
 
 def discover_input(inp: Path, params: ShardParams):

@@ -13,7 +13,8 @@ DEVICE=${DEVICE:-cuda}
 SAMPLES=${SAMPLES:-2000}
 BATCHES=${BATCHES:-30}
 TRAIN_BATCHES=${TRAIN_BATCHES:-20}
-if [ "${QUICK:-0}" = 1 ]; then DEVICE=cpu SAMPLES=60 BATCHES=2 TRAIN_BATCHES=2; fi
+TRAIN_BS=${TRAIN_BS:-128}
+if [ "${QUICK:-0}" = 1 ]; then DEVICE=cpu SAMPLES=60 BATCHES=2 TRAIN_BATCHES=1 TRAIN_BS=4; fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WORK=$(mktemp -d)
 step() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.log"; }
@@ -68,7 +69,7 @@ PYEOF
 
 step "training: EfficientNet-B0 224, DALI loader, fp32 vs AMP"
 $PY -m pipeline.cli bench train "$WORK/shards" --device "$DEVICE" --backend dali --model efficientnet_b0 \
-    --batch-size 128 --batches "$TRAIN_BATCHES" --json "$OUT/train.json" > "$OUT/train.log" 2>&1
+    --batch-size "$TRAIN_BS" --batches "$TRAIN_BATCHES" --json "$OUT/train.json" > "$OUT/train.log" 2>&1
 
 step "done"
 cat "$OUT/steps.log"
