@@ -117,19 +117,7 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, amp_dt
             t_wait = time.perf_counter()
             continue
         in_a_row = 0
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        _step(model, loss, optimizer, scheduler, scaler, clip)
         total_loss += value * len(y)
         samples += len(y)
         steps += 1
@@ -151,6 +139,23 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, amp_dt
         print(f"warning: skipped {skipped} step(s) with a non-finite loss", file=sys.stderr)
     return {"loss_sum": total_loss, "samples": samples, "steps": steps, "seconds": seconds, "data_wait": wait,
             "nonfinite_steps": skipped}
+
+
+def _step(model, loss, optimizer, scheduler, scaler, clip: float) -> None:
+    """Backward, clip, optimizer and schedule step; `scaler is None` means no gradient scaling (bf16, fp32)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
 
 
 @torch.no_grad()

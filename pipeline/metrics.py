@@ -135,6 +135,24 @@ def _single_class(y: np.ndarray) -> str | None:
     return None
 
 
+def _tune_all(vy, vs, wanted: list[str], key: str) -> tuple[dict[str, float], str | None, list[str]]:
+    """Every wanted threshold on val; why the requested one (`key`) is undefined, if it is; warnings for the rest."""
+    only = _single_class(vy)
+    if only:
+        return {}, f"val split has a single class ({only} only, n={vy.size})", []
+    thresholds, reason, warnings = {}, None, []
+    cands = candidates(vy, vs)
+    for k in wanted:
+        try:
+            thresholds[k] = tune_candidates(cands, *parse_method(k))
+        except ThresholdUndefined as e:
+            if k == key:
+                reason = f"on val, {e}"
+            else:
+                warnings.append(f"threshold method {k} is undefined on val: {e}")
+    return thresholds, reason, warnings
+
+
 def build_metrics(val, test=None, method: str = "f1", extra_methods=(), attacks=None) -> tuple[dict, list[str]]:
     """The `metrics.json` document and a list of warning lines.
 
@@ -161,23 +179,8 @@ def build_metrics(val, test=None, method: str = "f1", extra_methods=(), attacks=
     ty = ts = None
     if test is not None:
         ty, ts = _validate(*test, split="test")
-
-    warnings: list[str] = []
-    thresholds: dict[str, float] = {}
-    fallback_reason = None
+    thresholds, fallback_reason, warnings = _tune_all(vy, vs, wanted, key)
     only = _single_class(vy)
-    if only:
-        fallback_reason = f"val split has a single class ({only} only, n={vy.size})"
-    else:
-        cands = candidates(vy, vs)
-        for k in wanted:
-            try:
-                thresholds[k] = tune_candidates(cands, *parse_method(k))
-            except ThresholdUndefined as e:
-                if k == key:
-                    fallback_reason = f"on val, {e}"
-                else:
-                    warnings.append(f"threshold method {k} is undefined on val: {e}")
     if fallback_reason is None:
         chosen = {"method": key, "threshold": float(thresholds[key])}
     else:

@@ -320,6 +320,56 @@ def _decode_check(modality: str, sample: dict[str, bytes], exts: list[str]) -> s
     return None
 
 
+def _verify_shard_file(root: Path, row: dict, problems: list[str]):
+    """Checksum, size, index and sample count of one shard; its samples, or None when it cannot be read."""
+    path = root / row["path"]
+    if not path.is_file():
+        problems.append(f"{row['path']}: missing")
+        return None
+    try:
+        digest, samples = read_shard(path)
+    except Exception:  # a damaged tar cannot match the recorded checksum anyway
+        digest = None
+    if path.stat().st_size != row["bytes"] or digest != row["sha256"]:
+        problems.append(f"{row['path']}: checksum mismatch (the shard changed after it was written)")
+        return None
+    try:
+        idx = read_index(path.with_suffix(".idx"))
+    except Exception as e:
+        problems.append(f"{row['path']}: unreadable index ({e})")
+        return None
+    if len(samples) != row["samples"]:
+        problems.append(f"{row['path']}: {len(samples)} samples, manifest says {row['samples']}")
+    if [{m.ext: (m.offset, m.size) for m in ms} for _, ms in samples] != idx:
+        problems.append(f"{row['path'].replace('.tar', '.idx')}: does not match the tar")
+    return samples
+
+
+def _read_samples(path: Path, samples):
+    with open(path, "rb") as f:
+        for key, members in samples:
+            data = {}
+            for m in members:
+                f.seek(m.offset)
+                data[m.ext] = f.read(m.size)
+            yield key, data
+
+
+def _verify_sample(row: dict, key: str, data: dict, modality: str, exts, problems: list[str]) -> None:
+    """Class file, metadata and a full decode of one sample."""
+    if data.get("cls") != str(CLASSES.index(row["class"])).encode():
+        problems.append(f"{row['path']}: sample {key} has class {data.get('cls')!r}, shard is {row['class']}")
+    try:
+        meta = json.loads(data.get("json", b"{}"))
+        if meta.get("class") != row["class"] or not meta.get("source"):
+            problems.append(f"{row['path']}: sample {key} metadata disagrees with its shard")
+    except json.JSONDecodeError:
+        problems.append(f"{row['path']}: sample {key} has unreadable metadata")
+    err = _decode_check(modality, data, exts)
+    if err:
+        problems.append(f"{row['path']}: sample {key}: {err}")
+
+
 def verify_shards(shards_dir: str | os.PathLike, progress: bool = True, max_problems: int = 20) -> tuple[list[str], dict]:
     """Re-hash, re-count and decode every sample. Returns (problems, counts)."""
     root = Path(shards_dir)
@@ -334,46 +384,13 @@ def verify_shards(shards_dir: str | os.PathLike, progress: bool = True, max_prob
         bar = tqdm(total=sum(r["samples"] for r in rows), unit="sample", desc="verifying", dynamic_ncols=True)
     try:
         for row in rows:
-            path = root / row["path"]
-            if not path.is_file():
-                problems.append(f"{row['path']}: missing")
+            samples = _verify_shard_file(root, row, problems)
+            if samples is None:
                 continue
-            try:
-                digest, samples = read_shard(path)
-            except Exception:  # a damaged tar cannot match the recorded checksum anyway
-                digest = None
-            if path.stat().st_size != row["bytes"] or digest != row["sha256"]:
-                problems.append(f"{row['path']}: checksum mismatch (the shard changed after it was written)")
-                continue
-            try:
-                idx = read_index(path.with_suffix(".idx"))
-            except Exception as e:
-                problems.append(f"{row['path']}: unreadable index ({e})")
-                continue
-            if len(samples) != row["samples"]:
-                problems.append(f"{row['path']}: {len(samples)} samples, manifest says {row['samples']}")
-            if [{m.ext: (m.offset, m.size) for m in ms} for _, ms in samples] != idx:
-                problems.append(f"{row['path'].replace('.tar', '.idx')}: does not match the tar")
-            label = str(CLASSES.index(row["class"])).encode()
-            with open(path, "rb") as f:
-                for key, members in samples:
-                    data = {}
-                    for m in members:
-                        f.seek(m.offset)
-                        data[m.ext] = f.read(m.size)
-                    if data.get("cls") != label:
-                        problems.append(f"{row['path']}: sample {key} has class {data.get('cls')!r}, shard is {row['class']}")
-                    try:
-                        meta = json.loads(data.get("json", b"{}"))
-                        if meta.get("class") != row["class"] or not meta.get("source"):
-                            problems.append(f"{row['path']}: sample {key} metadata disagrees with its shard")
-                    except json.JSONDecodeError:
-                        problems.append(f"{row['path']}: sample {key} has unreadable metadata")
-                    err = _decode_check(modality, data, exts)
-                    if err:
-                        problems.append(f"{row['path']}: sample {key}: {err}")
-                    if bar:
-                        bar.update(1)
+            for key, data in _read_samples(root / row["path"], samples):
+                _verify_sample(row, key, data, modality, exts, problems)
+                if bar:
+                    bar.update(1)
             seen[row["split"]][row["class"]] += len(samples)
             if len(problems) >= max_problems:
                 break
