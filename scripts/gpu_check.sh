@@ -3,8 +3,10 @@
 # Writes logs and JSON under $OUT (default ./gpu_out). Sizes are set by the environment:
 #   SAMPLES (2000 synthetic 512x384 JPEGs), BATCHES (30 timed loader batches), DEVICE (cuda), QUICK=1 for a
 #   dry run on a CPU machine (tiny sizes, DEVICE=cpu) that checks the script itself.
-# The device machines lack DALI, decord and webdataset: install the carried wheels first, e.g.
+# The device machines (Python 3.12) lack nvidia-dali-cuda130, decord, webdataset, imbalanced-learn, soundfile and
+# av (PyAV); carry their cp312 manylinux wheels (DALI's in parts under 60 MB, see the device tool's README), then
 #   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+# Face crops need dlib-bin and face-recognition-models too (only tests/test_faces.py; not run here).
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -29,7 +31,7 @@ $PY -m pytest -q tests/test_gpu.py tests/test_dali_contracts.py -rA > "$OUT/test
 
 step "data: $SAMPLES synthetic 512x384 JPEGs, packed"
 $PY -m pipeline.cli synth "$WORK/raw" --modality image --n-real $((SAMPLES * 3 / 4)) --n-fake $((SAMPLES / 4)) \
-    --image-size 512x384 > /dev/null
+    --image-size 512x384 > /dev/null 2>&1
 $PY -m pipeline.cli shard "$WORK/raw" "$WORK/shards" --quiet > "$OUT/shard.log" 2>&1
 # the hardware JPEG decoder takes baseline 4:2:0 only: say what the shards hold
 $PY - "$WORK/shards" > "$OUT/jpeg_kinds.txt" 2>&1 <<'PYEOF'
