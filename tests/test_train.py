@@ -144,10 +144,11 @@ def _cli(*args, env=None, **kw):
                           cwd=REPO, env=env, **kw)
 
 
-def _train_args(shards, out, backend, epochs=3):
+def _train_args(shards, out, backend, epochs=2):
+    # 10 steps an epoch, a record every 2: wherever the kill lands in epoch 1, the last record is mid-epoch
     return ["train", shards, "--out", out, "--epochs", str(epochs), "--batch-size", "4", "--image-size", "32",
             "--model", "resnet18", "--backend", backend, "--workers", "0", "--device", "cpu", "--quiet", "--no-report",
-            "--save-every", "2", "--patience", "0"]
+            "--save-every", "2", "--patience", "0", "--epoch-len", "40"]
 
 
 def _history(out):
@@ -168,14 +169,14 @@ def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_run(image_shard
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved = torch.load(out / "last.pth", weights_only=True)
-    assert saved["position"]["epoch"] == 0 and saved["position"]["batch"] == 2  # the first record: mid-epoch 1
-    assert saved["position"]["totals"]["samples"] == 8  # the epoch's partial sums travel with it
+    saved = torch.load(out / "last.pth", weights_only=True)["position"]
+    assert saved["epoch"] == 0 and saved["batch"] in (2, 4, 6, 8)  # killed mid-epoch 1
+    assert saved["totals"]["samples"] == 4 * saved["batch"]  # the epoch's partial sums travel with it
     r = _cli("train", image_shards, "--resume", out, "--quiet", "--no-report", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout
     want, got = _history(full), _history(out)
-    assert [int(x["epoch"]) for x in got] == [1, 2, 3]
+    assert [int(x["epoch"]) for x in got] == [1, 2]
     for a, b in zip(want, got):
         for col in ("train_loss", "val_loss", "val_f1", "val_auc", "val_f1_tuned"):
             assert float(b[col]) == pytest.approx(float(a[col]), abs=1e-6), (backend, a["epoch"], col)
