@@ -203,3 +203,20 @@ def test_faces_on_audio_input_is_refused(tmp_path):
     with pytest.raises(InputError, match="--faces applies to image and video"):
         build_shards(tmp_path / "in", tmp_path / "out", ShardParams(faces=True), workers=1, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_faces_with_a_public_dataset_layout(images, tmp_path):
+    """The face step sits in media preparation, so it composes with `--dataset`: here a `table` protocol."""
+    root, truth = images
+    protocol = tmp_path / "labels.csv"
+    protocol.write_text("path,label,split,group,attack\nreal/a.jpg,real,train,p1,\nfake/a.jpg,fake,train,p2,swap\n"
+                        "real/empty.jpg,real,train,p3,\n")
+    build_shards(root / "in", tmp_path / "shards", ShardParams(faces=True, dataset="table", protocol=str(protocol)),
+                 workers=1, progress=False)
+    got = samples(tmp_path / "shards")
+    assert set(got) == set(truth)
+    assert got["fake/a.jpg"]["meta"]["attack"] == "swap" and got["real/a.jpg"]["meta"]["group"] == "p1"
+    for src, (frame, face, other) in truth.items():
+        assert_holds(jpeg(got[src]["jpg"]), frame, face, other)
+    rejects = [json.loads(x) for x in (tmp_path / "shards" / "rejects.jsonl").read_text().splitlines()]
+    assert {"source": "real/empty.jpg", "reason": "no face found"} in rejects
