@@ -90,18 +90,28 @@ AUDIO_FIELDS = ("start", "gain", "sigma", "noise")
 IMAGE_DRAWS, AUDIO_DRAWS = 9, 4  # uniforms each sample uses
 
 
-def draw_image(u: np.ndarray, aug: ImageAug) -> dict[str, np.ndarray]:
-    """Random-resized-crop window (normalised anchor and shape), flip, rotation and colour factors from 9 uniforms."""
-    area = aug.scale[0] + u[0] * (aug.scale[1] - aug.scale[0])
-    lo, hi = np.log(aug.ratio[0]), np.log(aug.ratio[1])
-    ratio = np.exp(lo + u[1] * (hi - lo))
-    cw, ch = min(np.sqrt(area * ratio), 1.0), min(np.sqrt(area / ratio), 1.0)
+def _pick(strong: np.ndarray, recipes: dict, value) -> np.ndarray:
+    """Per sample, `value(recipe)` of its recipe: the strong one where `strong`, else the standard one."""
+    return np.where(strong, value(recipes["strong"]), value(recipes["standard"]))
+
+
+def draw_image(u: np.ndarray, strong: np.ndarray, recipes: dict = IMAGE) -> dict[str, np.ndarray]:
+    """A batch's random-resized-crop windows (normalised anchor and shape), flips, rotations and colour factors
+    from its (B, 9) uniforms. Whole-batch arrays: DALI takes each as one batch, without a copy per sample."""
+    pick = lambda value: _pick(strong, recipes, value)
+    lo = pick(lambda a: a.scale[0])
+    area = lo + u[:, 0] * (pick(lambda a: a.scale[1]) - lo)
+    r0, r1 = np.log(pick(lambda a: a.ratio[0])), np.log(pick(lambda a: a.ratio[1]))
+    ratio = np.exp(r0 + u[:, 1] * (r1 - r0))
+    cw, ch = np.minimum(np.sqrt(area * ratio), 1.0), np.minimum(np.sqrt(area / ratio), 1.0)
     jitter = lambda v, amount: 1.0 + (2.0 * v - 1.0) * amount
     f = np.float32
-    return {"anchor": np.array([u[2] * (1.0 - cw), u[3] * (1.0 - ch)], f), "shape": np.array([cw, ch], f),
-            "flip": f(u[4] < aug.flip), "angle": f((2.0 * u[5] - 1.0) * aug.rotate),
-            "brightness": f(jitter(u[6], aug.brightness)), "contrast": f(jitter(u[7], aug.contrast)),
-            "saturation": f(jitter(u[8], aug.saturation))}
+    return {"anchor": np.stack([u[:, 2] * (1.0 - cw), u[:, 3] * (1.0 - ch)], 1).astype(f),
+            "shape": np.stack([cw, ch], 1).astype(f), "flip": (u[:, 4] < pick(lambda a: a.flip)).astype(f),
+            "angle": ((2.0 * u[:, 5] - 1.0) * pick(lambda a: a.rotate)).astype(f),
+            "brightness": jitter(u[:, 6], pick(lambda a: a.brightness)).astype(f),
+            "contrast": jitter(u[:, 7], pick(lambda a: a.contrast)).astype(f),
+            "saturation": jitter(u[:, 8], pick(lambda a: a.saturation)).astype(f)}
 
 
 _NOISE: dict[int, np.ndarray] = {}
@@ -116,13 +126,15 @@ def _noise_table(samples: int) -> np.ndarray:
     return _NOISE[n]
 
 
-def draw_audio(u: np.ndarray, aug: AudioAug, samples: int) -> dict[str, np.ndarray]:
-    """Crop start (fraction of the slack), gain factor, noise level and the noise itself, from 4 uniforms."""
+def draw_audio(u: np.ndarray, strong: np.ndarray, samples: int, recipes: dict = AUDIO) -> dict[str, np.ndarray]:
+    """A batch's crop starts (fraction of the slack), gain factors, noise levels and noise, from its (B, 4) uniforms."""
+    pick = lambda value: _pick(strong, recipes, value)
     table = _noise_table(samples)
-    off = int(u[3] * (len(table) - samples))
+    off = (u[:, 3] * (len(table) - samples)).astype(np.int64)
     f = np.float32
-    return {"start": f(u[0]), "gain": f(10.0 ** ((2.0 * u[1] - 1.0) * aug.gain_db / 20.0)), "sigma": f(u[2] * aug.noise),
-            "noise": table[off:off + samples]}
+    return {"start": u[:, 0].astype(f), "gain": (10.0 ** ((2.0 * u[:, 1] - 1.0) * pick(lambda a: a.gain_db) / 20.0)).astype(f),
+            "sigma": (u[:, 2] * pick(lambda a: a.noise)).astype(f),
+            "noise": np.stack([table[o:o + samples] for o in off])}
 
 
 def strong_mask(labels: np.ndarray, minority: tuple[int, ...]) -> np.ndarray:

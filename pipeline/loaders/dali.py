@@ -22,7 +22,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from ..augment import (AUDIO, AUDIO_DRAWS, AUDIO_FIELDS, IMAGE, IMAGE_DRAWS, IMAGE_FIELDS, MEAN, STD, draw_audio,
+from ..augment import (AUDIO_DRAWS, AUDIO_FIELDS, IMAGE, IMAGE_DRAWS, IMAGE_FIELDS, MEAN, STD, draw_audio,
                        draw_image, keyed_uniforms, strong_mask)
 from ..errors import LoaderError
 from .decode import decodes
@@ -211,15 +211,11 @@ class Producer:
     def _aug_columns(self, b: int, idx: np.ndarray) -> list:
         ld = self.loader
         strong = strong_mask(ld.index.labels[idx], ld.cfg.minority)
-        recipes = IMAGE if ld.modality != "audio" else AUDIO
         audio = ld.modality == "audio"
         u = keyed_uniforms(ld.opts.seed, ld.epoch, ld.sample_keys(b)[:len(idx)], AUDIO_DRAWS if audio else IMAGE_DRAWS)
-        draws = []
-        for row, s in zip(u, strong):
-            aug = recipes["strong" if s else "standard"]
-            d = draw_audio(row, aug, ld.cfg.audio.samples) if audio else draw_image(row, aug)
-            draws.append({**d, "strong": np.float32(s)})
-        return [[d[f] for d in draws] for f in aug_fields(ld.modality)]
+        d = draw_audio(u, strong, ld.cfg.audio.samples) if audio else draw_image(u, strong)
+        d["strong"] = strong.astype(np.float32)
+        return [d[f] for f in aug_fields(ld.modality)]
 
     def run(self, batches):
         if not len(batches):
