@@ -13,8 +13,8 @@ differ only by a generation artifact whose strength varies per sample:
   random weight, plus a faint period-2 checkerboard and a slight colour offset in that region.
 * audio: vocoder-like traces: a faint stationary comb of tones between 1.9 and 3.6 kHz (kept below
   4 kHz so it survives every sample rate) and/or a frame-rate amplitude modulation (60-110 Hz).
-* video: a "face" blob whose brightness flickers from frame to frame and/or whose texture is replaced
-  by an upsampled low-resolution texture.
+* video: a "face" blob whose texture is replaced by a blocky upsampled low-resolution copy in every
+  frame (visible to a per-frame model), in some fakes also flickering in brightness from frame to frame.
 """
 from __future__ import annotations
 
@@ -230,20 +230,20 @@ def _speech_like(rng: np.random.Generator, sr: int, n: int, grp: dict) -> np.nda
 
 
 def _vocoder_traces(rng: np.random.Generator, x: np.ndarray, sr: int) -> np.ndarray:
+    """A stationary comb of faint tones (a vocoder's periodic spectral peaks) in every fake, and in some also a
+    frame-rate amplitude modulation. The comb lies between 1.1 and 3.6 kHz, below every sample rate's Nyquist,
+    where the log-mel's bands are narrower than its spacing; it is steady, so it shows as horizontal lines through
+    the pauses of speech that a random crop, gain, noise and one frequency mask leave in place. A few tones at
+    -25 to -13 dB below the speech's RMS move loudness and spectral centroid far less than voices differ."""
     n = len(x)
     t = np.arange(n) / sr
     rms = np.sqrt(np.mean(x * x)) + 1e-9
-    kind = rng.random()
-    if kind < 0.7:   # stationary comb of faint tones (periodic spectral peaks), below 4 kHz for every sample rate
-        base = rng.uniform(1900, 2300)
-        spacing = rng.uniform(350, 450)
-        level = rng.uniform(0.04, 0.2) * rms
-        comb = sum(np.sin(2 * np.pi * (base + m * spacing) * t + rng.uniform(0, 6.3)) for m in range(4)
-                   if base + m * spacing < 0.45 * sr)
-        x = x + level * comb / 2.0
-    if kind > 0.45:  # frame-rate amplitude modulation (overlap-add hop of a frame-based vocoder)
-        hop = rng.uniform(60, 110)
-        depth = rng.uniform(0.1, 0.35)
+    base, spacing = rng.uniform(1100, 1700), rng.uniform(300, 450)
+    tones = [base + m * spacing for m in range(6) if base + m * spacing < min(3600, 0.45 * sr)]
+    level = rms * 10 ** (rng.uniform(-25, -13) / 20)
+    x = x + level * sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in tones)
+    if rng.random() < 0.5:  # overlap-add hop of a frame-based vocoder
+        hop, depth = rng.uniform(60, 110), rng.uniform(0.1, 0.35)
         x = x * (1.0 + depth * np.sign(np.sin(2 * np.pi * hop * t)) * 0.5)
     return x
 
@@ -306,6 +306,20 @@ def _yuv420p_frame(rgb: np.ndarray):
     return frame
 
 
+def _face_swap(rng: np.random.Generator, face_tex: np.ndarray) -> tuple[np.ndarray, float]:
+    """What a fake adds to its face texture: the texture re-synthesised at 1/6 to 1/8 resolution and upsampled
+    with nearest neighbour, at the original contrast, so the face keeps its mean colour and texture energy but
+    shows block edges a per-frame model sees after the loaders downscale a frame to 64 px. A temporal flicker
+    (std of the face's brightness between frames) rides on top in half of the fakes."""
+    h, w, _ = face_tex.shape
+    factor = int(rng.choice([6, 8]))
+    small = _resize_f(face_tex[..., 0], (max(1, w // factor), max(1, h // factor)), Image.Resampling.BOX)
+    blocky = _resize_f(small, (w, h), Image.Resampling.NEAREST)[..., None]
+    blocky = blocky * (face_tex.std() / (blocky.std() + 1e-6))
+    flicker = rng.uniform(3, 10) if rng.random() < 0.5 else 0.0
+    return rng.uniform(0.7, 1.0) * (blocky - face_tex), flicker
+
+
 def _make_video(rng: np.random.Generator, grp: dict, fake: bool) -> tuple[bytes, str]:
     import av
     w = int(rng.choice(_VIDEO_WIDTHS))
@@ -325,11 +339,7 @@ def _make_video(rng: np.random.Generator, grp: dict, fake: bool) -> tuple[bytes,
     face_rgb = grp["face"] + rng.normal(0, 12, 3)
     drift = rng.uniform(-6, 6)                               # slow, smooth lighting change (both classes)
     if fake:
-        mode = rng.random()
-        flicker = rng.uniform(3, 12) if mode < 0.75 else 0.0
-        swap = rng.uniform(0.4, 1.0) if mode > 0.4 else 0.0
-        small = _resize_f(face_tex[..., 0], (max(1, w // 4), max(1, h // 4)), Image.Resampling.BOX)
-        swapped = _resize_f(small, (w, h), Image.Resampling.NEAREST)[..., None] * 1.6
+        swap_delta, flicker = _face_swap(rng, face_tex)
     frames = []
     for f in range(n_frames):
         oy = min(max(int(round(pad + vy * f)), 0), 2 * pad)
@@ -338,7 +348,7 @@ def _make_video(rng: np.random.Generator, grp: dict, fake: bool) -> tuple[bytes,
         m = _soft_ellipse(h, w, cy0 + by * f, cx0 + bx * f, ry, rx, 0.3)[..., None]
         face = face_rgb + face_tex
         if fake:
-            face = face + swap * (swapped - face_tex) + rng.normal(0, flicker)
+            face = face + swap_delta + rng.normal(0, flicker)
         img = img * (1 - m) + face * m + drift * f / max(1, n_frames - 1)
         img += rng.standard_normal(img.shape) * 1.5
         frames.append(np.clip(img + 0.5, 0, 255).astype(np.uint8))
