@@ -13,8 +13,8 @@ differ only by a generation artifact whose strength varies per sample:
   random weight, plus a faint period-2 checkerboard and a slight colour offset in that region.
 * audio: vocoder-like traces: a faint stationary comb of tones between 1.9 and 3.6 kHz (kept below
   4 kHz so it survives every sample rate) and/or a frame-rate amplitude modulation (60-110 Hz).
-* video: a "face" blob whose texture is replaced by a blocky upsampled low-resolution copy in every
-  frame (visible to a per-frame model), in some fakes also flickering in brightness from frame to frame.
+* video: a region around the moving "face" blob re-rendered at low resolution and upsampled (blocky or
+  blurred) in every frame, so a per-frame model sees it; in half of the fakes the face also flickers.
 """
 from __future__ import annotations
 
@@ -306,18 +306,20 @@ def _yuv420p_frame(rgb: np.ndarray):
     return frame
 
 
-def _face_swap(rng: np.random.Generator, face_tex: np.ndarray) -> tuple[np.ndarray, float]:
-    """What a fake adds to its face texture: the texture re-synthesised at 1/6 to 1/8 resolution and upsampled
-    with nearest neighbour, at the original contrast, so the face keeps its mean colour and texture energy but
-    shows block edges a per-frame model sees after the loaders downscale a frame to 64 px. A temporal flicker
-    (std of the face's brightness between frames) rides on top in half of the fakes."""
-    h, w, _ = face_tex.shape
-    factor = int(rng.choice([6, 8]))
-    small = _resize_f(face_tex[..., 0], (max(1, w // factor), max(1, h // factor)), Image.Resampling.BOX)
-    blocky = _resize_f(small, (w, h), Image.Resampling.NEAREST)[..., None]
-    blocky = blocky * (face_tex.std() / (blocky.std() + 1e-6))
-    flicker = rng.uniform(3, 10) if rng.random() < 0.5 else 0.0
-    return rng.uniform(0.7, 1.0) * (blocky - face_tex), flicker
+def _swap_traces(rng: np.random.Generator) -> dict:
+    """How a fake's face swap shows: a region around the face (1.5 to 2 times its radii) re-rendered at 1/4 to
+    1/8 resolution and upsampled (blocky or blurred), blended in with a random weight, in every frame, so a
+    per-frame model sees it; half of the fakes also flicker in brightness from frame to frame."""
+    return {"factor": int(rng.choice([4, 6, 8])), "nearest": bool(rng.random() < 0.5), "weight": rng.uniform(0.7, 1.0),
+            "grow": rng.uniform(1.5, 2.0), "flicker": rng.uniform(3, 10) if rng.random() < 0.5 else 0.0}
+
+
+def _swap_region(img: np.ndarray, region: np.ndarray, p: dict) -> np.ndarray:
+    """Box-filtering keeps the region's mean colour; what changes is its fine detail and, if nearest, block edges."""
+    h, w, _ = img.shape
+    small = _resize_f(img, (max(1, w // p["factor"]), max(1, h // p["factor"])), Image.Resampling.BOX)
+    up = _resize_f(small, (w, h), Image.Resampling.NEAREST if p["nearest"] else Image.Resampling.BILINEAR)
+    return img + p["weight"] * region * (up - img)
 
 
 def _make_video(rng: np.random.Generator, grp: dict, fake: bool) -> tuple[bytes, str]:
@@ -338,18 +340,18 @@ def _make_video(rng: np.random.Generator, grp: dict, fake: bool) -> tuple[bytes,
     ry, rx = rng.uniform(0.18, 0.3) * h, rng.uniform(0.18, 0.3) * w
     face_rgb = grp["face"] + rng.normal(0, 12, 3)
     drift = rng.uniform(-6, 6)                               # slow, smooth lighting change (both classes)
-    if fake:
-        swap_delta, flicker = _face_swap(rng, face_tex)
+    swap = _swap_traces(rng) if fake else None
     frames = []
     for f in range(n_frames):
         oy = min(max(int(round(pad + vy * f)), 0), 2 * pad)
         ox = min(max(int(round(pad + vx * f)), 0), 2 * pad)
         img = bg[oy:oy + h, ox:ox + w].copy()
         m = _soft_ellipse(h, w, cy0 + by * f, cx0 + bx * f, ry, rx, 0.3)[..., None]
-        face = face_rgb + face_tex
-        if fake:
-            face = face + swap_delta + rng.normal(0, flicker)
+        face = face_rgb + face_tex + (rng.normal(0, swap["flicker"]) if swap else 0.0)
         img = img * (1 - m) + face * m + drift * f / max(1, n_frames - 1)
+        if swap:
+            g = swap["grow"]
+            img = _swap_region(img, _soft_ellipse(h, w, cy0 + by * f, cx0 + bx * f, g * ry, g * rx, 0.3)[..., None], swap)
         img += rng.standard_normal(img.shape) * 1.5
         frames.append(np.clip(img + 0.5, 0, 255).astype(np.uint8))
     buf = io.BytesIO()
