@@ -11,8 +11,8 @@ differ only by a generation artifact whose strength varies per sample:
 * image: a region (sometimes the whole image) re-synthesised at 1/2 or 1/3 resolution and upsampled
   (nearest or bilinear: blur + periodic interpolation traces, loss of sensor grain), blended with a
   random weight, plus a faint period-2 checkerboard and a slight colour offset in that region.
-* audio: vocoder-like traces: a faint stationary comb of tones between 1.9 and 3.6 kHz (kept below
-  4 kHz so it survives every sample rate) and/or a frame-rate amplitude modulation (60-110 Hz).
+* audio: vocoder-like traces: in every fake a faint stationary comb of tones between 1.1 and 3.6 kHz
+  (below 4 kHz so it survives every sample rate), in half also a frame-rate amplitude modulation (60-110 Hz).
 * video: a region around the moving "face" blob re-rendered at low resolution and upsampled (blocky or
   blurred) in every frame, so a per-frame model sees it; in half of the fakes the face also flickers.
 """
