@@ -454,15 +454,17 @@ def _emit(res: dict, json_out: Optional[Path], text: str) -> None:
 def demo(out: Path = typer.Option(Path("demo_out"), help="work folder: data, shards, run"),
          modality: str = typer.Option("image", help="image, audio or video"),
          device: str = typer.Option("auto"), epochs: Optional[int] = typer.Option(None),
-         batch_size: int = typer.Option(32), backend: str = typer.Option("auto")):
+         batch_size: int = typer.Option(32), backend: str = typer.Option("auto"),
+         seed: int = typer.Option(0, help="seeds the data, the split and training")):
     """The whole job on an embedded synthetic dataset: synth -> shard -> train -> tune -> report."""
     v.choice("modality", modality, MODALITIES)
     v.choice("backend", backend, BACKENDS)
     v.minimum(1, epochs=epochs, batch_size=batch_size)
+    v.minimum(0, seed=seed)
     v.output("--out", out, "dir")
     v.device(device)
     from .demo import run_demo
-    run_demo(out, modality, device, epochs, batch_size, backend)
+    run_demo(out, modality, device, epochs, batch_size, backend, seed=seed)
 
 
 def main() -> None:

@@ -11,10 +11,10 @@ differ only by a generation artifact whose strength varies per sample:
 * image: a region (sometimes the whole image) re-synthesised at 1/2 or 1/3 resolution and upsampled
   (nearest or bilinear: blur + periodic interpolation traces, loss of sensor grain), blended with a
   random weight, plus a faint period-2 checkerboard and a slight colour offset in that region.
-* audio: vocoder-like traces: a faint stationary comb of tones between 1.9 and 3.6 kHz (kept below
-  4 kHz so it survives every sample rate) and/or a frame-rate amplitude modulation (60-110 Hz).
-* video: a "face" blob whose brightness flickers from frame to frame and/or whose texture is replaced
-  by an upsampled low-resolution texture.
+* audio: vocoder-like traces: in every fake a faint stationary comb of tones between 1.1 and 3.6 kHz
+  (below 4 kHz so it survives every sample rate), in half also a frame-rate amplitude modulation (60-110 Hz).
+* video: a region around the moving "face" blob re-rendered at low resolution and upsampled (blocky or
+  blurred) in every frame, so a per-frame model sees it; in half of the fakes the face also flickers.
 """
 from __future__ import annotations
 
@@ -230,20 +230,20 @@ def _speech_like(rng: np.random.Generator, sr: int, n: int, grp: dict) -> np.nda
 
 
 def _vocoder_traces(rng: np.random.Generator, x: np.ndarray, sr: int) -> np.ndarray:
+    """A stationary comb of faint tones (a vocoder's periodic spectral peaks) in every fake, and in some also a
+    frame-rate amplitude modulation. The comb lies between 1.1 and 3.6 kHz, below every sample rate's Nyquist,
+    where the log-mel's bands are narrower than its spacing; it is steady, so it shows as horizontal lines through
+    the pauses of speech that a random crop, gain, noise and one frequency mask leave in place. A few tones at
+    -25 to -13 dB below the speech's RMS move loudness and spectral centroid far less than voices differ."""
     n = len(x)
     t = np.arange(n) / sr
     rms = np.sqrt(np.mean(x * x)) + 1e-9
-    kind = rng.random()
-    if kind < 0.7:   # stationary comb of faint tones (periodic spectral peaks), below 4 kHz for every sample rate
-        base = rng.uniform(1900, 2300)
-        spacing = rng.uniform(350, 450)
-        level = rng.uniform(0.04, 0.2) * rms
-        comb = sum(np.sin(2 * np.pi * (base + m * spacing) * t + rng.uniform(0, 6.3)) for m in range(4)
-                   if base + m * spacing < 0.45 * sr)
-        x = x + level * comb / 2.0
-    if kind > 0.45:  # frame-rate amplitude modulation (overlap-add hop of a frame-based vocoder)
-        hop = rng.uniform(60, 110)
-        depth = rng.uniform(0.1, 0.35)
+    base, spacing = rng.uniform(1100, 1700), rng.uniform(300, 450)
+    tones = [base + m * spacing for m in range(6) if base + m * spacing < min(3600, 0.45 * sr)]
+    level = rms * 10 ** (rng.uniform(-25, -13) / 20)
+    x = x + level * sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in tones)
+    if rng.random() < 0.5:  # overlap-add hop of a frame-based vocoder
+        hop, depth = rng.uniform(60, 110), rng.uniform(0.1, 0.35)
         x = x * (1.0 + depth * np.sign(np.sin(2 * np.pi * hop * t)) * 0.5)
     return x
 
@@ -306,6 +306,22 @@ def _yuv420p_frame(rgb: np.ndarray):
     return frame
 
 
+def _swap_traces(rng: np.random.Generator) -> dict:
+    """How a fake's face swap shows: a region around the face (1.5 to 2 times its radii) re-rendered at 1/4 to
+    1/8 resolution and upsampled (blocky or blurred), blended in with a random weight, in every frame, so a
+    per-frame model sees it; half of the fakes also flicker in brightness from frame to frame."""
+    return {"factor": int(rng.choice([4, 6, 8])), "nearest": bool(rng.random() < 0.5), "weight": rng.uniform(0.7, 1.0),
+            "grow": rng.uniform(1.5, 2.0), "flicker": rng.uniform(3, 10) if rng.random() < 0.5 else 0.0}
+
+
+def _swap_region(img: np.ndarray, region: np.ndarray, p: dict) -> np.ndarray:
+    """Box-filtering keeps the region's mean colour; what changes is its fine detail and, if nearest, block edges."""
+    h, w, _ = img.shape
+    small = _resize_f(img, (max(1, w // p["factor"]), max(1, h // p["factor"])), Image.Resampling.BOX)
+    up = _resize_f(small, (w, h), Image.Resampling.NEAREST if p["nearest"] else Image.Resampling.BILINEAR)
+    return img + p["weight"] * region * (up - img)
+
+
 def _make_video(rng: np.random.Generator, grp: dict, fake: bool) -> tuple[bytes, str]:
     import av
     w = int(rng.choice(_VIDEO_WIDTHS))
@@ -324,22 +340,18 @@ def _make_video(rng: np.random.Generator, grp: dict, fake: bool) -> tuple[bytes,
     ry, rx = rng.uniform(0.18, 0.3) * h, rng.uniform(0.18, 0.3) * w
     face_rgb = grp["face"] + rng.normal(0, 12, 3)
     drift = rng.uniform(-6, 6)                               # slow, smooth lighting change (both classes)
-    if fake:
-        mode = rng.random()
-        flicker = rng.uniform(3, 12) if mode < 0.75 else 0.0
-        swap = rng.uniform(0.4, 1.0) if mode > 0.4 else 0.0
-        small = _resize_f(face_tex[..., 0], (max(1, w // 4), max(1, h // 4)), Image.Resampling.BOX)
-        swapped = _resize_f(small, (w, h), Image.Resampling.NEAREST)[..., None] * 1.6
+    swap = _swap_traces(rng) if fake else None
     frames = []
     for f in range(n_frames):
         oy = min(max(int(round(pad + vy * f)), 0), 2 * pad)
         ox = min(max(int(round(pad + vx * f)), 0), 2 * pad)
         img = bg[oy:oy + h, ox:ox + w].copy()
         m = _soft_ellipse(h, w, cy0 + by * f, cx0 + bx * f, ry, rx, 0.3)[..., None]
-        face = face_rgb + face_tex
-        if fake:
-            face = face + swap * (swapped - face_tex) + rng.normal(0, flicker)
+        face = face_rgb + face_tex + (rng.normal(0, swap["flicker"]) if swap else 0.0)
         img = img * (1 - m) + face * m + drift * f / max(1, n_frames - 1)
+        if swap:
+            g = swap["grow"]
+            img = _swap_region(img, _soft_ellipse(h, w, cy0 + by * f, cx0 + bx * f, g * ry, g * rx, 0.3)[..., None], swap)
         img += rng.standard_normal(img.shape) * 1.5
         frames.append(np.clip(img + 0.5, 0, 255).astype(np.uint8))
     buf = io.BytesIO()

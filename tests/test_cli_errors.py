@@ -157,6 +157,7 @@ BAD = [
     ("demo --out {T}/o --backend fast", "--backend 'fast'"),
     ("demo --out {T}/o --device tpu", "--device 'tpu'"),
     ("demo --out {F}", "--out {F}: is a file"),
+    ("demo --out {T}/o --seed -1", "--seed must be at least 0"),
     ("demo --epochs 0", "--epochs must be at least 1"),  # default --out (demo_out under cwd) not created
 ]
 
