@@ -71,17 +71,10 @@ def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="
 
 
 def _log_results(log, split: str, labels: np.ndarray, rep: dict, thr: dict) -> None:
-    from .report import attack_table_lines
-    fmt = lambda m: (f"acc {m['accuracy']:.4f}  bal.acc {m['balanced_accuracy']:.4f}  P {m['precision']:.4f}  "
-                     f"R {m['recall']:.4f}  F1 {m['f1']:.4f}  MCC {m['mcc']:.4f}")
-    log(f"{split}: {len(labels)} samples ({int((labels == 0).sum())} real, {int(labels.sum())} fake)")
-    log(f"  at 0.5:             {fmt(rep['default'])}")
-    log(f"  at {thr['value']:.4f} ({thr['method']}): {fmt(rep['tuned'])}")
-    auc = rep["auc"]
-    log(f"  AUC {auc:.4f}  AP {rep['ap']:.4f}  EER {rep['eer']:.4f}" if auc is not None else
-        "  AUC/AP/EER undefined: the split has a single class")
-    for line in attack_table_lines(rep.get("by_attack"), thr["value"]):
-        log(f"  {line}")
+    from .report import console_summary
+    chosen = {**thr, "threshold": thr["value"]}
+    log(console_summary(f"{split}: {len(labels)} samples ({int((labels == 0).sum())} real, {int(labels.sum())} fake)",
+                        rep, chosen))
 
 
 def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_size=64, log=print) -> float:

@@ -493,15 +493,6 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
 
 def final_summary(metrics: dict) -> str:
     """The seed's closing block, short: the split that decides (test, else val) at 0.5 and tuned."""
+    from .report import console_summary
     split = "test" if metrics.get("test") else "val"
-    rep, chosen = metrics[split], metrics["chosen"]
-    row = lambda m: (f"Accuracy {m['accuracy']:.4f}  Precision {m['precision']:.4f}  Recall {m['recall']:.4f}  "
-                     f"F1 {m['f1']:.4f}  MCC {m['mcc']:.4f}")
-    d, t = rep["default"]["f1"], rep["tuned"]["f1"]
-    gain = f"{100 * (t - d) / d:+.2f}%" if d > 0 else f"{t - d:+.4f} F1"
-    curves = ("AUC {:.4f}  AP {:.4f}  EER {:.4f}".format(rep["auc"], rep["ap"], rep["eer"])
-              if rep.get("auc") is not None else "AUC undefined (single class)")
-    return "\n".join([f"FINAL EVALUATION ({split} split)",
-                      f"  threshold 0.5:    {row(rep['default'])}",
-                      f"  threshold {chosen['threshold']:.4f} ({chosen['method']}, tuned on val): {row(rep['tuned'])}",
-                      f"  improvement in F1: {gain}   {curves}"])
+    return console_summary(f"FINAL EVALUATION ({split} split)", metrics[split], metrics["chosen"])

@@ -90,5 +90,5 @@ def test_attacks_from_the_shards_to_metrics_report_and_evaluate(attack_shards, t
     console = "\n".join(lines)
     assert "Per attack" in console
     for name, r in ev["test"]["by_attack"].items():
-        assert any(line.split()[:2] == [name, str(r["n"])] for line in lines), name
+        assert any(line.split()[:2] == [name, str(r["n"])] for line in console.splitlines()), name
     assert "Per attack" in (tmp_path / "ev" / "training_results.txt").read_text(encoding="utf-8")

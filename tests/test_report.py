@@ -259,3 +259,16 @@ def test_import_loads_neither_matplotlib_nor_sklearn():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        cwd=Path(__file__).resolve().parents[1])
     assert r.stdout.strip() == "[]"
+
+
+def test_console_summary_names_the_threshold_applied_and_the_attacks():
+    from pipeline.report import console_summary
+    m = {"accuracy": .9, "balanced_accuracy": .8, "precision": .7, "recall": .6, "f1": .6, "mcc": .5, "threshold": .5}
+    rep = {"default": m, "tuned": {**m, "threshold": .42, "f1": .66}, "auc": .91, "ap": .8, "eer": .1,
+           "by_attack": {"A07": {"n": 3, "auc": .9, "eer": .1, "recall": .6}}}
+    tuned = console_summary("test", rep, {"method": "f1", "threshold": .42})
+    assert "threshold 0.4200 (f1, tuned on val)" in tuned and "+10.00%" in tuned and "AUC 0.9100" in tuned
+    assert any(line.split()[:2] == ["A07", "3"] for line in tuned.splitlines())
+    fallback = console_summary("test", rep, {"method": "default", "threshold": .5, "requested": "precision:0.99",
+                                             "fallback_reason": "unreachable"})
+    assert "(default; precision:0.99 is undefined on val)" in fallback and "tuned on val" not in fallback

@@ -27,10 +27,10 @@ from .counts import format_ratio, imbalance_ratio, split_counts
 from .html import HTML_FILE, render_html
 from .plots import (PLOTS, plot_confusion, plot_dataset_stats, plot_pr, plot_roc, plot_threshold_analysis,
                     plot_training_curves, png_bytes, render_plots)
-from .text import SUMMARY_FILE, attack_table_lines, report_notes, summary_text
+from .text import SUMMARY_FILE, attack_table_lines, console_summary, report_notes, summary_text
 
 
-__all__ = ["HTML_FILE", "PLOTS", "SUMMARY_FILE", "attack_table_lines",
+__all__ = ["HTML_FILE", "PLOTS", "SUMMARY_FILE", "attack_table_lines", "console_summary",
            "format_ratio", "imbalance_ratio", "plot_confusion", "plot_dataset_stats", "plot_pr", "plot_roc",
            "plot_threshold_analysis", "plot_training_curves", "png_bytes", "read_history", "render_html",
            "render_plots", "render_report", "report_notes", "split_counts", "summary_text", "write_json"]

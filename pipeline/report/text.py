@@ -142,6 +142,26 @@ def _split_lines(name: str, rep: dict, chosen: dict) -> list[str]:
     return lines + (table + [""] if table else [])
 
 
+def _chosen_label(chosen: dict) -> str:
+    if chosen.get("requested"):
+        return f"default; {chosen['requested']} is undefined on val"
+    return f"{chosen.get('method', '?')}, tuned on val"
+
+
+def console_summary(title: str, rep: dict, chosen: dict) -> str:
+    """The short block `dfp train` and `dfp evaluate` print for one split: metrics at 0.5 and at the chosen
+    threshold, the F1 change, AUC/AP/EER and the per-attack table."""
+    row = lambda m: (f"Accuracy {m['accuracy']:.4f}  Bal.Acc {m['balanced_accuracy']:.4f}  Precision "
+                     f"{m['precision']:.4f}  Recall {m['recall']:.4f}  F1 {m['f1']:.4f}  MCC {m['mcc']:.4f}")
+    d, t = rep["default"], rep["tuned"]
+    curves = (f"AUC {rep['auc']:.4f}  AP {rep['ap']:.4f}  EER {rep['eer']:.4f}" if rep.get("auc") is not None
+              else "AUC/AP/EER undefined (single class)")
+    lines = [title, f"  threshold 0.5:    {row(d)}",
+             f"  threshold {t['threshold']:.4f} ({_chosen_label(chosen)}): {row(t)}",
+             f"  improvement in F1: {improvement(d['f1'], t['f1'])}   {curves}"]
+    return "\n".join(lines + [f"  {x}" for x in attack_table_lines(rep.get("by_attack"), t["threshold"])])
+
+
 def summary_text(metrics: dict, config: dict) -> str:
     """The text of `training_results.txt`, also printed on the console at the end of training."""
     metrics = metrics if isinstance(metrics, dict) else {}
