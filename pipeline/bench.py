@@ -29,7 +29,8 @@ def machine() -> dict:
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    from .sources import walk_files
+    return [root / f.rel for f in walk_files(root)[0]]
 
 
 # ---------------------------------------------------------------- packing

@@ -7,7 +7,6 @@ a chunk at a time: the threshold tuned on evaluation scores then meets the same 
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from . import atomic, checkpoint
@@ -18,23 +17,26 @@ from .formats import payload_exts
 from .loaders import make_loader, resolve_device
 from .loaders.memory import MemoryIndex
 from .media import MediaError, prepare
-from .sources import EXTENSIONS
+from .sources import EXTENSIONS, walk_files
 
 CHUNK = 256  # files prepared and held in memory at once
 
 
-def collect_files(paths: list[Path], modality: str) -> list[Path]:
-    files = []
+def collect_files(paths: list[Path]) -> list[tuple[Path, str]]:
+    """(file, "") for every file to score, and (path, reason) for what a folder holds that cannot be a file
+    (dangling links, link loops, special files): folders are walked as `dfp shard` walks INPUT (links followed,
+    loops stopped), each in sorted order; the paths keep the order they were given in."""
+    out: list[tuple[Path, str]] = []
     for p in paths:
         if p.is_dir():
-            for dirpath, dirnames, names in os.walk(p):
-                dirnames.sort()
-                files += [Path(dirpath) / n for n in sorted(names)]
+            files, rejects = walk_files(p)
+            found = [(p / f.rel, "") for f in files] + [(p / r["source"], r["reason"]) for r in rejects]
+            out += sorted(found, key=lambda x: x[0].relative_to(p).as_posix())
         elif p.exists():
-            files.append(p)
+            out.append((p, ""))
         else:
             raise InputError(f"{p} does not exist")
-    return files
+    return out
 
 
 class _Scorer:
@@ -93,18 +95,19 @@ def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_
     device = resolve_device(device)
     ckpt = checkpoint.load(ckpt_path, map_location=device)
     thr = (ckpt.get("threshold") or {}).get("value", 0.5)
-    files = collect_files(paths, ckpt["modality"])
-    if not files:
+    found = collect_files(paths)
+    files = [f for f, why in found if not why]
+    if not found:
         raise InputError("no files found under " + ", ".join(str(p) for p in paths))
     scorer = _Scorer(ckpt, device, backend, batch_size, workers)
     from tqdm import tqdm
-    rows: list[tuple[str, str, str, str]] = []
+    scored: dict[Path, tuple[str, str, str]] = {}
     with tqdm(total=len(files), unit="file", desc="predict", dynamic_ncols=True) as bar:
         for start in range(0, len(files), chunk):
             part = files[start:start + chunk]
             for f, (s, err) in zip(part, scorer.score(part, lambda: bar.update(1))):
-                rows.append((str(f), "", "", err) if s is None else
-                            (str(f), repr(s), "fake" if s >= thr else "real", ""))
+                scored[f] = ("", "", err) if s is None else (repr(s), "fake" if s >= thr else "real", "")
+    rows = [(str(f), *(scored[f] if not why else ("", "", why))) for f, why in found]
     _write_csv(Path(out), rows)
     n_fake = sum(r[2] == "fake" for r in rows)
     n_err = sum(bool(r[3]) for r in rows)

@@ -195,6 +195,11 @@ def _drop_duplicates(kept: list[Candidate], files: dict[str, _File]) -> tuple[li
     return out, rejects
 
 
+def walk_files(root: str | Path) -> tuple[list[_File], list[dict]]:
+    """Every file under a folder as the user sees it, and what cannot be a file, for any walk of user folders."""
+    return _walk(Path(root))
+
+
 def walk_input(root: str | Path) -> tuple[list[_File], list[dict]]:
     """Every file under root as the user sees it (see `_walk`), with the rejects it met on the way."""
     root = Path(root)
@@ -202,7 +207,7 @@ def walk_input(root: str | Path) -> tuple[list[_File], list[dict]]:
         raise InputError(f"INPUT {root} does not exist")
     if not root.is_dir():
         raise InputError(f"INPUT {root} is not a folder")
-    files, rejects = _walk(root)
+    files, rejects = walk_files(root)
     if not files:
         raise InputError(f"INPUT {root} is empty: put files under {root}/real and {root}/fake")
     return files, rejects

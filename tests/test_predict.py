@@ -126,3 +126,19 @@ def test_unpreparable_and_undecodable_files_get_error_rows(tmp_path):
     assert rows["broken.jpg"]["error"].startswith("not media") and not rows["broken.jpg"]["score"]
     assert "dali loader cannot decode" in rows["tail.jpg"]["error"] and not rows["tail.jpg"]["score"]
     assert all(rows[f"ok{i}.jpg"]["score"] and not rows[f"ok{i}.jpg"]["error"] for i in range(3))
+
+
+def test_folders_are_walked_like_dfp_shard_walks_input(tmp_path):
+    """Linked files and folders are scored; what cannot be a file gets its reason as the row's error."""
+    import os
+    from pipeline.predict import collect_files
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("d/a.jpg", "d/sub/b.jpg", "elsewhere/c.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "d" / "linked")
+    os.symlink(tmp_path / "elsewhere" / "c.jpg", tmp_path / "d" / "c_link.jpg")
+    os.symlink(tmp_path / "nowhere.jpg", tmp_path / "d" / "dangling.jpg")
+    got = [(p.relative_to(tmp_path).as_posix(), why.split(":")[0]) for p, why in collect_files([tmp_path / "d"])]
+    assert got == [("d/a.jpg", ""), ("d/c_link.jpg", ""), ("d/dangling.jpg", "dangling link"),
+                   ("d/linked/c.jpg", ""), ("d/sub/b.jpg", "")]
