@@ -329,3 +329,14 @@ def test_keyed_uniforms_depend_only_on_seed_epoch_and_position():
     hist = np.histogram(whole, bins=10, range=(0, 1))[0] / whole.size
     assert np.abs(hist - 0.1).max() < 0.005  # uniform
     assert np.abs(np.corrcoef(whole.T) - np.eye(9)).max() < 0.03  # columns independent
+
+
+def test_a_skipped_sample_does_not_shift_its_neighbours_augmentation(image_shards):
+    o = opts(batch_size=4, epoch_len=8, sampling="natural")
+    full = make_loader(image_shards, "train", "dali", "cpu", o)
+    x_full, _, keys_full = next(iter(full))
+    gap = make_loader(image_shards, "train", "dali", "cpu", o)
+    gap.producer.bad.add(int(gap.batches()[0][1]))  # the batch's second sample cannot be read
+    x_gap, _, keys_gap = next(iter(gap))
+    assert keys_gap[:3] == [keys_full[0], keys_full[2], keys_full[3]]
+    assert torch.equal(x_gap[:3], x_full[[0, 2, 3]])

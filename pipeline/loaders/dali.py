@@ -206,13 +206,16 @@ class Producer:
                 for k in range(len(ld.index.exts))]
         if not ld.cfg.augment:
             return tuple(cols)
-        return (*cols, *self._aug_columns(b, idx[ok] if ok.any() else idx[:1]))
+        fed = ok if ok.any() else np.arange(len(idx)) == 0  # the stand-in takes the first slot
+        return (*cols, *self._aug_columns(ld.sample_keys(b)[fed], idx[fed]))
 
-    def _aug_columns(self, b: int, idx: np.ndarray) -> list:
+    def _aug_columns(self, positions: np.ndarray, idx: np.ndarray) -> list:
+        """The random parameters of the fed samples, each keyed by its own plan position (a skipped sample
+        must not shift its neighbours' draws)."""
         ld = self.loader
         strong = strong_mask(ld.index.labels[idx], ld.cfg.minority)
         audio = ld.modality == "audio"
-        u = keyed_uniforms(ld.opts.seed, ld.epoch, ld.sample_keys(b)[:len(idx)], AUDIO_DRAWS if audio else IMAGE_DRAWS)
+        u = keyed_uniforms(ld.opts.seed, ld.epoch, positions, AUDIO_DRAWS if audio else IMAGE_DRAWS)
         d = draw_audio(u, strong, ld.cfg.audio.samples) if audio else draw_image(u, strong)
         d["strong"] = strong.astype(np.float32)
         return [d[f] for f in aug_fields(ld.modality)]
