@@ -13,9 +13,8 @@ from pathlib import Path
 
 from .errors import InputError
 
-# may change on resume; recorded in config.json under "resumed"
-CHANGEABLE = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "patience", "save_every",
-              "workers", "threshold_method", "device", "progress", "report", "tensorboard", "compile")
+# how the rest of the run goes: may change on resume, recorded in config.json under "resumed"
+CHANGEABLE = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "patience", "threshold_method")
 # how the run is driven, never part of the experiment: taken from the command line as given
 RUNTIME = ("resume", "out", "device", "progress", "report", "save_every", "workers", "tensorboard", "compile")
 
@@ -96,3 +95,9 @@ def _same_shards(old: Path, new: Path) -> None:
     if not same:
         raise InputError(f"SHARDS {new}: the run was trained on {old}, whose shards differ (or are gone); "
                          "resume with the same shards, or start a new run")
+
+
+def resume_log(ckpt: dict, changed: dict) -> list[dict]:
+    """Every resume of the run so far, this one last, with the flags it changed (config.json "resumed")."""
+    at = Position.from_checkpoint(ckpt)
+    return [*ckpt.get("resumed", []), {"at_epoch": at.epoch + 1, "at_batch": at.batch, "changed": changed}]

@@ -26,7 +26,7 @@ from .errors import InputError, TrainingError
 from .formats import CLASSES, read_manifest
 from .loaders import LoaderOptions, make_loader, resolve_backend, resolve_device
 from .predictions import write_predictions
-from .resume import Position
+from .resume import Position, resume_log
 from .stats import RECOMMENDED, imbalance_ratio, severity
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_f1", "val_auc", "lr", "samples_per_s",
@@ -152,7 +152,9 @@ def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> 
     say(f"precision: {run.amp_dtype or 'fp32'}{' + GradScaler' if run.scaler else ''}; "
         f"{run.steps_per_epoch} steps/epoch/rank")
     pos = _restore(run, ckpt, changed, say) if ckpt else Position(world_size=d.world_size, batch_size=cfg.batch_size)
-    config_record = _config_record(cfg, decision, manifest, run, ckpt, changed)
+    config_record = _config_record(cfg, decision, manifest, run)
+    if ckpt is not None:  # carried in every later checkpoint, so the next resume extends it
+        config_record["resumed"] = run.base_state["resumed"] = resume_log(ckpt, changed)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_json(out / "config.json", config_record, default=str)
@@ -400,17 +402,12 @@ def _save_epoch(run: _Run, pos: Position, row: dict, best: dict | None, tb, say)
             tb.add_scalar(k, float(row[k]), row["epoch"])
 
 
-def _config_record(cfg, decision, manifest, run: _Run, ckpt, changed) -> dict:
-    rec = {**asdict(cfg), "strategy_decision": decision,
-           "dataset": {"shards": str(Path(cfg.shards).resolve()), "modality": manifest["modality"],
-                       "splits": manifest["splits"]},
-           "world_size": run.d.world_size, "precision": str(run.amp_dtype or "fp32"), "device": str(run.device),
-           "device_requested": cfg.device}
-    if ckpt is not None:  # every resume of the run, with the flags it changed
-        at = Position.from_checkpoint(ckpt)
-        rec["resumed"] = [*ckpt.get("resumed", []), {"at_epoch": at.epoch + 1, "at_batch": at.batch, "changed": changed}]
-        run.base_state["resumed"] = rec["resumed"]
-    return rec
+def _config_record(cfg, decision, manifest, run: _Run) -> dict:
+    return {**asdict(cfg), "strategy_decision": decision,
+            "dataset": {"shards": str(Path(cfg.shards).resolve()), "modality": manifest["modality"],
+                        "splits": manifest["splits"]},
+            "world_size": run.d.world_size, "precision": str(run.amp_dtype or "fp32"), "device": str(run.device),
+            "device_requested": cfg.device}
 
 
 def _teardown(run: _Run, d: Dist) -> None:

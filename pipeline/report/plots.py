@@ -126,10 +126,10 @@ def _two_class(preds: dict) -> dict:
 
 
 def _thresholds_for_points(metrics: dict) -> list[tuple[str, float, str]]:
-    tuned = ((metrics or {}).get("chosen") or {}).get("threshold")
-    method = ((metrics or {}).get("chosen") or {}).get("method", "tuned")
+    chosen = (metrics or {}).get("chosen") or {}
+    tuned, method = chosen.get("threshold"), chosen.get("method", "tuned")
     pts = [("default 0.5", DEFAULT_THRESHOLD, "o")]
-    if tuned is not None:
+    if tuned is not None and not chosen.get("requested"):  # after a fallback the applied point is the default
         pts.append((f"tuned {method} {tuned:.4f}", float(tuned), "*"))
     return pts
 
