@@ -274,12 +274,11 @@ def _restore(run: _Run, ckpt: dict, changed: dict, say) -> Position:
     if run.scaler is not None and ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
     pos = Position.from_checkpoint(ckpt)
-    old_w, old_b = pos.world_size, pos.batch_size
-    if (old_w, old_b) != (run.d.world_size, run.cfg.batch_size) and pos.batch:
-        again = pos.remap(run.d.world_size, run.cfg.batch_size)
-        say(f"resuming mid-epoch with {run.d.world_size} rank(s) x batch {run.cfg.batch_size} instead of "
+    saved_batch, old_w, old_b = pos.batch, pos.world_size, pos.batch_size
+    again = pos.remap(run.d.world_size, run.cfg.batch_size)  # the same position when neither changed
+    if saved_batch and (old_w, old_b) != (pos.world_size, pos.batch_size):
+        say(f"resuming mid-epoch with {pos.world_size} rank(s) x batch {pos.batch_size} instead of "
             f"{old_w} x {old_b}: {again} sample(s) of epoch {pos.epoch + 1}'s plan are trained on again")
-    pos.world_size, pos.batch_size = run.d.world_size, run.cfg.batch_size
     _restore_schedule(run, ckpt, old_w * old_b / (pos.world_size * pos.batch_size))
     if ckpt.get("rng") is not None:  # dropout and stochastic depth draw from it
         torch.set_rng_state(ckpt["rng"])
@@ -302,7 +301,7 @@ def _restore_schedule(run: _Run, ckpt: dict, step_scale: float) -> None:
         group["initial_lr"] = run.cfg.lr
         group["lr"] = run.cfg.lr * f(sched.last_epoch)
         group["weight_decay"] = run.cfg.weight_decay
-    sched._last_lr = [g["lr"] for g in run.optimizer.param_groups]
+    sched._last_lr = [g["lr"] for g in run.optimizer.param_groups]  # what get_last_lr() (history's lr) reads
 
 
 def _fit_epoch(run: _Run, pos: Position) -> dict:
@@ -351,8 +350,7 @@ def _validate(run: _Run, pos: Position, totals: dict, say) -> dict:
     d = run.d
     skipped0 = run.val_loader.skipped
     keys, labels, scores, vloss = predict(run.net, run.val_loader, run.device, run.amp_dtype, run.loss_fn)
-    vloss = reduce_sum([vloss], d, run.device)[0]
-    vskipped = reduce_sum([run.val_loader.skipped - skipped0], d, run.device)[0]
+    vloss, vskipped = reduce_sum([vloss, run.val_loader.skipped - skipped0], d, run.device)
     keys, labels, scores = gather_predictions(keys, labels, scores, d)
     from .metrics import val_summary
     v = val_summary(labels, scores)
