@@ -399,7 +399,7 @@ def bench_loader_cmd(shards: Path = typer.Argument(...),
     dev = str(resolve_device(device))
     sampling = {"weighted": "inverse"}.get(sampling, sampling)
     if backend == "seed":
-        row = bench_seed_baseline(shards, dev, batch_size, batches, warmup, workers, image_size)
+        row = bench_seed_baseline(shards, dev, batch_size, batches, warmup, workers, image_size, split)
     else:
         row = bench_loader(shards, backend, dev, split, sampling, batch_size, batches, warmup, workers, gpu_decode,
                            image_size, dali_threads, hw_decoder_load)
