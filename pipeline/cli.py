@@ -451,7 +451,7 @@ def bench_loader_cmd(shards: Path = typer.Argument(..., metavar="SHARDS", help="
 def bench_train_cmd(shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder"),
                     device: str = typer.Option("auto", help=DEVICE_HELP),
                     backend: str = typer.Option("dali", help="loader: dali or torch"),
-                    model: Optional[str] = typer.Option(None, help="as for dfp train"),
+                    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
                     batch_size: int = typer.Option(32, help=BATCH_HELP), batches: int = typer.Option(10, help="timed training steps"),
                     image_size: int = typer.Option(224, metavar=SIZE, help=SIZE_HELP),
                     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_OUT_HELP)):

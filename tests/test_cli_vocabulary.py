@@ -127,7 +127,7 @@ def shards(tmp_path):
     return tmp_path / "shards"
 
 
-def test_sampling_names_are_trains_and_the_old_name_still_works(shards, monkeypatch, capsys):
+def test_bench_loader_takes_trains_sampling_names_and_weighted_as_an_unlisted_alias(shards, monkeypatch, capsys):
     import pipeline.bench
     got = {}
     monkeypatch.setattr(pipeline.bench, "machine", dict)
