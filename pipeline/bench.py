@@ -145,15 +145,27 @@ class _SeedDataset(torch.utils.data.Dataset):
             return self.transform(im.convert("RGB")), self.labels[i]
 
 
+def _seed_files(input_dir: Path, split: str) -> tuple[list[Path], list[int]]:
+    """The images of one raw INPUT and their classes, read as `dfp shard` reads it (real/fake, train/real or the
+    seed's train_real/test_fake); where INPUT names splits, only `split`'s files."""
+    from .errors import InputError
+    from .sources import discover
+    found = discover(input_dir, "image").candidates
+    if any(c.split for c in found):
+        found = [c for c in found if c.split == split]
+        if not found:
+            raise InputError(f"SHARDS {input_dir}: has no {split} split (folders such as {split}/real or "
+                             f"{split}_real); pick another with --split")
+    if {c.cls for c in found} != set(CLASSES):
+        raise InputError(f"SHARDS {input_dir}: the {split} images must include both real and fake")
+    return [c.path for c in found], [CLASSES.index(c.cls) for c in found]
+
+
 def bench_seed_baseline(input_dir: Path, device: str = "cpu", batch_size: int = 64, batches: int = 30,
-                        warmup: int = 3, workers: int = 2, image_size: int = 224) -> dict:
+                        warmup: int = 3, workers: int = 2, image_size: int = 224, split: str = "train") -> dict:
     from torch.utils.data import DataLoader, WeightedRandomSampler
     from torchvision import transforms as T
-    files, labels = [], []
-    for ci, c in enumerate(CLASSES):
-        fs = [p for p in _files(input_dir / c) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
-        files += fs
-        labels += [ci] * len(fs)
+    files, labels = _seed_files(input_dir, split)
     labels_np = np.array(labels)
     weights = (1.0 / np.bincount(labels_np))[labels_np]
     tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.RandomRotation(15),

@@ -25,6 +25,16 @@ DATASETS = ("folders", "table", "ff++", "celeb-df", "dfdc", "asvspoof2019", "asv
 # Every backbone downsamples 32x: below 32 px its last feature map is padding around less than one cell,
 # so training runs without error and learns nothing.
 MIN_IMAGE_SIZE = 32
+# Help texts of options that several commands share, so that one concept reads the same everywhere.
+DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
+BATCH_HELP = "samples per batch"
+SIZE = "<size>"  # --image-size: the side of a square input in pixels (synth also takes WxH)
+SIZE_HELP = "images and video frames: the side in pixels of the square they are resized and cropped to"
+JSON_OUT_HELP = "also write the results to this JSON file (default: text only)"
+MODEL_HELP = ("image: efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18; "
+              "video: frame_pool, r2plus1d_18 (default: per modality, efficientnet_b0, audio_resnet18 or frame_pool)")
+CKPT_HELP = "a run's best_model.pth, or the run folder holding it"
+EVAL_BACKEND_HELP = "loader: auto (the checkpoint's), dali or torch"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train deepfake detectors on imbalanced data: shards, loaders, trainer, thresholds, reports.")
@@ -32,17 +42,34 @@ bench_app = typer.Typer(no_args_is_help=True, help="Throughput benchmarks (JSON 
 app.add_typer(bench_app, name="bench")
 
 
+def _switches_show_no_value() -> None:
+    """Typer's help prints a value type after every option, `<bool>` after a switch too, as if `--quiet` took a
+    value: a switch shows none. (Typers without `display_type_rich` print switches without a type already.)"""
+    from typer.core import TyperOption
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+    TyperOption.display_type_rich = display_type_rich
+
+
+_switches_show_no_value()
+
+
 def _echo_err(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
 
 
 @app.command()
-def synth(out: Path = typer.Argument(..., help="output folder (OUT/real, OUT/fake)"),
+def synth(out: Path = typer.Argument(..., metavar="OUT", help="output folder (OUT/real, OUT/fake)"),
           modality: str = typer.Option("image", help="image, audio or video"),
           n_real: int = typer.Option(300, help="number of real samples"),
           n_fake: int = typer.Option(100, help="number of fake samples"),
-          seed: int = typer.Option(0),
-          image_size: Optional[str] = typer.Option(None, help="fixed image size WxH, e.g. 512x384")):
+          seed: int = typer.Option(0, help="seed for the content, sizes and artifacts"),
+          image_size: Optional[str] = typer.Option(None, metavar=SIZE, help="every image this size: N (square) or WxH, "
+                                                   "e.g. 512x384 (default: each its own, 96 to 256 px a side)")):
     """Write a synthetic labeled dataset whose fakes carry learnable, non-trivial artifacts."""
     v.choice("modality", modality, MODALITIES)
     v.minimum(1, n_real=n_real, n_fake=n_fake)
@@ -66,11 +93,11 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
           workers: Optional[int] = typer.Option(None, help="decode processes (default: all cores)"),
           max_count: int = typer.Option(5000, help="max samples per shard"),
           max_size: int = typer.Option(1_000_000_000, help="max bytes per shard"),
-          max_samples_per_class: Optional[int] = typer.Option(None, help="keep at most N files per class (seeded)"),
-          class_map: Optional[str] = typer.Option(None, help="folder names to classes, e.g. 'original,real=real manipulated,fake=fake'"),
+          max_samples_per_class: Optional[int] = typer.Option(None, help="keep at most N files per class (seeded; default: all)"),
+          class_map: Optional[str] = typer.Option(None, help="folder names to classes, e.g. 'original,real=real manipulated,fake=fake' (default: real, fake and their synonyms, see README)"),
           group_depth: int = typer.Option(0, help="keep files under the same sub-folder (this many levels below the class folder) in one split"),
           dataset: str = typer.Option("folders", help="how INPUT is laid out: " + ", ".join(DATASETS) + " (see README)"),
-          protocol: Optional[Path] = typer.Option(None, help="the dataset's label/split file or folder, where it is not at its usual place in INPUT"),
+          protocol: Optional[Path] = typer.Option(None, help="the dataset's label/split file or folder (default: at its usual place in INPUT)"),
           val_fraction: float = typer.Option(0.1, help="share of train carved out as val where the input has no val split"),
           ff_compression: str = typer.Option("c23", help="ff++ and deepfakebench: raw, c23 or c40"),
           max_side: Optional[int] = typer.Option(None, help="longest image/frame side (default 512 images, 256 video); JPEGs within it keep their bytes"),
@@ -138,7 +165,7 @@ def _check_face_args(faces: bool, modality: str, margin: float, size: int, quali
 
 
 @app.command()
-def verify(shards: Path = typer.Argument(..., help="shard folder"),
+def verify(shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder"),
            quiet: bool = typer.Option(False, help="no progress bar")):
     """Re-read every shard: checksums, counts, index files, decode every sample. Exit 1 on any mismatch."""
     v.existing("SHARDS", shards, "dir")
@@ -154,8 +181,8 @@ def verify(shards: Path = typer.Argument(..., help="shard folder"),
 
 
 @app.command()
-def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT"),
-          plot: Optional[Path] = typer.Option(None, help="write a bar chart PNG here"),
+def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a shard folder, or raw input as for dfp shard"),
+          plot: Optional[Path] = typer.Option(None, help="write a bar chart PNG here (default: none)"),
           as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
           class_map: Optional[str] = typer.Option(None, help="as for dfp shard (raw input only)"),
           dataset: str = typer.Option("folders", help="as for dfp shard (raw input only)"),
@@ -230,35 +257,39 @@ def _check_train(a: dict) -> None:
 
 
 @app.command()
-def train(ctx: typer.Context, shards: Path = typer.Argument(..., help="shard folder from dfp shard"),
+def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder from dfp shard"),
           out: Path = typer.Option(Path("runs/exp"), help="run directory"),
-          device: str = typer.Option("auto", help="auto, cpu or cuda"),
+          device: str = typer.Option("auto", help=DEVICE_HELP),
           backend: str = typer.Option("auto", help="loader backend: auto (dali if installed), dali or torch"),
-          epochs: int = typer.Option(10), batch_size: int = typer.Option(32), lr: float = typer.Option(3e-4),
-          weight_decay: float = typer.Option(1e-4), seed: int = typer.Option(0),
-          model: Optional[str] = typer.Option(None, help="image: efficientnet_b0 (default), efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18; video: frame_pool, r2plus1d_18"),
+          epochs: int = typer.Option(10, help="passes over the train split (see --epoch-len)"),
+          batch_size: int = typer.Option(32, help=BATCH_HELP + " (per process under torchrun)"),
+          lr: float = typer.Option(3e-4, help="AdamW learning rate"),
+          weight_decay: float = typer.Option(1e-4, help="AdamW weight decay"),
+          seed: int = typer.Option(0, help="seed for initialisation, sampling and augmentation"),
+          model: Optional[str] = typer.Option(None, help=MODEL_HELP),
           frame_backbone: str = typer.Option("efficientnet_b0", help="video frame_pool: the per-frame 2D backbone"),
           pretrained: bool = typer.Option(False, help="start from torchvision's ImageNet weights (needs network or a cached download)"),
-          weights: Optional[Path] = typer.Option(None, help="start from a local state dict or dfp checkpoint"),
+          weights: Optional[Path] = typer.Option(None, help="start from a local state dict or dfp checkpoint (default: none)"),
           strategy: str = typer.Option("auto", help="auto: choose techniques from the imbalance ratio; manual: use the options below"),
           loss: str = typer.Option("focal", help="manual: focal, weighted_bce or bce"),
           focal_alpha: str = typer.Option("0.25", help="weight of the fake class in focal loss, or 'auto' (= real share)"),
-          focal_gamma: float = typer.Option(2.0),
+          focal_gamma: float = typer.Option(2.0, help="focal loss: how much easy samples are down-weighted (0: none)"),
           sampling: str = typer.Option("inverse", help="manual: inverse, sqrt or natural"),
-          class_weights: Optional[str] = typer.Option(None, help="manual: per-sample class weights, e.g. real=1,fake=3"),
-          minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment"),
+          class_weights: Optional[str] = typer.Option(None, help="manual: per-sample class weights, e.g. real=1,fake=3 (default: none)"),
+          minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment", help="manual: stronger augmentation for the smaller class"),
           smote: bool = typer.Option(False, "--smote/--no-smote", help="manual: refit the head on SMOTE-balanced embeddings"),
           amp: str = typer.Option("auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or off"),
           no_amp: bool = typer.Option(False, "--no-amp", help="fp32 everywhere (same as --amp off)"),
           compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
           workers: int = typer.Option(2, help="loader worker processes (torch backend)"),
-          image_size: int = typer.Option(224), audio_seconds: float = typer.Option(4.0),
-          max_samples_per_class: Optional[int] = typer.Option(None), epoch_len: Optional[int] = typer.Option(None, help="samples drawn per epoch (default: train split size)"),
+          image_size: int = typer.Option(224, metavar=SIZE, help=SIZE_HELP),
+          audio_seconds: float = typer.Option(4.0, help="audio: clip length in seconds"),
+          max_samples_per_class: Optional[int] = typer.Option(None, help="use at most N samples per class of each split (seeded; default: all)"), epoch_len: Optional[int] = typer.Option(None, help="samples drawn per epoch (default: train split size)"),
           patience: int = typer.Option(5, help="early stopping: epochs without val F1 improvement (0: off)"),
           threshold_method: str = typer.Option("f1", help="f1, youden, eer, precision:P or recall:R"),
-          resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its last.pth"),
+          resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its last.pth (default: a new run)"),
           save_every: int = typer.Option(0, help="also write last.pth every N steps, for mid-epoch resume (0: epoch ends only)"),
-          tensorboard: bool = typer.Option(False, "--tensorboard"),
+          tensorboard: bool = typer.Option(False, "--tensorboard", help="also log each epoch's losses, val F1 and speed to RUN/tb for TensorBoard"),
           no_report: bool = typer.Option(False, "--no-report", help="skip plots and report.html"),
           quiet: bool = typer.Option(False, help="no progress bars")):
     """Train a real/fake detector and write the run directory (works under torchrun)."""
@@ -278,44 +309,48 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., help="shard fol
     run_training(cfg, given=_given(ctx))
 
 
-def _check_model_run(ckpt: Path, shards: Path, device: str, backend: str, batch_size: int) -> None:
-    """The options evaluate and tune share."""
+def _check_model_run(ckpt: Path, shards: Path, device: str, backend: str, batch_size: int) -> Path:
+    """The options evaluate and tune share; returns the checkpoint file CKPT stands for."""
     v.minimum(1, batch_size=batch_size)
     v.choice("backend", backend, BACKENDS)
-    v.existing("CKPT", ckpt, "file")
+    ckpt = v.checkpoint(ckpt)
     v.shards(shards)
     v.device(device)
+    return ckpt
 
 
 @app.command()
-def evaluate(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
-             shards: Path = typer.Argument(..., help="shard folder"),
+def evaluate(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
+             shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder"),
              split: str = typer.Option("test", help="train, val or test"),
              out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/eval_SPLIT)"),
-             device: str = typer.Option("auto"), backend: str = typer.Option("auto"),
-             batch_size: int = typer.Option(64)):
+             device: str = typer.Option("auto", help=DEVICE_HELP),
+             backend: str = typer.Option("auto", help=EVAL_BACKEND_HELP),
+             batch_size: int = typer.Option(64, help=BATCH_HELP)):
     """Metrics at 0.5 and at the stored threshold, predictions and plots for a saved model."""
     v.choice("split", split, SPLITS)
     v.output("--out", out, "dir")
-    _check_model_run(ckpt, shards, device, backend, batch_size)
+    ckpt = _check_model_run(ckpt, shards, device, backend, batch_size)
     from .evaluate import evaluate as run
     run(ckpt, shards, split, out, device, backend, batch_size)
 
 
 @app.command()
-def tune(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
-         shards: Path = typer.Argument(..., help="shard folder (its val split is used)"),
+def tune(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
+         shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder (its val split is used)"),
          method: str = typer.Option("f1", help="f1, youden, eer, precision:P or recall:R"),
-         device: str = typer.Option("auto"), backend: str = typer.Option("auto"), batch_size: int = typer.Option(64)):
+         device: str = typer.Option("auto", help=DEVICE_HELP),
+         backend: str = typer.Option("auto", help=EVAL_BACKEND_HELP),
+         batch_size: int = typer.Option(64, help=BATCH_HELP)):
     """Re-tune the decision threshold on the val split and store it in the checkpoint."""
     v.threshold_method(method, "method")
-    _check_model_run(ckpt, shards, device, backend, batch_size)
+    ckpt = _check_model_run(ckpt, shards, device, backend, batch_size)
     from .evaluate import tune as run
     run(ckpt, shards, method, device, backend, batch_size)
 
 
 @app.command()
-def report(run: Path = typer.Argument(..., help="run directory")):
+def report(run: Path = typer.Argument(..., metavar="RUN", help="run directory")):
     """Re-render plots, training_results.txt and report.html from a run's saved files (no model needed)."""
     v.existing("RUN", run, "dir")
     from .report import render_report
@@ -326,15 +361,15 @@ def report(run: Path = typer.Argument(..., help="run directory")):
 
 
 @app.command()
-def predict(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
-            paths: List[Path] = typer.Argument(..., help="files and folders of raw images, audio or video"),
+def predict(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
+            paths: List[Path] = typer.Argument(..., metavar="PATHS", help="files and folders of raw images, audio or video"),
             out: Path = typer.Option(Path("preds.csv"), help="CSV: path,score,label,error"),
-            device: str = typer.Option("auto"), batch_size: int = typer.Option(32),
+            device: str = typer.Option("auto", help=DEVICE_HELP), batch_size: int = typer.Option(32, help=BATCH_HELP),
             backend: str = typer.Option("auto", help="loader: auto (the checkpoint's, as evaluate uses), dali or torch"),
             workers: int = typer.Option(2, help="loader worker processes (torch backend)")):
     """Score raw files with the stored threshold; unreadable files get a row with an error."""
     v.minimum(1, batch_size=batch_size)
-    v.existing("CKPT", ckpt, "file")
+    ckpt = v.checkpoint(ckpt)
     for p in paths:
         v.existing("PATHS", p)
     v.output("--out", out, "file")
@@ -346,9 +381,9 @@ def predict(ckpt: Path = typer.Argument(..., help="best_model.pth of a run"),
 
 
 @bench_app.command("shard")
-def bench_shard_cmd(input_dir: Path = typer.Argument(..., metavar="INPUT"),
-                    json_out: Optional[Path] = typer.Option(None, "--json", help="write results here"),
-                    workers: Optional[int] = typer.Option(None),
+def bench_shard_cmd(input_dir: Path = typer.Argument(..., metavar="INPUT", help="raw input folder, as for dfp shard"),
+                    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_OUT_HELP),
+                    workers: Optional[int] = typer.Option(None, help="decode processes (default: all cores)"),
                     faces: bool = typer.Option(False, "--faces", help="also time `dfp shard --faces` (face crops/s)")):
     """Packing throughput (files/s, MB/s) beside `tar cf` of the same files."""
     v.minimum(1, workers=workers)
@@ -373,17 +408,21 @@ def _check_bench_run(shards: Path, device: str, batch_size: int, batches: int, i
 
 
 @bench_app.command("loader")
-def bench_loader_cmd(shards: Path = typer.Argument(...),
+def bench_loader_cmd(shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder (with --backend seed: raw image input as for dfp shard)"),
                      backend: str = typer.Option("dali", help="dali, torch or seed (then SHARDS is the raw input folder)"),
-                     device: str = typer.Option("auto"), split: str = typer.Option("train"),
-                     sampling: str = typer.Option("weighted", help="weighted (inverse class frequency), sqrt or natural"),
-                     batch_size: int = typer.Option(64), batches: int = typer.Option(30), warmup: int = typer.Option(3),
-                     workers: int = typer.Option(2), gpu_decode: bool = typer.Option(False, "--gpu-decode"),
-                     image_size: int = typer.Option(224),
+                     device: str = typer.Option("auto", help=DEVICE_HELP),
+                     split: str = typer.Option("train", help="train, val or test"),
+                     sampling: str = typer.Option("inverse", help="inverse (class frequency), sqrt or natural, as for dfp train"),
+                     batch_size: int = typer.Option(64, help=BATCH_HELP),
+                     batches: int = typer.Option(30, help="timed batches"),
+                     warmup: int = typer.Option(3, help="batches drawn before the clock starts"),
+                     workers: int = typer.Option(2, help="loader worker processes (torch and seed backends)"),
+                     gpu_decode: bool = typer.Option(False, "--gpu-decode", help="torch backend: decode JPEGs on the device"),
+                     image_size: int = typer.Option(224, metavar=SIZE, help=SIZE_HELP),
                      dali_threads: Optional[int] = typer.Option(None, help="DALI CPU threads (default: cores + 1)"),
                      hw_decoder_load: Optional[float] = typer.Option(
                          None, help="DALI on a GPU: share of JPEGs for the hardware decoder, 0..1 (default DALI's)"),
-                     json_out: Optional[Path] = typer.Option(None, "--json")):
+                     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_OUT_HELP)):
     """Loader samples/s after warm-up with the training augmentation; JSON holds class_counts delivered."""
     v.choice("backend", backend, ("dali", "torch", "seed"))
     v.minimum(1, dali_threads=dali_threads)
@@ -391,15 +430,15 @@ def bench_loader_cmd(shards: Path = typer.Argument(...),
     if hw_decoder_load is not None and hw_decoder_load > 1:
         raise UsageError(f"--hw-decoder-load must be between 0 and 1, got {hw_decoder_load}")
     v.choice("split", split, SPLITS)
-    v.choice("sampling", sampling, ("weighted", *SAMPLINGS))
+    sampling = {"weighted": "inverse"}.get(sampling, sampling)  # an alias, not listed in help
+    v.choice("sampling", sampling, SAMPLINGS)
     v.minimum(0, warmup=warmup, workers=workers)
     _check_bench_run(shards, device, batch_size, batches, image_size, json_out, raw=backend == "seed")
     from .bench import bench_loader, bench_seed_baseline, machine
     from .loaders import resolve_device
     dev = str(resolve_device(device))
-    sampling = {"weighted": "inverse"}.get(sampling, sampling)
     if backend == "seed":
-        row = bench_seed_baseline(shards, dev, batch_size, batches, warmup, workers, image_size)
+        row = bench_seed_baseline(shards, dev, batch_size, batches, warmup, workers, image_size, split)
     else:
         row = bench_loader(shards, backend, dev, split, sampling, batch_size, batches, warmup, workers, gpu_decode,
                            image_size, dali_threads, hw_decoder_load)
@@ -409,10 +448,13 @@ def bench_loader_cmd(shards: Path = typer.Argument(...),
 
 
 @bench_app.command("train")
-def bench_train_cmd(shards: Path = typer.Argument(...), device: str = typer.Option("auto"),
-                    backend: str = typer.Option("dali"), model: Optional[str] = typer.Option(None),
-                    batch_size: int = typer.Option(32), batches: int = typer.Option(10), image_size: int = typer.Option(224),
-                    json_out: Optional[Path] = typer.Option(None, "--json")):
+def bench_train_cmd(shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder"),
+                    device: str = typer.Option("auto", help=DEVICE_HELP),
+                    backend: str = typer.Option("dali", help="loader: dali or torch"),
+                    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+                    batch_size: int = typer.Option(32, help=BATCH_HELP), batches: int = typer.Option(10, help="timed training steps"),
+                    image_size: int = typer.Option(224, metavar=SIZE, help=SIZE_HELP),
+                    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_OUT_HELP)):
     """Training samples/s, fp32 vs AMP, with the share of time spent waiting for data."""
     v.choice("backend", backend, ("dali", "torch"))
     _check_bench_run(shards, device, batch_size, batches, image_size, json_out)
@@ -427,10 +469,11 @@ def bench_all_cmd(samples: int = typer.Option(2000, help="synthetic 512x384 JPEG
                   work: Optional[Path] = typer.Option(None, help="work folder (default: a temporary one)"),
                   batches: int = typer.Option(20, help="timed loader batches per contender and round"),
                   rounds: int = typer.Option(3, help="interleaved rounds for packing and loaders; ratios are medians over rounds"),
-                  train_model: str = typer.Option("resnet18"), train_batches: int = typer.Option(6),
-                  train_image_size: int = typer.Option(224, help="training benchmark input side"),
+                  train_model: str = typer.Option("resnet18", help="image model of the training benchmark"),
+                  train_batches: int = typer.Option(6, help="timed training steps"),
+                  train_image_size: int = typer.Option(224, metavar=SIZE, help="training benchmark input side"),
                   memory_sizes: str = typer.Option("20000,200000", help="dataset sizes for the loader memory probe"),
-                  json_out: Optional[Path] = typer.Option(None, "--json")):
+                  json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_OUT_HELP)):
     """Everything side by side in one run: packing, loaders, training, sampler planning, loader memory."""
     sizes = v.int_list("memory_sizes", memory_sizes)
     v.minimum(20, samples=samples)
@@ -453,8 +496,10 @@ def _emit(res: dict, json_out: Optional[Path], text: str) -> None:
 @app.command()
 def demo(out: Path = typer.Option(Path("demo_out"), help="work folder: data, shards, run"),
          modality: str = typer.Option("image", help="image, audio or video"),
-         device: str = typer.Option("auto"), epochs: Optional[int] = typer.Option(None),
-         batch_size: int = typer.Option(32), backend: str = typer.Option("auto"),
+         device: str = typer.Option("auto", help=DEVICE_HELP),
+         epochs: Optional[int] = typer.Option(None, help="training epochs (default: the demo's own per modality, see README)"),
+         batch_size: int = typer.Option(32, help=BATCH_HELP),
+         backend: str = typer.Option("auto", help="loader backend: auto (dali if installed), dali or torch"),
          seed: int = typer.Option(0, help="seeds the data, the split and training")):
     """The whole job on an embedded synthetic dataset: synth -> shard -> train -> tune -> report."""
     v.choice("modality", modality, MODALITIES)

@@ -75,6 +75,18 @@ def existing(label: str, path: Optional[Path], kind: str = "any") -> None:
         raise UsageError(f"{label} {path}: is a folder; give a file")
 
 
+def checkpoint(path: Path, label: str = "CKPT") -> Path:
+    """The checkpoint file to read: `path` itself, or the best_model.pth of the run folder `path` names."""
+    if path.is_dir():
+        best = path / "best_model.pth"
+        if not best.is_file():
+            raise UsageError(f"{label} {path}: folder without best_model.pth; give a checkpoint file or the "
+                             f"folder of a finished dfp train run")
+        return best
+    existing(label, path, "file")
+    return path
+
+
 def shards(path: Path, label: str = "SHARDS") -> None:
     """A shard folder from `dfp shard`: its manifest is read, which is cheap and torch-free."""
     existing(label, path, "dir")
@@ -153,15 +165,16 @@ def model_name(value: Optional[str], modalities: Iterable[str] = ("image", "audi
 
 
 def image_size_wxh(value: Optional[str], modality: str) -> Optional[tuple[int, int]]:
-    """`synth --image-size WxH` -> (W, H), sides >= 8, images only."""
+    """`synth --image-size N` (a square, as every other --image-size) or `WxH` -> (W, H), sides >= 8, images only."""
     if not value:
         return None
     if modality != "image":
         raise UsageError("--image-size applies to --modality image only")
+    sides = value.lower().split("x")
     try:
-        w, h = (int(v) for v in value.lower().split("x"))
+        w, h = (int(v) for v in (sides * 2 if len(sides) == 1 else sides))
     except ValueError:
-        raise UsageError(f"--image-size {value!r}: use WxH, e.g. 512x384") from None
+        raise UsageError(f"--image-size {value!r}: give a side N or WxH, e.g. 256 or 512x384") from None
     if min(w, h) < 8:
         raise UsageError(f"--image-size {value!r}: both sides must be at least 8")
     return w, h

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from factory import image_tree
@@ -71,3 +72,22 @@ def test_demo_learns(tmp_path):
     assert metrics["test"]["auc"] >= 0.9, metrics["test"]
     assert metrics["test"]["auc"] < 1.0  # learnable, not trivial
     assert (run / "report.html").stat().st_size > 50_000
+
+
+def test_seed_baseline_reads_the_seeds_split_class_folders(tmp_path):
+    """The seed's own layout (train_real, test_fake, ...) is read as dfp shard reads it, one split at a time."""
+    from pipeline.bench import _seed_files, bench_seed_baseline
+    from pipeline.errors import InputError
+    from factory import smooth_image, write_jpeg
+    rng = np.random.default_rng(0)
+    made = {}
+    for split, n_real, n_fake in (("train", 3, 2), ("test", 1, 1)):
+        for cls, n in (("real", n_real), ("fake", n_fake)):
+            for i in range(n):
+                made[write_jpeg(tmp_path / f"{split}_{cls}" / f"{i}.jpg", smooth_image(rng, 40, 40))] = (split, cls)
+    files, labels = _seed_files(tmp_path, "train")
+    assert sorted(zip(files, labels)) == sorted((p, int(c == "fake")) for p, (s, c) in made.items() if s == "train")
+    with pytest.raises(InputError, match="has no val split"):
+        _seed_files(tmp_path, "val")
+    row = bench_seed_baseline(tmp_path, "cpu", batch_size=2, batches=2, warmup=0, workers=0, image_size=32)
+    assert row["samples"] == 4 and sum(row["class_counts"].values()) == 4
