@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from .formats import CLASSES, MANIFEST, SPLITS, read_manifest
 
 # What a preview of a raw input cannot know without packing it.
 BEFORE_DECODING = ("counted before decoding: files that fail to decode (corrupt media) and, with dfp shard --faces, "
-                   "files without a face are not yet subtracted; --faces splits the files that have one")
+                   "files without a face are still in the counts above (--faces splits only the files with a face)")
 
 # The seed's best-practice table.
 RECOMMENDED = {
@@ -63,7 +64,7 @@ def dataset_stats(path: str | Path, class_map: str | None = None, dataset: str =
     from .shards import ShardParams, _plan, _reason_kind
     from .splits import empty_class_warnings
     params = params or ShardParams(class_map=class_map, dataset=dataset, protocol=protocol)
-    plan = _plan(path, params)
+    plan = _plan(path, replace(params, faces=False))  # the face step is packing's: a preview decodes nothing
     splits = {s: {k: 0 for k in CLASSES} for s in SPLITS}
     attacks: dict[str, dict[str, int]] = {}
     for c in plan.cands:
@@ -94,7 +95,7 @@ def format_stats(st: dict) -> str:
         lines.append(f"  {split:5s}  fake by attack: " + ", ".join(f"{a} {n}" for a, n in per.items()))
     if "not_packable" in st:
         why = ", ".join(f"{k}: {v}" for k, v in st.get("not_packable_reasons", {}).items())
-        lines.append(f"  not packable: {st['not_packable']} files" + (f" ({why})" if why else "")
+        lines.append(f"  rejected before decoding: {st['not_packable']} files" + (f" ({why})" if why else "")
                      + "; dfp shard lists them in rejects.jsonl with the reason")
         lines.append(f"  {BEFORE_DECODING}")
     lines.append(f"Imbalance ratio: {_fmt_ratio(st['imbalance_ratio'])} ({st['majority']}:{st['minority']}), "

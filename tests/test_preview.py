@@ -205,7 +205,7 @@ def test_stats_text_says_what_a_preview_cannot_know(tmp_path):
     inp, options = folders_images(tmp_path / "in")
     out = format_stats(dataset_stats(inp, params=ShardParams(**options)))
     assert "files that fail to decode" in out and "without a face" in out
-    assert "not packable: 7 files" in out  # notes.txt and the 6 reals over the limit
+    assert "rejected before decoding: 7 files" in out  # notes.txt and the 6 reals over the limit
 
 
 # ---------------------------------------------------------------- --faces: detect, then split
