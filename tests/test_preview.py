@@ -235,7 +235,6 @@ def where(out: Path) -> dict:
             for s in all_samples_of(out, r)}
 
 
-@pytest.mark.slow
 def test_faces_splits_the_files_that_have_a_face(tmp_path):
     inp, faced = faces_input(tmp_path / "in")
     params = dict(faces=True, split="0.34,0.33,0.33", seed=3)  # split before detection: no real in train
@@ -254,7 +253,6 @@ def test_faces_splits_the_files_that_have_a_face(tmp_path):
     assert not (tmp_path / "out" / ".building").exists()
 
 
-@pytest.mark.slow
 def test_faces_first_is_byte_identical_across_workers_and_survives_an_interruption(tmp_path, monkeypatch):
     import pipeline.shards as shards
     inp, _ = faces_input(tmp_path / "in", faceless_real=3)
