@@ -189,14 +189,22 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
           protocol: Optional[Path] = typer.Option(None, help="as for dfp shard (raw input only)"),
           split: str = typer.Option("0.8,0.1,0.1", help="as for dfp shard (raw input only)"),
           val_fraction: float = typer.Option(0.1, help="as for dfp shard (raw input only)"),
-          ff_compression: str = typer.Option("c23", help="as for dfp shard (raw input only)")):
+          ff_compression: str = typer.Option("c23", help="as for dfp shard (raw input only)"),
+          modality: str = typer.Option("auto", help="as for dfp shard (raw input only)"),
+          seed: int = typer.Option(0, help="as for dfp shard (raw input only)"),
+          max_samples_per_class: Optional[int] = typer.Option(None, help="as for dfp shard (raw input only)"),
+          group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)")):
     """Counts per split, class and attack, imbalance ratio, severity and recommended techniques.
 
-    On a raw INPUT: what `dfp shard` with the same options would pack, before packing."""
+    On a raw INPUT: what `dfp shard` with the same options would pack, before packing (files that fail to
+    decode, and faceless files with --faces, are found only by packing)."""
     from .sources import parse_class_map, parse_split
     v.existing("SHARDS_OR_INPUT", path, "dir")
     v.output("--plot", plot, "file")
     _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
+    v.choice("modality", modality, ("auto", *MODALITIES))
+    v.minimum(1, max_samples_per_class=max_samples_per_class)
+    v.minimum(0, seed=seed, group_depth=group_depth)
     try:
         parse_class_map(class_map)
         parse_split(split)
@@ -206,7 +214,9 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
     from .stats import dataset_stats, format_stats, json_safe
     st = dataset_stats(path, params=ShardParams(class_map=class_map, dataset=dataset, split=split,
                                                 protocol=str(protocol) if protocol else None,
-                                                val_fraction=val_fraction, ff_compression=ff_compression))
+                                                val_fraction=val_fraction, ff_compression=ff_compression,
+                                                modality=modality, seed=seed, group_depth=group_depth,
+                                                max_samples_per_class=max_samples_per_class))
     if plot:
         from .atomic import write_bytes
         from .report import plot_dataset_stats, png_bytes

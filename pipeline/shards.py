@@ -29,6 +29,7 @@ from .sources import Candidate, parse_class_map, parse_split
 from .splits import empty_class_warnings, resolve_splits
 
 BUILD_DIR = ".building"
+SPILL_DIR = "faces"  # under BUILD_DIR: --faces crops between the face step and the split
 DEFAULT_MAX_SIDE = {"image": 512, "video": 256, "audio": 0}
 
 
@@ -143,21 +144,32 @@ class _Plan:
     cands: list
     rejects: list
     fractions: tuple
-    presplit: object
+    val_fraction: float
+    seed: int
+    presplit: bool | None = None  # None: not split yet (--faces splits the files that have a face, in _pack)
 
 
 def _plan(inp: Path, params: ShardParams) -> _Plan:
-    """What will be packed, in shard order (split, class, source), and what is rejected before packing."""
+    """What will be packed, in shard order (split, class, source), and what is rejected before packing
+    (`dfp stats INPUT` previews this). With --faces the split waits for the face step (`_pack`)."""
     fractions = parse_split(params.split)
     disc = discover_input(inp, params)
     modality = disc.modality
     media_params = {"max_side": params.max_side or DEFAULT_MAX_SIDE[modality], "sample_rate": params.sample_rate,
                     "frames": params.frames, "check": params.check, "faces": _face_settings(params, modality)}
     cands, over = _limit_per_class(disc.candidates, params.max_samples_per_class, params.seed)
-    presplit = resolve_splits(cands, fractions, params.val_fraction, params.seed)
+    plan = _Plan(modality, media_params, cands, disc.rejects + over, fractions, params.val_fraction, params.seed)
+    if not media_params["faces"]:
+        _split(plan, cands)
+    return plan
+
+
+def _split(plan: _Plan, cands: list) -> None:
+    """Split `cands` and make them the plan's samples, in shard order (split, class, source)."""
+    plan.presplit = resolve_splits(cands, plan.fractions, plan.val_fraction, plan.seed)
     order = {s: i for i, s in enumerate(SPLITS)}
     cands.sort(key=lambda c: (order[c.split], CLASSES.index(c.cls), c.source))
-    return _Plan(modality, media_params, cands, disc.rejects + over, fractions, presplit)
+    plan.cands = cands
 
 
 def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, progress: bool):
@@ -168,15 +180,18 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
         (build / s).mkdir(parents=True, exist_ok=True)
     sink = _ShardSink(build, params)
     workers = max(1, workers or os.cpu_count() or 1)
-    jobs = ((c.path, plan.modality, plan.media_params) for c in plan.cands)
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
-    results = pool.imap(_prepare_in_worker, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(plan.cands), unit="file", desc=f"packing {plan.modality}", dynamic_ncols=True)
     failed = []
+    bar = None
     try:
+        if plan.presplit is None:
+            results = _faces_first(plan, build / SPILL_DIR, pool, progress, failed)
+        else:
+            jobs = ((c.path, plan.modality, plan.media_params) for c in plan.cands)
+            results = pool.imap(_prepare_in_worker, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(plan.cands), unit="file", desc=f"packing {plan.modality}", dynamic_ncols=True)
         for c, (payload, meta, err) in zip(plan.cands, results):
             if bar:
                 bar.update(1)
@@ -198,6 +213,48 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
     order = {s: i for i, s in enumerate(SPLITS)}
     sink.rows.sort(key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
     return sink.rows, sink.counts, failed
+
+
+def _faces_first(plan: _Plan, spill: Path, pool, progress: bool, failed: list):
+    """--faces: run the face step on every candidate first, then split the files that have a face, so that
+    faceless files cannot empty a split of a class. The crops wait in files under `spill` (one per sample,
+    written by the worker), never all in memory; returns the prepared results in the plan's new order."""
+    spill.mkdir()
+    jobs = ((c.path, plan.modality, plan.media_params, str(spill / f"{i:08d}")) for i, c in enumerate(plan.cands))
+    results = pool.imap(_prepare_to_file, jobs, chunksize=8) if pool else map(_prepare_to_file, jobs)
+    if progress:
+        from tqdm import tqdm
+        results = tqdm(results, total=len(plan.cands), unit="file", desc="finding faces", dynamic_ncols=True)
+    kept = {}
+    for c, (file, meta, err) in zip(plan.cands, results):
+        if err is None:
+            kept[c.source] = (file, meta)
+        else:
+            failed.append({"source": c.source, "reason": err})
+    _split(plan, [c for c in plan.cands if c.source in kept])
+    return ((_read_spilled(kept[c.source][0]), kept[c.source][1], None) for c in plan.cands)
+
+
+def _prepare_to_file(args):
+    """_prepare_one, with the payload written to the file named by args[3]: (that file, meta, None) or (None, None, err)."""
+    path, modality, media_params, file = args
+    payload, meta, err = _prepare_one((path, modality, media_params))
+    if err is not None:
+        return None, None, err
+    with open(file, "wb") as f:
+        f.write(json.dumps([[ext, len(data)] for ext, data in payload.items()]).encode() + b"\n")
+        for data in payload.values():
+            f.write(data)
+    return file, meta, None
+
+
+def _read_spilled(file: str) -> dict[str, bytes]:
+    """The payload `_prepare_to_file` wrote, read back and its file removed (the disk holds each crop once)."""
+    with open(file, "rb") as f:
+        members = json.loads(f.readline())
+        payload = {ext: f.read(size) for ext, size in members}
+    os.unlink(file)
+    return payload
 
 
 class _ShardSink:

@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from .formats import CLASSES, MANIFEST, SPLITS, read_manifest
+
+# What a preview of a raw input cannot know without packing it.
+BEFORE_DECODING = ("counted before decoding: files that fail to decode (corrupt media) and, with dfp shard --faces, "
+                   "files without a face are still in the counts above (--faces splits only the files with a face)")
 
 # The seed's best-practice table.
 RECOMMENDED = {
@@ -48,28 +54,30 @@ def stats_from_splits(splits: dict[str, dict[str, int]], modality: str, source: 
 
 def dataset_stats(path: str | Path, class_map: str | None = None, dataset: str = "folders",
                   protocol: str | None = None, params=None) -> dict:
-    """Statistics of a shard folder (from its manifest) or of a raw input (what `dfp shard` would pack,
-    split as it would split it, before any file is decoded)."""
+    """Statistics of a shard folder (from its manifest) or of a raw input: what `dfp shard` with the same
+    params would pack, planned by the same function (`shards._plan`: discover, limit per class, split),
+    before any file is decoded."""
     path = Path(path)
     if (path / MANIFEST).is_file():
         m = read_manifest(path)
         return stats_from_splits(m["splits"], m["modality"], f"shards {path}")
-    from .shards import ShardParams, discover_input
-    from .sources import parse_split
-    from .splits import resolve_splits
+    from .shards import ShardParams, _plan, _reason_kind
+    from .splits import empty_class_warnings
     params = params or ShardParams(class_map=class_map, dataset=dataset, protocol=protocol)
-    disc = discover_input(path, params)
-    resolve_splits(disc.candidates, parse_split(params.split), params.val_fraction, params.seed)
+    plan = _plan(path, replace(params, faces=False))  # the face step is packing's: a preview decodes nothing
     splits = {s: {k: 0 for k in CLASSES} for s in SPLITS}
     attacks: dict[str, dict[str, int]] = {}
-    for c in disc.candidates:
+    for c in plan.cands:
         splits[c.split][c.cls] += 1
         if c.attack is not None:
             per = attacks.setdefault(c.split, {})
             per[c.attack] = per.get(c.attack, 0) + 1
-    out = stats_from_splits(splits, disc.modality, f"input {path} ({params.dataset})")
+    out = stats_from_splits(splits, plan.modality, f"input {path} ({params.dataset})")
     out["attacks"] = {s: dict(sorted(attacks[s].items())) for s in SPLITS if s in attacks}
-    out["not_packable"] = len(disc.rejects)
+    out["not_packable"] = len(plan.rejects)
+    out["not_packable_reasons"] = dict(sorted(Counter(_reason_kind(r["reason"]) for r in plan.rejects).items()))
+    out["warnings"] = empty_class_warnings(splits, plan.fractions, plan.presplit, plan.cands,
+                                           any(c.group for c in plan.cands))
     return out
 
 
@@ -86,10 +94,14 @@ def format_stats(st: dict) -> str:
     for split, per in st.get("attacks", {}).items():
         lines.append(f"  {split:5s}  fake by attack: " + ", ".join(f"{a} {n}" for a, n in per.items()))
     if "not_packable" in st:
-        lines.append(f"  not packable: {st['not_packable']} files (dfp shard lists them in rejects.jsonl with the reason)")
+        why = ", ".join(f"{k}: {v}" for k, v in st.get("not_packable_reasons", {}).items())
+        lines.append(f"  rejected before decoding: {st['not_packable']} files" + (f" ({why})" if why else "")
+                     + "; dfp shard lists them in rejects.jsonl with the reason")
+        lines.append(f"  {BEFORE_DECODING}")
     lines.append(f"Imbalance ratio: {_fmt_ratio(st['imbalance_ratio'])} ({st['majority']}:{st['minority']}), "
                  f"severity: {st['severity']}")
     lines.append("Recommended: " + " + ".join(st["recommended"]))
+    lines += st.get("warnings", [])
     return "\n".join(lines)
 
 
