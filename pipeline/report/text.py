@@ -164,6 +164,8 @@ def _split_lines(name: str, rep: dict, chosen: dict) -> list[str]:
 def _chosen_label(chosen: dict) -> str:
     if chosen.get("requested"):
         return f"default; {chosen['requested']} is undefined on val"
+    if chosen.get("method") in ("default", "fixed"):  # not tuned: 0.5, or given by the user
+        return str(chosen["method"])
     return f"{chosen.get('method', '?')}, tuned on val"
 
 
