@@ -26,7 +26,7 @@ from .thresholds import check_inputs
 
 LOGIT_CLIP = 1e-12  # logit(1 - 1e-12) = 27.6: a saturated score is a very confident one, not an infinite one
 ECE_BINS = 15
-RIDGE = 1e-4
+RIDGE = 1e-6  # weak enough to leave a fit on overlapping classes unchanged (to ~1e-4 in scale)
 NEWTON_STEPS = 100
 
 
