@@ -355,3 +355,18 @@ def test_bad_dcf_exits_2(tmp_path, monkeypatch, capsys):
     good.write_text("label,score\n0,0.2\n1,0.7\n")
     code, _, err = _run_cli([good, "--dcf", "0.05,1", "--json", tmp_path / "o.json"], monkeypatch, capsys)
     assert code == 2 and "--dcf" in err and not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.slow
+def test_dfp_metrics_reproduces_a_training_runs_test_block(tmp_path, monkeypatch, capsys):
+    from test_train import tiny_config, tiny_shards
+    from pipeline.train import run_training
+    out = run_training(tiny_config(tiny_shards(tmp_path, "image"), tmp_path / "run", model="resnet18"),
+                       log=lambda *a: None)
+    code, _, err = _run_cli([out / "predictions_test.csv", "--val", out / "predictions_val.csv",
+                             "--json", tmp_path / "block.json"], monkeypatch, capsys)
+    assert code == 0, err
+    test_block = json.loads((out / "metrics.json").read_text())["test"]
+    assert json.loads((tmp_path / "block.json").read_text()) == test_block
+    assert test_block["llr"]["fitted_on"] == "val" and "min_dcf" in test_block
+    assert (out / "calibration.png").is_file() and "minDCF" in (out / "training_results.txt").read_text()
