@@ -56,9 +56,10 @@ class Calibration(NamedTuple):
         if not isinstance(d, dict):
             return cls()
         try:
-            return cls(float(d["scale"]), float(d["offset"]), float(d["prior"]), d.get("fitted_on"))
+            cal = cls(float(d["scale"]), float(d["offset"]), float(d["prior"]), d.get("fitted_on"))
         except (KeyError, TypeError, ValueError):
             return cls()
+        return cal if math.isfinite(cal.scale + cal.offset) and 0.0 < cal.prior < 1.0 else cls()
 
     def as_dict(self) -> dict:
         return {"fitted_on": self.fitted_on, "scale": float(self.scale), "offset": float(self.offset),
