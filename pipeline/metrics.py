@@ -32,7 +32,6 @@ from .thresholds import (DEFAULT_THRESHOLD, METHODS, ThresholdUndefined, candida
 
 CURVE_KEYS = ("auc", "ap", "eer")
 COST_KEYS = ("min_dcf", "act_dcf", "cllr")
-VIDEO_KEYS = ("auc", "ap", "eer", "min_dcf")
 # parentheses keep it apart from any dataset's own attack names (A07, Deepfakes, ...)
 UNNAMED_ATTACK = "(unnamed)"
 
@@ -283,11 +282,11 @@ def build_metrics(val, test=None, method: str = "f1", extra_methods=(), attacks=
 
     attacks, groups = attacks or {}, groups or {}
     cal = val_calibration(vy, vs, costs)
-    report = lambda split, y, s: split_report(y, s, DEFAULT_THRESHOLD, chosen["threshold"], attacks.get(split),
-                                              _usable_groups(split, y, groups.get(split), warnings), cal, costs)
+    block = lambda split, y, s: split_report(y, s, DEFAULT_THRESHOLD, chosen["threshold"], attacks.get(split),
+                                             _usable_groups(split, y, groups.get(split), warnings), cal, costs)
     doc = {
-        "val": report("val", vy, vs),
-        "test": report("test", ty, ts) if ty is not None else None,
+        "val": block("val", vy, vs),
+        "test": block("test", ty, ts) if ty is not None else None,
         "thresholds": thresholds,
         "chosen": chosen,
     }

@@ -166,9 +166,9 @@ def score_metrics(t: ScoreFile, val: ScoreFile | None = None, threshold: float |
     chosen = ({"method": "fixed", "threshold": float(threshold)} if threshold is not None
               else {"method": "default", "threshold": DEFAULT_THRESHOLD})
     cal = val_calibration(val.labels, val.scores, costs) if val is not None else Calibration.identity()
-    report = lambda s, f: split_report(f.labels, f.scores, DEFAULT_THRESHOLD, chosen["threshold"], attacks[s],
-                                       groups[s], cal, costs)
-    doc = {"val": report("val", val) if val is not None else None, "test": report("test", t),
+    block = lambda s, f: split_report(f.labels, f.scores, DEFAULT_THRESHOLD, chosen["threshold"], attacks[s],
+                                      groups[s], cal, costs)
+    doc = {"val": block("val", val) if val is not None else None, "test": block("test", t),
            "thresholds": {chosen["method"]: chosen["threshold"]}, "chosen": chosen}
     return doc, []
 

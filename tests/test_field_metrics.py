@@ -15,7 +15,7 @@ import pytest
 from sklearn import metrics as skm
 
 from pipeline import cli
-from pipeline.calibration import ECE_BINS, Calibration, ece, fit, logit
+from pipeline.calibration import ECE_BINS, Calibration, fit, logit
 from pipeline.dcf import CostModel, act_dcf, cllr, min_dcf, parse_costs
 from pipeline.metrics import build_metrics, by_attack, split_report, video_metrics
 from pipeline.predictions import SampleMeta, attack_names, group_names, write_predictions
