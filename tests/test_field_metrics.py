@@ -370,3 +370,35 @@ def test_dfp_metrics_reproduces_a_training_runs_test_block(tmp_path, monkeypatch
     assert json.loads((tmp_path / "block.json").read_text()) == test_block
     assert test_block["llr"]["fitted_on"] == "val" and "min_dcf" in test_block
     assert (out / "calibration.png").is_file() and "minDCF" in (out / "training_results.txt").read_text()
+
+
+def test_summary_console_and_html_show_the_field_block(tmp_path):
+    from pipeline.report import console_summary, render_html, summary_text
+    doc = _fake_run(tmp_path / "run")
+    text, page = summary_text(doc, {}), render_html("run", doc, {}, {}, "")
+    console = console_summary("test", doc["test"], doc["chosen"])
+    for split in ("val", "test"):
+        rep = doc[split]
+        line = f"minDCF {rep['min_dcf']:.4f}  actDCF {rep['act_dcf']:.4f}  Cllr {rep['cllr']:.4f} bits"
+        assert line in text and "LLR calibrated on val" in text
+        assert f"Video level ({rep['video']['n']} videos, mean frame score): AUC {rep['video']['auc']:.4f}" in text
+    assert f"minDCF {doc['test']['min_dcf']:.4f}" in console and "Video level" in console
+    assert page.count("Cllr (bits)") == 2 and page.count("Videos (mean frame score)") == 2
+
+
+@pytest.mark.slow
+def test_dfp_metrics_out_is_a_run_directory_with_the_field_block(tmp_path, monkeypatch, capsys):
+    _fake_run(tmp_path / "run")
+    out = tmp_path / "o"
+    code, _, err = _run_cli([tmp_path / "run/predictions_test.csv", "--val", tmp_path / "run/predictions_val.csv",
+                             "--out", out], monkeypatch, capsys)
+    assert code == 0, err
+    doc = json.loads((out / "metrics.json").read_text())
+    text = (out / "training_results.txt").read_text()
+    for split in ("val", "test"):
+        rep = doc[split]
+        assert f"minDCF {rep['min_dcf']:.4f}  actDCF {rep['act_dcf']:.4f}  Cllr {rep['cllr']:.4f} bits" in text
+        assert f"Video level ({rep['video']['n']} videos, mean frame score): AUC {rep['video']['auc']:.4f}" in text
+    page = (out / "report.html").read_text()
+    assert "Cllr (bits)" in page and "Videos (mean frame score)" in page and "calibration.png" in page
+    assert (out / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
