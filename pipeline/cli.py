@@ -370,6 +370,36 @@ def report(run: Path = typer.Argument(..., metavar="RUN", help="run directory"))
     typer.echo(f"wrote {len(written)} files; open {run / 'report.html'}")
 
 
+@app.command("metrics")
+def metrics_cmd(
+        scores: Path = typer.Argument(..., metavar="SCORES",
+                                      help="CSV with label and score columns (optional group, attack, key)"),
+        val: Optional[Path] = typer.Option(None, help="val CSV: threshold tuned and LLR calibrated on it, then "
+                                           "applied unchanged to SCORES"),
+        threshold: Optional[float] = typer.Option(None, help="apply this threshold (default: tuned on --val, else 0.5)"),
+        method: str = typer.Option("f1", help="threshold method on --val: f1, youden, eer, precision:P or recall:R"),
+        dcf: str = typer.Option("0.05,1,10", help="ASVspoof 5 cost model P_SPOOF,C_MISS,C_FA"),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="write the split block here (JSON)"),
+        out: Optional[Path] = typer.Option(None, help="folder for metrics.json, predictions, plots, report.html"),
+        export_asvspoof5: Optional[Path] = typer.Option(None, help="ASVspoof 5 score file (bona fide LLR, higher = "
+                                                        "more bona fide), key file beside it (cm.tsv: cm_keys.tsv)")):
+    """Metrics of any score file, computed by the code dfp train uses (same console table, same JSON block)."""
+    v.existing("SCORES", scores, "file")
+    v.existing("--val", val, "file")
+    v.minimum(-float("inf"), threshold=threshold)  # any finite number
+    v.threshold_method(method, "method")
+    from .dcf import parse_costs
+    try:
+        costs = parse_costs(dcf)
+    except ValueError as e:
+        raise UsageError(f"--dcf {e}") from None
+    v.output("--json", json_out, "file")
+    v.output("--out", out, "dir")
+    v.output("--export-asvspoof5", export_asvspoof5, "file")
+    from .scorefile import run
+    run(scores, val, threshold, method, costs, json_out, out, export_asvspoof5, log=typer.echo)
+
+
 @app.command()
 def predict(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
             paths: List[Path] = typer.Argument(..., metavar="PATHS", help="files and folders of raw images, audio or video"),

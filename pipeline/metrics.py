@@ -10,6 +10,11 @@ class's. A decision is fake when `score >= threshold`.
 All values are plain Python floats and ints.
 
 Where the fakes of a split name their attack, the split also carries "by_attack" (see `by_attack`).
+
+Every split block also carries the field's figures (`field_metrics`): ASVspoof 5's "min_dcf", "act_dcf" and
+"cllr" under the cost model "dcf" (`pipeline.dcf`), the LLR they were computed from ("llr", `pipeline.calibration`:
+fitted on val where the run has one), the "ece" of the calibrated probability in "ece_bins" bins, and, where
+samples share a group (the frames of a video), "video" (see `video_metrics`).
 """
 from __future__ import annotations
 
@@ -20,10 +25,13 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              confusion_matrix, f1_score, matthews_corrcoef, precision_score,
                              recall_score, roc_auc_score)
 
+from .calibration import ECE_BINS, Calibration, ece, fit as fit_calibration
+from .dcf import DEFAULT_COSTS, CostModel, act_dcf, cllr, min_dcf
 from .thresholds import (DEFAULT_THRESHOLD, METHODS, ThresholdUndefined, candidates, canonical_method, check_inputs,
                          eer_point, parse_method, tune, tune_candidates)
 
 CURVE_KEYS = ("auc", "ap", "eer")
+COST_KEYS = ("min_dcf", "act_dcf", "cllr")
 # parentheses keep it apart from any dataset's own attack names (A07, Deepfakes, ...)
 UNNAMED_ATTACK = "(unnamed)"
 
@@ -92,9 +100,59 @@ def val_summary(labels, scores) -> dict:
     return out
 
 
-def by_attack(labels, scores, attacks, threshold: float) -> dict | None:
-    """{NAME: {"n", "auc", "eer", "recall"}} for one split: every real of the split against the fakes of
-    attack NAME (AUC, EER; None without reals) and the recall of those fakes at `threshold`.
+def field_metrics(labels, scores, calibration: Calibration | None = None, costs: CostModel = DEFAULT_COSTS) -> dict:
+    """{"min_dcf", "act_dcf", "cllr", "dcf", "llr", "ece", "ece_bins"}: minDCF on the scores themselves, actDCF
+    and Cllr on the bona fide LLR of `calibration` (identity: logit(score)), ECE of its probability. The three
+    costs are None for a single class."""
+    y, s = _validate(labels, scores)
+    cal = calibration or Calibration.identity()
+    out = {k: None for k in COST_KEYS}
+    if y.min() != y.max():
+        llr = cal.bonafide_llr(s)
+        out = {"min_dcf": min_dcf(y, s, costs), "act_dcf": act_dcf(y, llr, costs), "cllr": cllr(y, llr)}
+    return {**out, "dcf": costs.as_dict(), "llr": cal.as_dict(), "ece": ece(y, cal.probability(s)),
+            "ece_bins": ECE_BINS}
+
+
+def video_scores(labels, scores, groups) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(label, mean score, name) per group, groups in order of first appearance; a sample without a group
+    is a group of its own. None when no group holds more than one sample. ValueError naming the first group
+    that holds both labels."""
+    y, s = _validate(labels, scores)
+    names = ["" if g is None else str(g) for g in groups]
+    if len(names) != y.size:
+        raise ValueError(f"{len(names)} group names for {y.size} samples")
+    keys = [n if n else ("", i) for i, n in enumerate(names)]  # ("", i) is never a name
+    index: dict = {}
+    inv = np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, count=y.size)
+    if len(index) == y.size:
+        return None
+    count = np.bincount(inv)
+    fakes = np.bincount(inv, weights=y)
+    mixed = np.flatnonzero((fakes > 0) & (fakes < count))
+    if mixed.size:
+        first = next(k for k in index if index[k] == mixed[0])
+        raise ValueError(f"group {first!r} holds both real and fake samples, so it is not one video")
+    order = [k if isinstance(k, str) else "" for k in index]
+    return (fakes > 0).astype(np.int64), np.bincount(inv, weights=s) / count, order
+
+
+def video_metrics(labels, scores, groups, costs: CostModel = DEFAULT_COSTS) -> dict | None:
+    """{"n": videos, "auc", "ap", "eer", "min_dcf"} on the mean frame score per group (DeepfakeBench's video
+    level); the four are None for a single class. None when no group holds more than one sample."""
+    videos = video_scores(labels, scores, groups)
+    if videos is None:
+        return None
+    vy, vs, _ = videos
+    out = {"n": int(vy.size), **curve_metrics(vy, vs), "min_dcf": None}
+    if vy.min() != vy.max():
+        out["min_dcf"] = min_dcf(vy, vs, costs)
+    return out
+
+
+def by_attack(labels, scores, attacks, threshold: float, costs: CostModel = DEFAULT_COSTS) -> dict | None:
+    """{NAME: {"n", "auc", "eer", "recall", "min_dcf"}} for one split: every real of the split against the fakes
+    of attack NAME (AUC, EER, minDCF; None without reals) and the recall of those fakes at `threshold`.
 
     `attacks` holds one name per sample; the names of reals are ignored. Fakes without a name are
     grouped under UNNAMED_ATTACK (listed last, the named ones sorted) when another fake has one.
@@ -112,21 +170,49 @@ def by_attack(labels, scores, attacks, threshold: float) -> dict | None:
     out = {}
     for name in named + ([UNNAMED_ATTACK] if UNNAMED_ATTACK in fake_names else []):
         sa = fake_s[fake_names == name]
-        curves = curve_metrics(np.r_[np.zeros(real_s.size, np.int64), np.ones(sa.size, np.int64)], np.r_[real_s, sa])
+        ya, ss = np.r_[np.zeros(real_s.size, np.int64), np.ones(sa.size, np.int64)], np.r_[real_s, sa]
+        curves = curve_metrics(ya, ss)
         out[name] = {"n": int(sa.size), "auc": curves["auc"], "eer": curves["eer"],
-                     "recall": float(np.count_nonzero(sa >= float(threshold)) / sa.size)}
+                     "recall": float(np.count_nonzero(sa >= float(threshold)) / sa.size),
+                     "min_dcf": min_dcf(ya, ss, costs) if real_s.size else None}
     return out
 
 
-def split_report(labels, scores, default: float, tuned: float, attacks=None) -> dict:
-    """{"default": M at `default`, "tuned": M at `tuned`, "auc", "ap", "eer"} for one split, plus
-    "by_attack" at `tuned` when `attacks` (one name per sample) names the attack of any fake."""
+def split_report(labels, scores, default: float, tuned: float, attacks=None, groups=None,
+                 calibration: Calibration | None = None, costs: CostModel = DEFAULT_COSTS) -> dict:
+    """{"default": M at `default`, "tuned": M at `tuned`, "auc", "ap", "eer"} and `field_metrics` for one split,
+    plus "by_attack" at `tuned` when `attacks` (one name per sample) names the attack of any fake, and "video"
+    when `groups` (one per sample) puts several samples in one group (ValueError for a group of both labels)."""
     out = {"default": metric_dict(labels, scores, default), "tuned": metric_dict(labels, scores, tuned)}
     out.update(curve_metrics(labels, scores))
-    table = by_attack(labels, scores, attacks, tuned) if attacks is not None else None
+    table = by_attack(labels, scores, attacks, tuned, costs) if attacks is not None else None
     if table is not None:
         out["by_attack"] = table
+    out.update(field_metrics(labels, scores, calibration, costs))
+    video = video_metrics(labels, scores, groups, costs) if groups is not None else None
+    if video is not None:
+        out["video"] = video
     return out
+
+
+def val_calibration(vy: np.ndarray, vs: np.ndarray, costs: CostModel = DEFAULT_COSTS) -> Calibration:
+    """The LLR calibration fitted on val; logit(score) itself when val holds a single class."""
+    if _single_class(vy):
+        return Calibration.identity()
+    return fit_calibration(vy, vs, costs, fitted_on="val")
+
+
+def _usable_groups(split: str, labels, groups, warnings: list[str]):
+    """`groups` where they can be videos; None, with a warning, where a group holds both labels (speakers,
+    identities: groups that keep splits apart, not frames of one video)."""
+    if groups is None:
+        return None
+    try:
+        video_scores(labels, np.zeros(len(labels)), groups)
+    except ValueError as e:
+        warnings.append(f"{split}: no video-level metrics: {e}")
+        return None
+    return groups
 
 
 def _single_class(y: np.ndarray) -> str | None:
@@ -153,12 +239,14 @@ def _tune_all(vy, vs, wanted: list[str], key: str) -> tuple[dict[str, float], st
     return thresholds, reason, warnings
 
 
-def build_metrics(val, test=None, method: str = "f1", extra_methods=(), attacks=None) -> tuple[dict, list[str]]:
+def build_metrics(val, test=None, method: str = "f1", extra_methods=(), attacks=None, groups=None,
+                  costs: CostModel = DEFAULT_COSTS) -> tuple[dict, list[str]]:
     """The `metrics.json` document and a list of warning lines.
 
     `val` and `test` are (labels, scores) pairs; `test` may be None (then "test" is None). `attacks`,
     {"val": names, "test": names} with one attack name per sample, adds each split's "by_attack"
-    (see `by_attack`) at the chosen threshold. Thresholds are
+    (see `by_attack`) at the chosen threshold; `groups`, likewise, each split's "video" (a split whose groups
+    mix labels gets none, with a warning). The LLR calibration is fitted on val and applied to both. Thresholds are
     tuned on val ONLY and applied unchanged to test. "thresholds" holds f1, youden, eer plus every extra
     method and the chosen one when parametrised (e.g. "precision:0.9"); a method that is undefined on val
     is left out with a warning.
@@ -192,11 +280,13 @@ def build_metrics(val, test=None, method: str = "f1", extra_methods=(), attacks=
         if t_only:
             warnings.append(f"test split has a single class ({t_only} only, n={ty.size}): AUC/AP/EER are null")
 
-    attacks = attacks or {}
+    attacks, groups = attacks or {}, groups or {}
+    cal = val_calibration(vy, vs, costs)
+    block = lambda split, y, s: split_report(y, s, DEFAULT_THRESHOLD, chosen["threshold"], attacks.get(split),
+                                             _usable_groups(split, y, groups.get(split), warnings), cal, costs)
     doc = {
-        "val": split_report(vy, vs, DEFAULT_THRESHOLD, chosen["threshold"], attacks.get("val")),
-        "test": (split_report(ty, ts, DEFAULT_THRESHOLD, chosen["threshold"], attacks.get("test"))
-                 if ty is not None else None),
+        "val": block("val", vy, vs),
+        "test": block("test", ty, ts) if ty is not None else None,
         "thresholds": thresholds,
         "chosen": chosen,
     }

@@ -51,6 +51,10 @@ class Predictions(NamedTuple):
     def attacks(self) -> list[str]:
         return [m.attack for m in self.meta]
 
+    @property
+    def groups(self) -> list[str]:
+        return [m.group for m in self.meta]
+
 
 def format_score(score) -> str:
     """Shortest text that `float()` turns back into the same float64 (float32 scores widen exactly)."""
@@ -60,6 +64,11 @@ def format_score(score) -> str:
 def attack_names(keys, meta: dict[str, SampleMeta]) -> list[str]:
     """The attack name of each key, "" where unknown (reals, plain datasets)."""
     return [meta.get(k, UNKNOWN).attack for k in keys]
+
+
+def group_names(keys, meta: dict[str, SampleMeta]) -> list[str]:
+    """The group of each key (a video, a speaker), "" where unknown."""
+    return [meta.get(k, UNKNOWN).group for k in keys]
 
 
 def write_predictions(path: str | os.PathLike, keys, labels, scores, meta: dict[str, SampleMeta]) -> None:

@@ -9,7 +9,8 @@ Methods (`tune(labels, scores, method)`):
 
 * `f1`            maximise F1 of the fake class.
 * `youden`        maximise Youden's J = TPR - FPR (sensitivity + specificity - 1).
-* `eer`           the point where FPR and FNR are closest (the equal error rate operating point).
+* `eer`           the point where FPR and FNR are closest (the equal error rate operating point; the EER
+                  itself, `interpolated_eer`, lies on the segment to its neighbour).
 * `precision:P`   the largest recall among thresholds whose precision is >= P.
 * `recall:R`      the largest specificity among thresholds whose recall is >= R.
 
@@ -179,15 +180,35 @@ def tune(labels, scores, method: str = "f1") -> float:
     return tune_candidates(candidates(labels, scores), name, value)
 
 
+def operating_points(c: Candidates) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, FNR) at every achievable operating point, thresholds ascending: one per distinct score (tied
+    scores move together) and, last, the point above the highest score where nothing is called fake."""
+    fpr = np.r_[c.fp / c.N, 0.0]
+    fnr = np.r_[(c.P - c.tp) / c.P, 1.0]
+    return fpr, fnr
+
+
+def interpolated_eer(c: Candidates) -> float:
+    """Where FPR = FNR on the ROC through the achievable points, linear between neighbouring points (what a
+    threshold drawn at random between the two achieves), so never below what some decision rule reaches.
+    On tie-free scores this is within half a step of ASVspoof's nearest-point (FPR + FNR) / 2."""
+    fpr, fnr = operating_points(c)
+    d = fpr - fnr  # 1 at the lowest score, -1 above the highest, never increasing
+    i = _last(d >= 0)
+    if d[i] == 0:
+        return float(fpr[i])
+    w = d[i] / (d[i] - d[i + 1])  # d[i + 1] < 0 here: the last point has d = -1
+    return float(fpr[i] + w * (fpr[i + 1] - fpr[i]))
+
+
 def eer_point(labels, scores) -> tuple[float, float] | None:
-    """(threshold, eer): the `eer` method's threshold and the equal error rate there, (FPR + FNR) / 2.
-    None when the labels hold a single class."""
+    """(threshold, eer): the `eer` method's threshold (the candidate nearest FPR = FNR) and the equal error
+    rate, `interpolated_eer`. None when the labels hold a single class."""
     y, s = check_inputs(labels, scores)
     if y.min() == y.max():
         return None
     c = candidates(y, s)
-    i = _eer_index(c)
-    return float(c.thr[i]), float((c.fp[i] / c.N + (c.P - c.tp[i]) / c.P) / 2.0)
+    return float(c.thr[_eer_index(c)]), interpolated_eer(c)
 
 
 def all_thresholds(labels, scores, extra=()) -> dict[str, float]:

@@ -455,13 +455,14 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
     if np.isnan(preds["val"][2]).any():
         raise TrainingError(f"run {out}: the model produced NaN scores; lower --lr or use --amp off")
     from .metrics import build_metrics
-    from .predictions import attack_names
+    from .predictions import attack_names, group_names
     for split, (keys, labels, scores, meta) in preds.items():
         write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, meta)
     test = preds.get("test")
     metrics, warnings = build_metrics((preds["val"][1], preds["val"][2]),
                                       (test[1], test[2]) if test else None, cfg.threshold_method,
-                                      attacks={s: attack_names(p[0], p[3]) for s, p in preds.items()})
+                                      attacks={s: attack_names(p[0], p[3]) for s, p in preds.items()},
+                                      groups={s: group_names(p[0], p[3]) for s, p in preds.items()})
     for w in warnings:
         log(f"warning: {w}")
     # samples that could not be decoded are not in the predictions: say how many, per split

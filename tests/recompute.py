@@ -37,12 +37,16 @@ def sk_metric_dict(y, s, t) -> dict:
 
 
 def sk_eer(y, s) -> float:
-    """EER from roc_curve: the largest threshold where |FPR - FNR| is smallest (within float noise)."""
+    """EER on roc_curve's points (one per distinct score, and "nothing is fake"): where the segment between
+    two neighbouring points crosses FPR = FNR."""
     fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
-    fpr, fnr = fpr[1:], 1.0 - tpr[1:]  # [0] is sklearn's "nothing is fake" point, not a score
-    d = np.abs(fpr - fnr)
-    i = int(np.flatnonzero(d <= d.min() + 1e-12)[0])
-    return (fpr[i] + fnr[i]) / 2.0
+    fnr = 1.0 - tpr
+    for k in range(1, fpr.size):  # thresholds descending: FNR - FPR falls from 1 to -1
+        g0, g1 = fnr[k - 1] - fpr[k - 1], fnr[k] - fpr[k]
+        if g1 <= 0:
+            w = 0.0 if g0 == g1 else g0 / (g0 - g1)
+            return fpr[k - 1] + w * (fpr[k] - fpr[k - 1])
+    raise AssertionError("the ROC ends at FPR = 1, FNR = 0")
 
 
 def mismatches(rep: dict, y, s, threshold: float) -> list[str]:

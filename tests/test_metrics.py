@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from pipeline.calibration import Calibration
 from pipeline.metrics import UNNAMED_ATTACK, build_metrics, by_attack, curve_metrics, metric_dict, split_report
 from pipeline.thresholds import eer_point, tune
 
@@ -60,7 +61,9 @@ def test_curve_metrics(seed):
     assert c["eer"] == eer and 0 <= eer <= 1
     m = metric_dict(y, s, t)
     (tn, fp), (fn, tp) = m["confusion_matrix"]
-    assert eer == pytest.approx((fp / (tn + fp) + fn / (fn + tp)) / 2, abs=1e-12)
+    # the crossing FPR = FNR lies on a segment ending at the eer threshold's point (not their midpoint there)
+    fpr, fnr = fp / (tn + fp), fn / (fn + tp)
+    assert min(fpr, fnr) - 1e-12 <= eer <= max(fpr, fnr) + 1e-12
 
 
 def test_build_metrics_layout_and_json():
@@ -72,11 +75,13 @@ def test_build_metrics_layout_and_json():
     assert doc["chosen"] == {"method": "f1", "threshold": tune(*val, "f1")}
     for split, (y, s) in (("val", val), ("test", test)):
         rep = doc[split]
-        assert set(rep) == {"default", "tuned", "auc", "ap", "eer"}
+        assert set(rep) == {"default", "tuned", "auc", "ap", "eer", "min_dcf", "act_dcf", "cllr", "dcf", "llr", "ece",
+                            "ece_bins"}
         assert set(rep["default"]) == M_KEYS
         assert rep["default"]["threshold"] == 0.5
         assert rep["tuned"]["threshold"] == doc["chosen"]["threshold"]
-        assert rep == split_report(y, s, 0.5, doc["chosen"]["threshold"])
+        assert rep["llr"]["fitted_on"] == "val"
+        assert rep == split_report(y, s, 0.5, doc["chosen"]["threshold"], calibration=Calibration.from_dict(rep["llr"]))
     assert doc["val"]["tuned"]["f1"] >= doc["val"]["default"]["f1"]
     assert json.loads(json.dumps(doc, allow_nan=False)) == doc
 
@@ -200,7 +205,8 @@ def test_by_attack_in_the_split_report_and_json():
     assert doc["val"]["by_attack"] == by_attack(y, s, names, t)
     assert doc["test"]["by_attack"] == by_attack(y, s[::-1], names, t)  # test at val's threshold
     assert doc["test"]["by_attack"] != doc["val"]["by_attack"]
-    assert {k: v for k, v in doc["val"].items() if k != "by_attack"} == split_report(y, s, 0.5, t)
+    assert {k: v for k, v in doc["val"].items() if k != "by_attack"} == split_report(
+        y, s, 0.5, t, calibration=Calibration.from_dict(doc["val"]["llr"]))
     assert json.loads(json.dumps(doc, allow_nan=False)) == doc
 
 
@@ -216,7 +222,7 @@ def test_no_named_attack_leaves_the_document_as_it_was():
 
 def test_by_attack_without_reals_and_bad_lengths():
     table = by_attack([1, 1, 1], [0.2, 0.6, 0.9], ["A", "A", "B"], 0.5)
-    assert table == {"A": {"n": 2, "auc": None, "eer": None, "recall": 0.5},
-                     "B": {"n": 1, "auc": None, "eer": None, "recall": 1.0}}
+    assert table == {"A": {"n": 2, "auc": None, "eer": None, "recall": 0.5, "min_dcf": None},
+                     "B": {"n": 1, "auc": None, "eer": None, "recall": 1.0, "min_dcf": None}}
     with pytest.raises(ValueError, match="2 attack names for 3 samples"):
         by_attack([0, 1, 1], [0.2, 0.6, 0.9], ["A", "A"], 0.5)

@@ -103,7 +103,8 @@ def _recompute_metrics(config: dict, tables: dict[str, Predictions | None], pred
 
     try:
         metrics, _ = build_metrics(preds["val"], preds["test"], str(config.get("threshold_method", "f1")),
-                                   attacks={split: t.attacks for split, t in tables.items() if t})
+                                   attacks={split: t.attacks for split, t in tables.items() if t},
+                                   groups={split: t.groups for split, t in tables.items() if t})
     except ValueError as e:
         log.warning("report: cannot compute metrics from the predictions: %s", e)
         return None

@@ -46,7 +46,25 @@ def _results_table(rep: dict) -> str:
         rows.append([_e(f"TN / FP / FN / TP ({name})"), "", "", _e(f"{tn} / {fp} / {fn} / {tp}")])
     table = _table(["Metric", f"threshold {d['threshold']:.4g}", f"tuned {t['threshold']:.4f}", "change"], rows)
     curve = _table(["AUC", "AP", "EER"], [[fmt(rep.get("auc")), fmt(rep.get("ap")), fmt(rep.get("eer"))]])
-    return table + curve + _attack_table(rep)
+    return table + curve + _field_table(rep) + _attack_table(rep)
+
+
+def _field_table(rep: dict) -> str:
+    """ASVspoof 5's minDCF, actDCF, Cllr, the ECE and the video level; "" for a block without them."""
+    if "min_dcf" not in rep:
+        return ""
+    dcf = rep.get("dcf") if isinstance(rep.get("dcf"), dict) else {}
+    llr = rep.get("llr") if isinstance(rep.get("llr"), dict) else {}
+    head = ["minDCF", "actDCF", "Cllr (bits)", f"ECE ({_e(rep.get('ece_bins'))} bins)"]
+    cells = [fmt(rep.get(k)) for k in ("min_dcf", "act_dcf", "cllr", "ece")]
+    source = f"logit(score) calibrated on {llr['fitted_on']}" if llr.get("fitted_on") else "logit(score)"
+    parts = [f"<p>ASVspoof 5 costs: P_spoof {_e(dcf.get('p_spoof'))}, C_miss {_e(dcf.get('c_miss'))}, C_fa "
+             f"{_e(dcf.get('c_fa'))}; LLR: {_e(source)}</p>", _table(head, [cells])]
+    video = rep.get("video")
+    if isinstance(video, dict):
+        parts.append(_table(["Videos (mean frame score)", "AUC", "AP", "EER", "minDCF"],
+                            [[_e(video.get("n"))] + [fmt(video.get(k)) for k in ("auc", "ap", "eer", "min_dcf")]]))
+    return "".join(parts)
 
 
 def _attack_table(rep: dict) -> str:

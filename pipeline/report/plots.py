@@ -35,6 +35,7 @@ PLOTS = {  # file name -> caption in report.html, in report order
     "roc_curve.png": "ROC curve",
     "pr_curve.png": "Precision-recall curve",
     "threshold_analysis.png": "Threshold analysis (val)",
+    "calibration.png": "Reliability diagram of the calibrated probability of fake",
 }
 
 
@@ -212,6 +213,31 @@ def plot_threshold_analysis(val: tuple[np.ndarray, np.ndarray], metrics: dict) -
     return fig
 
 
+def plot_calibration(preds: dict, metrics: dict) -> Figure | None:
+    """Share of fakes against the mean calibrated probability per equal-width bin, per split, with its ECE; the
+    calibration is the split block's own (`llr`), so the figure shows what `ece` measured."""
+    from ..calibration import ECE_BINS, Calibration, ece, reliability
+
+    usable = {k: v for k, v in preds.items() if v is not None and isinstance((metrics or {}).get(k), dict)}
+    if not usable:
+        return None
+    fig, (ax,) = _figure(6.8, 6.0)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    for split, (y, s) in usable.items():
+        rep = metrics[split]
+        bins = int(rep.get("ece_bins") or ECE_BINS)
+        p = Calibration.from_dict(rep.get("llr")).probability(s)
+        r = reliability(y, p, bins)
+        used = r["count"] > 0
+        ax.plot(r["confidence"][used], r["frequency"][used], marker="o", color=SPLIT_COLORS.get(split),
+                linewidth=1.8, label=f"{split} (ECE = {ece(y, p, bins):.4f}, {bins} bins)")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title="Reliability diagram (fake = positive class)",
+           xlabel="Mean calibrated probability of fake in the bin", ylabel="Share of fakes in the bin")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def plot_dataset_stats(counts: dict[str, dict[str, int]], modality: str | None = None) -> Figure | None:
     if not counts:
         return None
@@ -256,6 +282,7 @@ def render_plots(config: dict, metrics: dict | None, preds: dict, history: dict 
         "pr_curve.png": lambda: plot_pr(preds, metrics),
         "threshold_analysis.png": lambda: plot_threshold_analysis(preds["val"], metrics)
         if preds["val"] is not None else None,
+        "calibration.png": lambda: plot_calibration(preds, metrics),
     }
     images: dict[str, bytes] = {}
     for name, make in renderers.items():

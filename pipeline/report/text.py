@@ -100,6 +100,24 @@ def attack_table_lines(by_attack, threshold: float) -> list[str]:
     return lines
 
 
+def field_lines(rep) -> list[str]:
+    """ASVspoof 5's costs, Cllr and ECE of a split block, and its video level where it has one; [] for a block
+    written before they existed."""
+    if not isinstance(rep, dict) or "min_dcf" not in rep:
+        return []
+    dcf = rep.get("dcf") if isinstance(rep.get("dcf"), dict) else {}
+    llr = rep.get("llr") if isinstance(rep.get("llr"), dict) else {}
+    costs = ", ".join(f"{k} {dcf[k]:g}" for k in ("p_spoof", "c_miss", "c_fa") if isinstance(dcf.get(k), (int, float)))
+    source = f"calibrated on {llr['fitted_on']}" if llr.get("fitted_on") else "logit(score)"
+    lines = [f"minDCF {fmt(rep.get('min_dcf'))}  actDCF {fmt(rep.get('act_dcf'))}  Cllr {fmt(rep.get('cllr'))} bits  "
+             f"ECE {fmt(rep.get('ece'))} ({rep.get('ece_bins')} bins)   [ASVspoof 5 costs {costs}; LLR {source}]"]
+    video = rep.get("video")
+    if isinstance(video, dict):
+        lines.append(f"Video level ({video.get('n')} videos, mean frame score): AUC {fmt(video.get('auc'))}  "
+                     f"AP {fmt(video.get('ap'))}  EER {fmt(video.get('eer'))}  minDCF {fmt(video.get('min_dcf'))}")
+    return lines
+
+
 def _dataset_lines(counts: dict[str, dict[str, int]]) -> list[str]:
     lines = ["DATASET STATISTICS", THIN]
     if not counts:
@@ -137,6 +155,7 @@ def _split_lines(name: str, rep: dict, chosen: dict) -> list[str]:
         lines.append("")
     lines.append(f"Improvement (F1, tuned vs 0.5): {improvement(d['f1'], t['f1'])}")
     lines.append(f"AUC: {fmt(rep.get('auc'))}   AP: {fmt(rep.get('ap'))}   EER: {fmt(rep.get('eer'))}")
+    lines += field_lines(rep)
     lines.append("")
     table = attack_table_lines(rep.get("by_attack"), t["threshold"])
     return lines + (table + [""] if table else [])
@@ -145,6 +164,8 @@ def _split_lines(name: str, rep: dict, chosen: dict) -> list[str]:
 def _chosen_label(chosen: dict) -> str:
     if chosen.get("requested"):
         return f"default; {chosen['requested']} is undefined on val"
+    if chosen.get("method") in ("default", "fixed"):  # not tuned: 0.5, or given by the user
+        return str(chosen["method"])
     return f"{chosen.get('method', '?')}, tuned on val"
 
 
@@ -159,6 +180,7 @@ def console_summary(title: str, rep: dict, chosen: dict) -> str:
     lines = [title, f"  threshold 0.5:    {row(d)}",
              f"  threshold {t['threshold']:.4f} ({_chosen_label(chosen)}): {row(t)}",
              f"  improvement in F1: {improvement(d['f1'], t['f1'])}   {curves}"]
+    lines += [f"  {x}" for x in field_lines(rep)]
     return "\n".join(lines + [f"  {x}" for x in attack_table_lines(rep.get("by_attack"), t["threshold"])])
 
 
