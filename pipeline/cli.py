@@ -375,14 +375,15 @@ def metrics_cmd(
         scores: Path = typer.Argument(..., metavar="SCORES",
                                       help="CSV with label and score columns (optional group, attack, key)"),
         val: Optional[Path] = typer.Option(None, help="val CSV: threshold tuned and LLR calibrated on it, then "
-                                           "applied unchanged to SCORES"),
+                                           "applied unchanged to SCORES (default: none; threshold 0.5, LLR = logit)"),
         threshold: Optional[float] = typer.Option(None, help="apply this threshold (default: tuned on --val, else 0.5)"),
         method: str = typer.Option("f1", help="threshold method on --val: f1, youden, eer, precision:P or recall:R"),
         dcf: str = typer.Option("0.05,1,10", help="ASVspoof 5 cost model P_SPOOF,C_MISS,C_FA"),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="write the split block here (JSON)"),
-        out: Optional[Path] = typer.Option(None, help="folder for metrics.json, predictions, plots, report.html"),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="write the split block here (JSON; default: not written)"),
+        out: Optional[Path] = typer.Option(None, help="folder for metrics.json, predictions, plots, report.html "
+                                           "(default: none)"),
         export_asvspoof5: Optional[Path] = typer.Option(None, help="ASVspoof 5 score file (bona fide LLR, higher = "
-                                                        "more bona fide), key file beside it (cm.tsv: cm_keys.tsv)")):
+                                                        "more bona fide), key file beside it (cm.tsv: cm_keys.tsv; default: none)")):
     """Metrics of any score file, computed by the code dfp train uses (same console table, same JSON block)."""
     v.existing("SCORES", scores, "file")
     v.existing("--val", val, "file")
