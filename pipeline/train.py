@@ -109,10 +109,11 @@ def _write_history(path: Path, rows: list[dict]) -> None:
 
 def _preprocess(cfg: TrainConfig, manifest: dict) -> dict:
     from .augment import MEAN, STD
+    from .shards import storage_controls
     return {"image_size": cfg.image_size, "audio_seconds": cfg.audio_seconds,
             "sample_rate": manifest.get("sample_rate"), "frames": manifest.get("frames"),
             "max_side": manifest["params"].get("max_side"), "mean": list(MEAN), "std": list(STD),
-            "faces": manifest["params"].get("face_step")}
+            "faces": manifest["params"].get("face_step"), **storage_controls(manifest["params"])}
 
 
 def _check_splits(manifest: dict, shards: str, limit: int | None) -> dict[str, int]:

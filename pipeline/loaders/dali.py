@@ -301,4 +301,6 @@ def _plausible(b: bytes, modality: str) -> bool:
     """Cheap checks that catch truncated payloads before they reach a decoder."""
     if modality == "audio":
         return b[:4] == b"fLaC"
+    if b[:8] == b"\x89PNG\r\n\x1a\n":  # --image-codec png: the IEND chunk closes a whole file
+        return b[-12:-8] == b"\0\0\0\0" and b[-8:-4] == b"IEND"
     return b[:2] == b"\xff\xd8" and b.rstrip(b"\x00")[-2:] == b"\xff\xd9"

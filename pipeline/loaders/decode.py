@@ -25,9 +25,10 @@ class LoaderConfig:
 
 
 def _decode_jpeg(b: bytes) -> torch.Tensor | None:
-    from torchvision.io import ImageReadMode, decode_jpeg
+    """A JPEG, or a PNG from shards packed with --image-codec png, as (3, H, W) uint8."""
+    from torchvision.io import ImageReadMode, decode_image
     try:
-        return decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        return decode_image(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError):
         return None
 

@@ -36,7 +36,8 @@ def _identity(x):
 class Producer:
     def __init__(self, loader):
         self.loader = loader
-        self.raw = loader.opts.gpu_decode and loader.modality != "audio"
+        # nvJPEG takes JPEGs only: PNG payloads (--image-codec png) decode in the workers
+        self.raw = loader.opts.gpu_decode and loader.modality != "audio" and loader.index.exts[0].endswith("jpg")
 
     def run(self, batches: list[np.ndarray]):
         ld = self.loader
