@@ -112,7 +112,7 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
           face_size: int = typer.Option(256, help="--faces: crop side in pixels"),
           face_quality: int = typer.Option(95, help="--faces: JPEG quality of the crops (1-100)"),
           debias: bool = typer.Option(False, "--debias", help="store both classes alike: --reencode --chroma 420 "
-                                      "--resize-rule square --trim-silence --fps 8 unless given (see README)"),
+                                      "--resize-rule crop --trim-silence --fps 8 unless given (see README)"),
           reencode: Optional[bool] = typer.Option(None, "--reencode/--no-reencode", help="images: re-encode every "
                                                   "file; no JPEG keeps its original bytes (default: off; on with --debias)"),
           jpeg_quality: Optional[int] = typer.Option(None, help="JPEG quality of stored images and frames, 1-100 "
@@ -121,8 +121,9 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                                                "or 444 (default: the encoder's, 420)"),
           resize_rule: Optional[str] = typer.Option(None, help="size rule for images and frames, with --max-side S: "
                                                     "fit (shrink the longer side to S), longer (longer side "
-                                                    "exactly S) or square (shorter side S, centre-cropped SxS) "
-                                                    "(default: fit; square with --debias)"),
+                                                    "exactly S), square (shorter side S, centre-cropped SxS) or "
+                                                    "crop (centre SxS at the picture's own scale; smaller ones "
+                                                    "enlarged) (default: fit; crop with --debias)"),
           image_codec: str = typer.Option("jpeg", help="jpeg, or png to store images and frames losslessly (both "
                                           "classes alike; every file re-encoded)"),
           trim_silence: Optional[bool] = typer.Option(None, "--trim-silence/--no-trim-silence", help="audio: cut "

@@ -60,14 +60,14 @@ class ShardParams:
     reencode: bool | None = None  # images: every file re-encoded, none keeps its original JPEG bytes
     jpeg_quality: int | None = None  # None: 95 for images, 90 for video frames
     chroma: str | None = None  # "420" or "444"; None: the encoder's default (4:2:0)
-    resize_rule: str | None = None  # "fit" (the default), "longer" or "square" (media/image.py `resize`)
+    resize_rule: str | None = None  # "fit" (the default), "longer", "square" or "crop" (media/image.py `resize`)
     image_codec: str = "jpeg"  # or "png": images and frames stored losslessly
     trim_silence: bool | None = None  # audio: cut leading and trailing silence (media/audio.py `silence_bounds`)
     fps: float | None = None  # video: frames taken at this rate (media/video.py `rate_indices`); None: spread uniformly
 
 
 # --debias: what each storage control left unset becomes; OFF is the old packing, kept without it
-DEBIAS = {"reencode": True, "chroma": "420", "resize_rule": "square", "trim_silence": True, "fps": 8.0}
+DEBIAS = {"reencode": True, "chroma": "420", "resize_rule": "crop", "trim_silence": True, "fps": 8.0}
 OFF = {"reencode": False, "chroma": None, "resize_rule": "fit", "trim_silence": False, "fps": None}
 CONTROLS = (*OFF, "jpeg_quality", "image_codec")
 

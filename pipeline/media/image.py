@@ -33,16 +33,18 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 CHECKS = ("decode", "structure")
-RESIZE_RULES = ("fit", "longer", "square")
+RESIZE_RULES = ("fit", "longer", "square", "crop")
 CODECS = ("jpeg", "png")
 CHROMA = {"420": 2, "444": 0}  # PIL's `subsampling` values
 
 
 @dataclass(frozen=True)
 class Encoding:
-    """How prepared images and frames are stored. rule: "fit" shrinks the longer side to the limit (never
-    enlarges); "longer" scales the longer side to exactly the limit; "square" scales the shorter side to the
-    limit and centre-crops a square. chroma None: the encoder's default (4:2:0)."""
+    """How prepared images and frames are stored. rule, with the limit S: "fit" shrinks the longer side to S
+    (never enlarges); "longer" scales the longer side to exactly S; "square" scales the shorter side to S and
+    centre-crops SxS; "crop" centre-crops SxS at the picture's own scale (no resampling, which would leave its
+    own trace on one class), enlarging only a picture with a side below S. chroma None: the encoder's default
+    (4:2:0)."""
     reencode: bool = False  # False: JPEGs that already fit keep their original bytes
     codec: str = "jpeg"
     quality: int = JPEG_QUALITY
@@ -61,7 +63,10 @@ class Encoding:
 def resize(im: Image.Image, side: int, rule: str, method=Image.Resampling.BICUBIC) -> Image.Image:
     """One size rule for every picture (see `Encoding`)."""
     w, h = im.size
-    if rule == "square":
+    if rule == "crop" and min(w, h) >= side:
+        left, top = (w - side) // 2, (h - side) // 2
+        return im.crop((left, top, left + side, top + side))
+    if rule in ("square", "crop"):
         return ImageOps.fit(im, (side, side), method=method, centering=(0.5, 0.5))
     if rule == "longer" and max(w, h) != side:
         k = side / max(w, h)
@@ -114,7 +119,7 @@ def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode",
             # The original bytes are kept, so a 1/8-scale DCT decode is enough to prove they decode:
             # it still walks the whole entropy-coded stream, at a fraction of a full decode's cost.
             im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
-        elif fmt == "JPEG" and max(size) > max_side:
+        elif fmt == "JPEG" and max(size) > max_side and enc.rule != "crop":
             # DCT-domain downscale, much faster for huge JPEGs; both sides stay >= max_side, as every rule needs
             im.draft("RGB", (max_side, max_side))
         im.load()
