@@ -11,7 +11,7 @@ from PIL import Image, JpegImagePlugin
 from sklearn.metrics import roc_auc_score
 
 from factory import tone, write_video
-from pipeline import cli
+from pipeline import checkpoint, cli
 from pipeline.formats import read_manifest
 from pipeline.loaders import make_loader
 from pipeline.loaders.index import ShardIndex
@@ -217,6 +217,7 @@ def test_fps_samples_the_same_instants_whatever_the_clip_rate():
     assert list(rate_indices(5, 10.0, 4, 5.0)) == [0, 2, 4, 4]  # a short clip holds its last frame
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", ["image", "audio", "video"])
 def test_predict_prepares_raw_files_as_debias_packed_them(modality, tmp_path):
     """`dfp predict` on the raw files scores each as `dfp evaluate` scores it packed with --debias."""
@@ -227,8 +228,8 @@ def test_predict_prepares_raw_files_as_debias_packed_them(modality, tmp_path):
     elif modality == "audio":
         silent_audio(root / "in", 3)
     else:
-        for i in range(3):
-            write_video(root / "in" / "real" / f"r{i}.mp4", frames=12 + 6 * i, fps=10 + 10 * i, seed=i)
+        for i in range(4):  # reals at 10-40 fps, fakes at 30
+            write_video(root / "in" / "real" / f"r{i}.mp4", frames=12 + 6 * i, fps=10 + 10 * i, seed=i, w=64 + 8 * i)
             write_video(root / "in" / "fake" / f"f{i}.mp4", frames=12, fps=30, seed=10 + i)
     build_shards(root / "in", root / "shards", ShardParams(debias=True, max_side=SIDE, frames=3, fps=10.0,
                                                            split="0.4,0.2,0.4"), workers=1, progress=False)
@@ -237,6 +238,8 @@ def test_predict_prepares_raw_files_as_debias_packed_them(modality, tmp_path):
     rows, _ = predicted(root, ckpt, tmp_path / "preds.csv", chunk=4)
     assert len(ev) >= 2 and np.ptp(list(ev.values())) > 100 * TOL
     assert max(abs(float(rows[src]["score"]) - s) for src, s in ev.items()) <= TOL
+    pre = checkpoint.load(ckpt)["preprocess"]
+    assert (pre["resize_rule"], pre["trim_silence"], pre["fps"]) == ("crop", True, 10.0)
 
 
 BAD = [("--chroma 411", "--chroma '411': choose 420 or 444"),
