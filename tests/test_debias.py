@@ -96,8 +96,8 @@ def images(tmp_path_factory):
 
 
 def _pack(inp: Path, out: Path, workers: int = 1, **kw) -> Path:
-    build_shards(inp, out, ShardParams(max_side=SIDE, split="0.5,0.25,0.25", frames=3, **kw), workers=workers,
-                 progress=False)
+    build_shards(inp, out, ShardParams(**{"max_side": SIDE, "split": "0.5,0.25,0.25", "frames": 3, **kw}),
+                 workers=workers, progress=False)
     return out
 
 
@@ -166,11 +166,31 @@ def test_png_codec_stores_images_losslessly_and_every_reader_takes_them(images, 
     centre = np.asarray(Image.open(big).convert("RGB"))[(h - SIDE) // 2:][:SIDE, (w - SIDE) // 2:][:, :SIDE]
     assert centre.tobytes() in {np.asarray(Image.open(io.BytesIO(d))).tobytes() for y, d in samples if y == 0}
     assert verify_shards(shards, progress=False)[0] == []
+    assert loaded(shards, "torch") == sum(read_manifest(shards)["splits"]["train"].values())
+
+
+@pytest.mark.slow
+def test_the_dali_loader_reads_png_payloads(images, tmp_path):
+    shards = _pack(images, tmp_path / "png", image_codec="png")
+    assert loaded(shards, "dali") == sum(read_manifest(shards)["splits"]["train"].values())
+
+
+def loaded(shards: Path, backend: str) -> int:
+    """How many train samples the backend's evaluation loader yields (on the CPU)."""
     from pipeline.evaluate import eval_options
-    for backend in ("torch", "dali"):
-        opts = eval_options({"preprocess": {"image_size": 32, "audio_seconds": 0.5}}, 4, workers=0)
-        n = sum(len(y) for _, y, _ in make_loader(shards, "train", backend, "cpu", opts))
-        assert n == sum(read_manifest(shards)["splits"]["train"].values()), backend
+    opts = eval_options({"preprocess": {"image_size": 32, "audio_seconds": 0.5}}, 4, workers=0)
+    return sum(len(y) for _, y, _ in make_loader(shards, "train", backend, "cpu", opts))
+
+
+def test_png_codec_stores_video_frames_as_png_at_one_rate(tmp_path):
+    for i, fps in enumerate((10, 25, 30)):
+        for cls in ("real", "fake"):
+            write_video(tmp_path / "in" / cls / f"{cls}{i}.mp4", frames=fps, fps=fps, seed=i)  # 1 s clips
+    shards = _pack(tmp_path / "in", tmp_path / "png", image_codec="png", fps=5.0, frames=4)
+    m = read_manifest(shards)
+    assert m["payload"] == ["f000.png", "f001.png", "f002.png", "f003.png"] and m["params"]["fps"] == 5.0
+    assert verify_shards(shards, progress=False)[0] == []
+    assert loaded(shards, "torch") == sum(m["splits"]["train"].values())
 
 
 def silence_lead(x: np.ndarray, sr: int) -> float:
