@@ -147,10 +147,18 @@ def test_each_control_is_its_own_option_and_an_explicit_one_wins_over_debias(ima
     assert (p["resize_rule"], p["trim_silence"], p["reencode"]) == ("fit", False, True)
 
 
-def test_debias_packing_is_deterministic(images, tmp_path):
-    a = read_manifest(_pack(images, tmp_path / "a", workers=1, debias=True))["shards"]
-    b = read_manifest(_pack(images, tmp_path / "b", workers=2, debias=True))["shards"]
-    assert [(r["path"], r["sha256"]) for r in a] == [(r["path"], r["sha256"]) for r in b]
+@pytest.mark.parametrize("modality", ["image", "audio", "video"])
+def test_debias_packing_is_deterministic(modality, images, tmp_path):
+    inp = images
+    if modality == "audio":
+        inp = silent_audio(tmp_path / "in", 2)
+    elif modality == "video":
+        for i, fps in enumerate((12, 25)):
+            write_video(tmp_path / "in" / "real" / f"r{i}.mp4", frames=fps, fps=fps, seed=i)
+            write_video(tmp_path / "in" / "fake" / f"f{i}.mp4", frames=fps, fps=fps, seed=5 + i)
+    a = read_manifest(_pack(inp, tmp_path / "a", workers=1, debias=True, split="0.5,0.5,0"))["shards"]
+    b = read_manifest(_pack(inp, tmp_path / "b", workers=2, debias=True, split="0.5,0.5,0"))["shards"]
+    assert a and [(r["path"], r["sha256"]) for r in a] == [(r["path"], r["sha256"]) for r in b]
 
 
 def test_png_codec_stores_images_losslessly_and_every_reader_takes_them(images, tmp_path):
