@@ -123,7 +123,8 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                                                     "fit (shrink the longer side to S), longer (longer side "
                                                     "exactly S), square (shorter side S, centre-cropped SxS) or "
                                                     "crop (centre SxS at the picture's own scale; smaller ones "
-                                                    "enlarged) (default: fit; crop with --debias)"),
+                                                    "enlarged) (default: fit; with --debias crop for images, "
+                                                    "square for video)"),
           image_codec: str = typer.Option("jpeg", help="jpeg, or png to store images and frames losslessly (both "
                                           "classes alike; every file re-encoded)"),
           trim_silence: Optional[bool] = typer.Option(None, "--trim-silence/--no-trim-silence", help="audio: cut "

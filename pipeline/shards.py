@@ -66,7 +66,7 @@ class ShardParams:
     fps: float | None = None  # video: frames taken at this rate (media/video.py `rate_indices`); None: spread uniformly
 
 
-# --debias: what each storage control left unset becomes; OFF is the old packing, kept without it
+# --debias: what each storage control left unset becomes (video frames: "square"); OFF is the old packing
 DEBIAS = {"reencode": True, "chroma": "420", "resize_rule": "crop", "trim_silence": True, "fps": 8.0}
 OFF = {"reencode": False, "chroma": None, "resize_rule": "fit", "trim_silence": False, "fps": None}
 CONTROLS = (*OFF, "jpeg_quality", "image_codec")
@@ -83,6 +83,8 @@ def _resolve_controls(params: ShardParams, modality: str) -> dict:
     """The controls this run packs with: given ones, else --debias's, else off; the quality by modality."""
     given = {k: getattr(params, k) for k in OFF}
     out = {k: v if v is not None else (DEBIAS[k] if params.debias else OFF[k]) for k, v in given.items()}
+    if params.debias and params.resize_rule is None and modality == "video":
+        out["resize_rule"] = "square"  # a centre crop of a full-HD frame at its own scale would miss the scene
     from .media.image import JPEG_QUALITY
     from .media.video import JPEG_QUALITY as FRAME_QUALITY
     default = FRAME_QUALITY if modality == "video" else JPEG_QUALITY

@@ -26,11 +26,28 @@ class LoaderConfig:
 
 def _decode_jpeg(b: bytes) -> torch.Tensor | None:
     """A JPEG, or a PNG from shards packed with --image-codec png, as (3, H, W) uint8."""
-    from torchvision.io import ImageReadMode, decode_image
+    if b[:8] == PNG_SIGNATURE:
+        return _decode_png(b)
+    from torchvision.io import ImageReadMode, decode_jpeg
     try:
-        return decode_image(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        return decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError):
         return None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _decode_png(b: bytes) -> torch.Tensor | None:
+    # PIL, not torchvision: torchvision's libpng fails ("bad parameters to zlib") in a process that loaded
+    # decord first, as `dfp predict` on video does; PNG is lossless, so every decoder gives the same pixels
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(b)) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 def _decode_audio(b: bytes, sr: int) -> np.ndarray | None:
