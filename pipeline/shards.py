@@ -54,32 +54,22 @@ class ShardParams:
     face_margin: float = 1.3
     face_size: int = 256
     face_quality: int = 95
+    max_pixels: int = 100_000_000  # larger pictures and frames are rejected from their header (0: no limit)
+    max_seconds: float = 3600.0  # longer audio and video are rejected from their header (0: no limit)
 
 
-def _prepare_one(args, in_worker: bool = False):
+def _prepare_one(args):
+    """(payload, meta, None) or (None, None, reason). The payload holds the very bytes that were checked
+    (a kept JPEG's come back from the worker rather than being read again), so a file rewritten while
+    packing can only be packed as it was when checked."""
     path, modality, media_params = args
     try:
         payload, meta = prepare(path, modality, media_params)
-        if in_worker and meta.get("kept_bytes"):
-            payload = None  # the writer reads the file itself: cheaper than sending its bytes back
         return payload, meta, None
     except MediaError as e:
         return None, None, str(e)
     except Exception as e:  # a decoder bug on one odd file must not stop the run
         return None, None, f"corrupt: {type(e).__name__}: {e}"
-
-
-def _prepare_in_worker(args):
-    return _prepare_one(args, in_worker=True)
-
-
-def _kept_payload(path: Path, size: int) -> dict[str, bytes] | None:
-    """The original bytes of a file the worker checked and kept as it is (images only)."""
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    return {"jpg": raw} if len(raw) == size else None
 
 
 def _limit_per_class(cands: list[Candidate], limit: int | None, seed: int) -> tuple[list[Candidate], list[dict]]:
@@ -168,9 +158,10 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
         (build / s).mkdir(parents=True, exist_ok=True)
     sink = _ShardSink(build, params)
     workers = max(1, workers or os.cpu_count() or 1)
-    jobs = ((c.path, plan.modality, plan.media_params) for c in plan.cands)
+    media_params = {**plan.media_params, "max_pixels": params.max_pixels, "max_seconds": params.max_seconds}
+    jobs = ((c.path, plan.modality, media_params) for c in plan.cands)
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
-    results = pool.imap(_prepare_in_worker, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
+    results = pool.imap(_prepare_one, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -180,10 +171,6 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
         for c, (payload, meta, err) in zip(plan.cands, results):
             if bar:
                 bar.update(1)
-            kept_bytes = meta.pop("kept_bytes", None) if err is None else None
-            if err is None and payload is None:
-                payload = _kept_payload(c.path, kept_bytes)
-                err = None if payload is not None else "unreadable: the file changed while packing"
             if err is not None:
                 failed.append({"source": c.source, "reason": err})
                 continue
