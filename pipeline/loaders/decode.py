@@ -2,6 +2,10 @@
 
 Used by the PyTorch backend, and by the DALI backend to tell which samples of a failed batch are
 undecodable. A sample that does not decode returns None: callers skip and count it.
+
+Which JPEGs decode is settled by one test, `media.image.jpeg_check`, for both backends and `dfp verify`:
+torchvision's decoder is used where it agrees and PIL's verdict where it refuses, and `Decodability` applies
+the test to samples that lenient decoders (DALI's, nvJPEG) would turn into partly grey pictures.
 """
 from __future__ import annotations
 
@@ -29,7 +33,43 @@ def _decode_jpeg(b: bytes) -> torch.Tensor | None:
     try:
         return decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError):
+        # torchvision also refuses JPEGs on libjpeg's warnings, which PIL, the judge, decodes
+        return _pil_decode(b)
+
+
+def _pil_decode(b: bytes) -> torch.Tensor | None:
+    from ..media.image import decode_jpeg, jpeg_check
+    if jpeg_check(b) is not None:
         return None
+    try:
+        return torch.from_numpy(decode_jpeg(b).copy()).permute(2, 0, 1).contiguous()
+    except Exception:
+        return None
+
+
+def settled(manifest: dict) -> bool:
+    """Whether every JPEG of these shards passed `jpeg_check` when packed: `--check decode` (the default;
+    absent in shards from before the option, which always decoded) proves the kept ones, and the others
+    were written by PIL. Shards from `dfp predict`'s memory index are prepared the same way."""
+    return (manifest.get("params") or {}).get("check", "decode") == "decode"
+
+
+class Decodability:
+    """`jpeg_check`'s verdict on each sample of an index, computed once per sample (the first time it is
+    read) and only where the shards do not settle it (`settled`); audio needs none, as DALI's decoder and
+    the torch backend's both use libsndfile."""
+
+    def __init__(self, index):
+        self.needed = index.modality != "audio" and not settled(index.manifest)
+        self.known = np.zeros(len(index) if self.needed else 0, np.int8)  # 0 unknown, 1 decodes, -1 does not
+
+    def __call__(self, i: int, comps: list[bytes]) -> bool:
+        if not self.needed:
+            return True
+        if not self.known[i]:
+            from ..media.image import jpeg_check
+            self.known[i] = 1 if all(jpeg_check(bytes(b)) is None for b in comps) else -1
+        return self.known[i] > 0
 
 
 def _decode_audio(b: bytes, sr: int) -> np.ndarray | None:
