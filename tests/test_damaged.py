@@ -122,6 +122,25 @@ def test_torch_backend_decodes_what_the_shared_check_accepts(damaged_shards):
         assert (_decode_jpeg(b) is not None) == (jpeg_check(b) is None)
 
 
+def test_data_after_the_end_marker_is_decoded_by_both_backends(tmp_path):
+    """A JPEG with bytes after its end marker (camera trailers) decodes everywhere: DALI must not skip it."""
+    pytest.importorskip("nvidia.dali")
+    rng = np.random.default_rng(4)
+    for i in range(8):
+        p = write_jpeg(tmp_path / "in" / ("real", "fake")[i % 2] / f"{i}.jpg", smooth_image(rng, 40, 30))
+        if i < 2:
+            p.write_bytes(p.read_bytes() + b"trailer after the end")
+    build_shards(tmp_path / "in", tmp_path / "shards", ShardParams(split="0.5,0.25,0.25"), workers=1, progress=False)
+    for backend in ("torch", "dali"):
+        got, skipped = set(), 0
+        for split in ("train", "val", "test"):
+            ld = make_loader(tmp_path / "shards", split, backend, "cpu",
+                             LoaderOptions(train=False, batch_size=4, image_size=32, workers=0))
+            got |= {k for _, _, ks in ld for k in ks}
+            skipped += ld.skipped
+        assert (len(got), skipped) == (8, 0), backend
+
+
 # ---------------------------------------------------------------- packing what was checked
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_file_rewritten_between_check_and_write_is_packed_as_checked(tmp_path, monkeypatch, workers):

@@ -56,18 +56,22 @@ def settled(manifest: dict) -> bool:
 
 class Decodability:
     """`jpeg_check`'s verdict on each sample of an index, computed once per sample (the first time it is
-    read) and only where the shards do not settle it (`settled`); audio needs none, as DALI's decoder and
-    the torch backend's both use libsndfile."""
+    read) where the shards do not settle it (`settled`), and for any JPEG without an end-of-image marker
+    (truncated, or trailing data after it: lenient decoders take both). Audio needs none, as DALI's decoder
+    and the torch backend's both use libsndfile."""
 
     def __init__(self, index):
-        self.needed = index.modality != "audio" and not settled(index.manifest)
-        self.known = np.zeros(len(index) if self.needed else 0, np.int8)  # 0 unknown, 1 decodes, -1 does not
+        self.jpeg = index.modality != "audio"
+        self.needed = self.jpeg and not settled(index.manifest)
+        self.known = np.zeros(len(index) if self.jpeg else 0, np.int8)  # 0 unknown, 1 decodes, -1 does not
 
     def __call__(self, i: int, comps: list[bytes]) -> bool:
-        if not self.needed:
+        if not self.jpeg:
             return True
         if not self.known[i]:
-            from ..media.image import jpeg_check
+            from ..media.image import ends_with_eoi, jpeg_check
+            if not self.needed and all(ends_with_eoi(b) for b in comps):
+                return True
             self.known[i] = 1 if all(jpeg_check(bytes(b)) is None for b in comps) else -1
         return self.known[i] > 0
 

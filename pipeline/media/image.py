@@ -32,7 +32,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 CHECKS = ("decode", "structure")
 
 
-def _ends_with_eoi(raw: bytes) -> bool:
+def ends_with_eoi(raw: bytes) -> bool:
     return raw.rstrip(b"\0")[-2:] == b"\xff\xd9"
 
 
@@ -102,7 +102,7 @@ def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode",
         size = im.size
         keep = fmt == "JPEG" and im.mode in ("RGB", "L") and orientation in (1, None) and max(size) <= max_side
         meta = {"width": size[0], "height": size[1], "orig_format": fmt}
-        if keep and check == "structure" and _ends_with_eoi(raw):
+        if keep and check == "structure" and ends_with_eoi(raw):
             return {"jpg": raw}, meta
         if keep:
             _draft_load(im)  # the original bytes are kept: proving they decode is enough
