@@ -17,6 +17,7 @@ import torch
 
 from ..augment import (AUDIO, IMAGE, AudioFeatures, audio_wave_aug, crop_or_pad, strong_mask, torch_image_eval,
                        torch_image_train)
+from ..media.image import ends_with_eoi, jpeg_check
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def _decode_jpeg(b: bytes) -> torch.Tensor | None:
 
 
 def _pil_decode(b: bytes) -> torch.Tensor | None:
-    from ..media.image import decode_jpeg, jpeg_check
+    from ..media.image import decode_jpeg
     if jpeg_check(b) is not None:
         return None
     try:
@@ -69,10 +70,10 @@ class Decodability:
         if not self.jpeg:
             return True
         if not self.known[i]:
-            from ..media.image import ends_with_eoi, jpeg_check
             if not self.needed and all(ends_with_eoi(b) for b in comps):
-                return True
-            self.known[i] = 1 if all(jpeg_check(bytes(b)) is None for b in comps) else -1
+                self.known[i] = 1
+            else:
+                self.known[i] = 1 if all(jpeg_check(bytes(b)) is None for b in comps) else -1
         return self.known[i] > 0
 
 
