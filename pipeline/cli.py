@@ -111,6 +111,8 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
           face_margin: float = typer.Option(1.3, help="--faces: crop side as a multiple of the detected box"),
           face_size: int = typer.Option(256, help="--faces: crop side in pixels"),
           face_quality: int = typer.Option(95, help="--faces: JPEG quality of the crops (1-100)"),
+          max_pixels: int = typer.Option(100_000_000, help="pictures and video frames over this many pixels are rejected from their header, before decoding (0: no limit)"),
+          max_seconds: float = typer.Option(3600.0, help="audio and video longer than this are rejected from their header (0: no limit)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
     _check_shard_args(input_dir, out, modality, split, class_map, check)
@@ -120,13 +122,14 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
               max_samples_per_class=max_samples_per_class)
     v.minimum(0, seed=seed, group_depth=group_depth)
     v.minimum(16, max_side=max_side)
+    v.minimum(0, max_pixels=max_pixels, max_seconds=max_seconds)
     from .shards import ShardParams, build_shards, format_summary
     params = ShardParams(modality=modality, split=split, seed=seed, max_count=max_count, max_size=max_size,
                          max_samples_per_class=max_samples_per_class, class_map=class_map, group_depth=group_depth,
                          max_side=max_side, sample_rate=sample_rate, frames=frames, check=check,
                          dataset=dataset, protocol=str(protocol) if protocol else None, val_fraction=val_fraction,
                          ff_compression=ff_compression, faces=faces, face_margin=face_margin, face_size=face_size,
-                         face_quality=face_quality)
+                         face_quality=face_quality, max_pixels=max_pixels, max_seconds=max_seconds)
     summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
     typer.echo(format_summary(summary))
     typer.echo(f"shards: {out}")
@@ -407,7 +410,9 @@ def predict(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
             out: Path = typer.Option(Path("preds.csv"), help="CSV: path,score,label,error"),
             device: str = typer.Option("auto", help=DEVICE_HELP), batch_size: int = typer.Option(32, help=BATCH_HELP),
             backend: str = typer.Option("auto", help="loader: auto (the checkpoint's, as evaluate uses), dali or torch"),
-            workers: int = typer.Option(2, help="loader worker processes (torch backend)")):
+            workers: int = typer.Option(2, help="loader worker processes (torch backend)"),
+            max_pixels: int = typer.Option(100_000_000, help="pictures and video frames over this many pixels get an error row, undecoded (0: no limit)"),
+            max_seconds: float = typer.Option(3600.0, help="audio and video longer than this get an error row, undecoded (0: no limit)")):
     """Score raw files with the stored threshold; unreadable files get a row with an error."""
     v.minimum(1, batch_size=batch_size)
     ckpt = v.checkpoint(ckpt)
@@ -416,9 +421,9 @@ def predict(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
     v.output("--out", out, "file")
     v.device(device)
     v.choice("backend", backend, BACKENDS)
-    v.minimum(0, workers=workers)
+    v.minimum(0, workers=workers, max_pixels=max_pixels, max_seconds=max_seconds)
     from .predict import predict_files
-    predict_files(ckpt, paths, out, device, batch_size, backend, workers)
+    predict_files(ckpt, paths, out, device, batch_size, backend, workers, max_pixels=max_pixels, max_seconds=max_seconds)
 
 
 @bench_app.command("shard")

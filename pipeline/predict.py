@@ -42,7 +42,7 @@ def collect_files(paths: list[Path]) -> list[tuple[Path, str]]:
 class _Scorer:
     """One checkpoint's model, backend and preparation settings, applied to chunks of files."""
 
-    def __init__(self, ckpt: dict, device, backend: str, batch_size: int, workers: int):
+    def __init__(self, ckpt: dict, device, backend: str, batch_size: int, workers: int, limits: dict | None = None):
         pre = ckpt["preprocess"]
         self.modality, self.device = ckpt["modality"], device
         self.backend = eval_backend(ckpt, backend)
@@ -51,7 +51,7 @@ class _Scorer:
         self.amp_dtype, _ = amp_setup(device, "auto")
         # the shard builder's defaults stand in for values a checkpoint may lack
         self.params = {"max_side": pre.get("max_side") or 512, "sample_rate": pre.get("sample_rate") or 16000,
-                       "frames": pre.get("frames") or 16, "faces": pre.get("faces")}
+                       "frames": pre.get("frames") or 16, "faces": pre.get("faces"), **(limits or {})}
         self.exts = payload_exts(self.modality, self.params["frames"])
 
     def _prepare(self, path: Path) -> list[bytes]:
@@ -91,7 +91,9 @@ def _write_csv(out: Path, rows: list[tuple[str, str, str, str]]) -> None:
 
 
 def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_size=32, backend="auto",
-                  workers=2, chunk=CHUNK, log=print) -> dict:
+                  workers=2, chunk=CHUNK, log=print, max_pixels: int | None = None,
+                  max_seconds: float | None = None) -> dict:
+    """max_pixels, max_seconds: bounds on what is decoded (None: the defaults, as `dfp shard`'s; 0: none)."""
     device = resolve_device(device)
     ckpt = checkpoint.load(ckpt_path, map_location=device)
     thr = (ckpt.get("threshold") or {}).get("value", 0.5)
@@ -99,7 +101,8 @@ def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_
     files = [f for f, why in found if not why]
     if not found:
         raise InputError("no files found under " + ", ".join(str(p) for p in paths))
-    scorer = _Scorer(ckpt, device, backend, batch_size, workers)
+    limits = {k: v for k, v in (("max_pixels", max_pixels), ("max_seconds", max_seconds)) if v is not None}
+    scorer = _Scorer(ckpt, device, backend, batch_size, workers, limits)
     from tqdm import tqdm
     scored: dict[Path, tuple[str, str, str]] = {}
     with tqdm(total=len(files), unit="file", desc="predict", dynamic_ncols=True) as bar:

@@ -55,32 +55,22 @@ class ShardParams:
     face_margin: float = 1.3
     face_size: int = 256
     face_quality: int = 95
+    max_pixels: int = 100_000_000  # larger pictures and frames are rejected from their header (0: no limit)
+    max_seconds: float = 3600.0  # longer audio and video are rejected from their header (0: no limit)
 
 
-def _prepare_one(args, in_worker: bool = False):
+def _prepare_one(args):
+    """(payload, meta, None) or (None, None, reason). The payload holds the very bytes that were checked
+    (a kept JPEG's come back from the worker rather than being read again), so a file rewritten while
+    packing can only be packed as it was when checked."""
     path, modality, media_params = args
     try:
         payload, meta = prepare(path, modality, media_params)
-        if in_worker and meta.get("kept_bytes"):
-            payload = None  # the writer reads the file itself: cheaper than sending its bytes back
         return payload, meta, None
     except MediaError as e:
         return None, None, str(e)
     except Exception as e:  # a decoder bug on one odd file must not stop the run
         return None, None, f"corrupt: {type(e).__name__}: {e}"
-
-
-def _prepare_in_worker(args):
-    return _prepare_one(args, in_worker=True)
-
-
-def _kept_payload(path: Path, size: int) -> dict[str, bytes] | None:
-    """The original bytes of a file the worker checked and kept as it is (images only)."""
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    return {"jpg": raw} if len(raw) == size else None
 
 
 def _limit_per_class(cands: list[Candidate], limit: int | None, seed: int) -> tuple[list[Candidate], list[dict]]:
@@ -156,7 +146,8 @@ def _plan(inp: Path, params: ShardParams) -> _Plan:
     disc = discover_input(inp, params)
     modality = disc.modality
     media_params = {"max_side": params.max_side or DEFAULT_MAX_SIDE[modality], "sample_rate": params.sample_rate,
-                    "frames": params.frames, "check": params.check, "faces": _face_settings(params, modality)}
+                    "frames": params.frames, "check": params.check, "faces": _face_settings(params, modality),
+                    "max_pixels": params.max_pixels, "max_seconds": params.max_seconds}
     cands, over = _limit_per_class(disc.candidates, params.max_samples_per_class, params.seed)
     plan = _Plan(modality, media_params, cands, disc.rejects + over, fractions, params.val_fraction, params.seed)
     if not media_params["faces"]:
@@ -188,17 +179,13 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
             results = _faces_first(plan, build / SPILL_DIR, pool, progress, failed)
         else:
             jobs = ((c.path, plan.modality, plan.media_params) for c in plan.cands)
-            results = pool.imap(_prepare_in_worker, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
+            results = pool.imap(_prepare_one, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=len(plan.cands), unit="file", desc=f"packing {plan.modality}", dynamic_ncols=True)
         for c, (payload, meta, err) in zip(plan.cands, results):
             if bar:
                 bar.update(1)
-            kept_bytes = meta.pop("kept_bytes", None) if err is None else None
-            if err is None and payload is None:
-                payload = _kept_payload(c.path, kept_bytes)
-                err = None if payload is not None else "unreadable: the file changed while packing"
             if err is not None:
                 failed.append({"source": c.source, "reason": err})
                 continue
@@ -358,16 +345,17 @@ def format_summary(s: dict) -> str:
 
 # ---------------------------------------------------------------- verify
 def _decode_check(modality: str, sample: dict[str, bytes], exts: list[str]) -> str | None:
+    """The loaders' test of each member (`jpeg_check` for JPEGs), so verify lists what they skip."""
     from .media.audio import decode_flac
-    from .media.image import decode_jpeg
+    from .media.image import jpeg_check
     try:
         for ext in exts:
             if ext not in sample:
                 return f"missing member .{ext}"
             if ext.endswith("jpg"):
-                arr = decode_jpeg(sample[ext])
-                if arr.ndim != 3 or arr.shape[2] != 3:
-                    return f".{ext} decodes to shape {arr.shape}"
+                err = jpeg_check(sample[ext])
+                if err:
+                    return f"decode failed: .{ext}: {err}"
             elif ext == "flac":
                 x, _ = decode_flac(sample[ext])
                 if x.size == 0:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..augment import strong_mask
-from .decode import decode_batch, visual_sample
+from .decode import Decodability, decode_batch, visual_sample
 
 
 class _Batches(Dataset):
@@ -37,6 +37,8 @@ class Producer:
     def __init__(self, loader):
         self.loader = loader
         self.raw = loader.opts.gpu_decode and loader.modality != "audio"
+        # nvJPEG, like DALI, decodes some damaged JPEGs without an error; the CPU path's decoder settles it itself
+        self.decodable = Decodability(loader.index) if self.raw else None
 
     def run(self, batches: list[np.ndarray]):
         ld = self.loader
@@ -55,6 +57,7 @@ class Producer:
         """JPEG bytes -> decoded and augmented on the loader's device, one sample at a time after a batched decode."""
         from torchvision.io import ImageReadMode, decode_jpeg
         ld = self.loader
+        comps = [c if c is not None and self.decodable(int(i), c) else None for c, i in zip(comps, idx)]
         ok = np.array([c is not None for c in comps])
         flat = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for c in comps if c is not None for b in c]
         try:

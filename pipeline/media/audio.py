@@ -9,6 +9,7 @@ import numpy as np
 import soundfile as sf
 
 from . import MediaError
+from .video import DEFAULT_MAX_SECONDS
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -24,13 +25,17 @@ def _is_video(path) -> bool:
     return os.path.splitext(str(path))[1].lower() in EXTENSIONS["video"]
 
 
-def _read_video_audio(path) -> tuple[np.ndarray, int]:
+def _read_video_audio(path, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """The audio track of a video file as (frames, channels) float32, decoded with PyAV."""
     import av
+    from .video import container_seconds, too_long
     try:
         with av.open(str(path)) as c:
             if not c.streams.audio:
                 raise MediaError("no audio track in the video")
+            err = too_long(container_seconds(c), max_seconds)
+            if err:
+                raise err
             stream = c.streams.audio[0]
             planar = av.AudioResampler(format="fltp")  # (channels, samples) whatever the codec's sample format
             chunks = [g.to_ndarray() for f in c.decode(stream) for g in planar.resample(f)]
@@ -43,11 +48,22 @@ def _read_video_audio(path) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1).T.astype(np.float32), int(sr)
 
 
-def load_mono(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, dict]:
+def _read_sound_file(path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """The duration comes from the header (soundfile's info) before the samples are read."""
+    from .video import too_long
+    info = sf.info(str(path))
+    err = too_long(info.frames / info.samplerate if info.samplerate else None, max_seconds)
+    if err:
+        raise err
+    return sf.read(path, dtype="float32", always_2d=True)
+
+
+def load_mono(path: str | os.PathLike, sample_rate: int, max_seconds: float | None = DEFAULT_MAX_SECONDS
+              ) -> tuple[np.ndarray, dict]:
     try:
         if os.path.getsize(path) == 0:
             raise MediaError("empty file")
-        data, sr = _read_video_audio(path) if _is_video(path) else sf.read(path, dtype="float32", always_2d=True)
+        data, sr = _read_video_audio(path, max_seconds) if _is_video(path) else _read_sound_file(path, max_seconds)
     except MediaError:
         raise
     except PermissionError as e:
@@ -67,8 +83,9 @@ def encode_flac(x: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def prepare_audio(path: str | os.PathLike, sample_rate: int) -> tuple[dict[str, bytes], dict]:
-    mono, meta = load_mono(path, sample_rate)
+def prepare_audio(path: str | os.PathLike, sample_rate: int, max_seconds: float | None = DEFAULT_MAX_SECONDS
+                  ) -> tuple[dict[str, bytes], dict]:
+    mono, meta = load_mono(path, sample_rate, max_seconds)
     meta["sample_rate"] = sample_rate
     return {"flac": encode_flac(mono, sample_rate)}, meta
 
