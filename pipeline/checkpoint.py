@@ -6,6 +6,7 @@ names, preprocessing parameters and the chosen threshold.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -26,14 +27,39 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); was it written by dfp train?")
+    _check_crcs(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        raise CheckpointError(f"checkpoint {path} is unreadable ({_first_line(e)}); "
                               "was it written by dfp train?") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a dfp checkpoint (expected format {FORMAT})")
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()  # str(EOFError()) is empty
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _check_crcs(path: Path) -> None:
+    """`torch.save` writes a zip whose records carry CRC-32s, which `torch.load` never checks: a flipped bit in a
+    tensor would load as other weights. Reading every record once costs about as much as the load itself
+    (page cache); a file that is not a zip at all is left to `torch.load`'s own error."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged ({_first_line(e)}); "
+                              "use another copy or train again") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged (record {bad} fails its CRC check); "
+                              "use another copy or train again")
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device):

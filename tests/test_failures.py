@@ -1,0 +1,94 @@
+"""Failures a careless user can cause: each is one `error:` line with DESIGN's exit code (2 bad input, 1 a failed
+run), nothing half-written is left, and what can still be done is done (a predict batch's good files get rows)."""
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import checkpoint, cli
+from pipeline.errors import CheckpointError
+
+
+def _run_main(argv: list, monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["dfp", *map(str, argv)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    return exc.value.code, capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- checkpoints
+def _ckpt(path: Path) -> Path:
+    checkpoint.save(path, {"model": {"w": torch.arange(300_000, dtype=torch.float32)}, "modality": "image",
+                           "config": {"model": "resnet18"}})
+    return path
+
+
+def _flip_inside_tensor(path: Path, n: int = 4096) -> None:
+    """XOR n bytes in the middle of the largest record (the tensor's): the zip stays well-formed."""
+    with zipfile.ZipFile(path) as z:
+        rec = max(z.infolist(), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    start = rec.header_offset + 30 + len(rec.filename.encode()) + len(rec.extra) + rec.file_size // 2
+    raw[start:start + n] = bytes(b ^ 0x5A for b in raw[start:start + n])
+    path.write_bytes(bytes(raw))
+
+
+def test_bit_flipped_checkpoint_is_refused(tmp_path):
+    path = _ckpt(tmp_path / "best_model.pth")
+    _flip_inside_tensor(path)
+    assert torch.load(path, weights_only=True)["model"]["w"].shape == (300_000,)  # torch alone takes it
+    with pytest.raises(CheckpointError, match=r"best_model\.pth is damaged \(record .* fails its CRC check\)"):
+        checkpoint.load(path)
+
+
+def test_intact_truncated_and_malicious_checkpoints(tmp_path):
+    path = _ckpt(tmp_path / "ok.pth")
+    assert checkpoint.load(path)["model"]["w"][-1] == 299_999
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="cut.pth is unreadable"):
+        checkpoint.load(cut)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": checkpoint.FORMAT, "x": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="evil.pth is unreadable"):
+        checkpoint.load(evil)
+
+
+@pytest.mark.parametrize("damage", ["empty", "flipped"])
+@pytest.mark.parametrize("command", ["evaluate", "tune", "predict", "resume"])
+def test_damaged_checkpoint_is_one_line_in_every_command(command, damage, tmp_path, monkeypatch, capsys):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text(json.dumps({"format": "dfp-shards/1", "modality": "image"}))
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = run / ("last.pth" if command == "resume" else "best_model.pth")
+    if damage == "empty":
+        ckpt.write_bytes(b"")
+    else:
+        _flip_inside_tensor(_ckpt(ckpt))
+    before = ckpt.read_bytes()
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8")
+    argv = {"evaluate": ["evaluate", ckpt, shards, "--device", "cpu"],
+            "tune": ["tune", ckpt, shards, "--device", "cpu"],
+            "predict": ["predict", ckpt, tmp_path / "x.jpg", "--out", tmp_path / "p.csv", "--device", "cpu"],
+            "resume": ["train", shards, "--resume", run, "--device", "cpu"]}[command]
+    code, err = _run_main(argv, monkeypatch, capsys)
+    line = _one_error_line(err)
+    assert code == 2 and str(ckpt) in line, err
+    assert ("empty (0 bytes)" if damage == "empty" else "damaged") in line
+    assert ckpt.read_bytes() == before and not (tmp_path / "p.csv").exists()
