@@ -1,6 +1,7 @@
 """Failures a careless user can cause: each is one `error:` line with DESIGN's exit code (2 bad input, 1 a failed
 run), nothing half-written is left, and what can still be done is done (a predict batch's good files get rows)."""
 import json
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -92,3 +93,36 @@ def test_damaged_checkpoint_is_one_line_in_every_command(command, damage, tmp_pa
     assert code == 2 and str(ckpt) in line, err
     assert ("empty (0 bytes)" if damage == "empty" else "damaged") in line
     assert ckpt.read_bytes() == before and not (tmp_path / "p.csv").exists()
+
+
+# ---------------------------------------------------------------- packing
+def _accounting(inp: Path, out: Path) -> tuple[set, dict]:
+    """Lossless accounting, with names that are not UTF-8 in rejects.jsonl's escaped form."""
+    from pipeline.formats import read_manifest, source_text, tar_samples
+    packed = []
+    for row in read_manifest(out)["shards"]:
+        tar = out / row["path"]
+        with open(tar, "rb") as f:
+            for _, members in tar_samples(tar):
+                m = next(m for m in members if m.ext == "json")
+                f.seek(m.offset)
+                packed.append(json.loads(f.read(m.size))["source"])
+    text = (out / "rejects.jsonl").read_bytes().decode("utf-8")  # strict: the file is valid UTF-8
+    rejects = {r["source"]: r["reason"] for r in map(json.loads, text.splitlines())}
+    files = {source_text(p.relative_to(inp).as_posix()) for p in inp.rglob("*") if p.is_file()}
+    assert len(packed) == len(set(packed)) and not set(packed) & set(rejects)
+    assert set(packed) | set(rejects) == files
+    return set(packed), rejects
+
+
+def test_name_that_is_not_utf8_is_rejected_and_the_build_goes_on(tmp_path):
+    from factory import image_tree
+    from pipeline.shards import ShardParams, build_shards
+    inp = image_tree(tmp_path / "in", n_real=4, n_fake=3)
+    raw = (inp / "real" / "g0" / "real_000.jpg").read_bytes()
+    with open(os.fsencode(inp / "real" / "g0") + b"/caf\xe9.jpg", "wb") as f:
+        f.write(raw)
+    summary = build_shards(inp, tmp_path / "out", ShardParams(), workers=1, progress=False)
+    packed, rejects = _accounting(inp, tmp_path / "out")
+    assert rejects == {"real/g0/caf\\xe9.jpg": "unsupported name: not valid UTF-8; rename the file"}
+    assert summary["packed"] == len(packed) == 7
