@@ -13,7 +13,7 @@ from . import atomic, checkpoint
 from .engine import amp_setup, predict
 from .errors import InputError
 from .evaluate import eval_backend, eval_options
-from .formats import payload_exts
+from .formats import payload_exts, source_text
 from .loaders import make_loader, resolve_device
 from .loaders.memory import MemoryIndex
 from .media import MediaError, prepare
@@ -70,6 +70,8 @@ class _Scorer:
                 where.append(j)
             except MediaError as e:
                 out[j] = (None, str(e))
+            except Exception as e:  # a decoder bug on one odd file must not cost the other files their rows
+                out[j] = (None, f"corrupt: {type(e).__name__}: {e}".strip().splitlines()[0])
             on_file()
         if samples:
             index = MemoryIndex(samples, self.modality, self.exts, self.params["sample_rate"])
@@ -87,7 +89,7 @@ def _write_csv(out: Path, rows: list[tuple[str, str, str, str]]) -> None:
     with atomic.replacing(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "score", "label", "error"])
-        w.writerows(rows)
+        w.writerows([source_text(cell) for cell in row] for row in rows)  # a name that is not UTF-8, escaped
 
 
 def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_size=32, backend="auto",

@@ -126,3 +126,58 @@ def test_name_that_is_not_utf8_is_rejected_and_the_build_goes_on(tmp_path):
     packed, rejects = _accounting(inp, tmp_path / "out")
     assert rejects == {"real/g0/caf\\xe9.jpg": "unsupported name: not valid UTF-8; rename the file"}
     assert summary["packed"] == len(packed) == 7
+
+
+def _nan_wav(path: Path) -> Path:
+    import soundfile as sf
+    from factory import tone
+    x = tone(16000, 0.5)
+    x[100:110] = np.nan
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x, 16000, subtype="FLOAT")
+    return path
+
+
+def test_nan_audio_is_rejected_with_a_readable_reason(tmp_path):
+    from factory import audio_tree
+    from pipeline.shards import ShardParams, build_shards
+    inp = audio_tree(tmp_path / "in")
+    _nan_wav(inp / "fake" / "nan.wav")
+    build_shards(inp, tmp_path / "out", ShardParams(), workers=1, progress=False)
+    _, rejects = _accounting(inp, tmp_path / "out")
+    assert rejects["fake/nan.wav"] == "corrupt: contains NaN samples"
+
+
+def _audio_checkpoint(path: Path) -> Path:
+    from dataclasses import asdict
+    from pipeline.formats import CLASSES
+    from pipeline.models import build_model
+    from pipeline.train import TrainConfig
+    cfg = TrainConfig(shards="unused", model="audio_resnet18", backend="torch", audio_seconds=0.5)
+    torch.manual_seed(0)
+    net = build_model(cfg.model, "audio")
+    pre = {"image_size": 32, "audio_seconds": 0.5, "sample_rate": 16000, "frames": None, "max_side": 0,
+           "mean": [0.5] * 3, "std": [0.5] * 3, "faces": None}
+    checkpoint.save(path, {"config": asdict(cfg), "modality": "audio", "classes": list(CLASSES), "preprocess": pre,
+                           "threshold": {"method": "f1", "value": 0.5}, "model": net.state_dict()})
+    return path
+
+
+def test_predict_gives_every_file_its_row_despite_a_nan_wav_and_an_odd_name(tmp_path):
+    import csv
+    import soundfile as sf
+    from factory import tone
+    from pipeline.predict import predict_files
+    files = tmp_path / "files"
+    files.mkdir()
+    sf.write(files / "good.wav", tone(16000, 0.5), 16000)
+    _nan_wav(files / "nan.wav")
+    sf.write(os.fsencode(files) + b"/caf\xe9.wav", tone(16000, 0.5, freq=300), 16000)
+    out = tmp_path / "preds.csv"
+    predict_files(_audio_checkpoint(tmp_path / "m.pth"), [files], out, device="cpu", backend="torch", workers=0,
+                  log=lambda *a: None)
+    rows = {r["path"]: r for r in csv.DictReader(out.read_bytes().decode("utf-8").splitlines())}
+    assert set(rows) == {f"{files}/good.wav", f"{files}/nan.wav", f"{files}/caf\\xe9.wav"}
+    assert rows[f"{files}/nan.wav"]["error"] == "corrupt: contains NaN samples" and not rows[f"{files}/nan.wav"]["score"]
+    for name in ("good.wav", "caf\\xe9.wav"):
+        assert not rows[f"{files}/{name}"]["error"] and 0 <= float(rows[f"{files}/{name}"]["score"]) <= 1

@@ -43,11 +43,16 @@ def _read_video_audio(path) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1).T.astype(np.float32), int(sr)
 
 
+def _read_sound(path) -> tuple[np.ndarray, int]:
+    with open(path, "rb") as f:  # soundfile encodes a str path as UTF-8, which a name that is not UTF-8 is not
+        return sf.read(f, dtype="float32", always_2d=True)
+
+
 def load_mono(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, dict]:
     try:
         if os.path.getsize(path) == 0:
             raise MediaError("empty file")
-        data, sr = _read_video_audio(path) if _is_video(path) else sf.read(path, dtype="float32", always_2d=True)
+        data, sr = _read_video_audio(path) if _is_video(path) else _read_sound(path)
     except MediaError:
         raise
     except PermissionError as e:
@@ -56,9 +61,18 @@ def load_mono(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, di
         raise MediaError(f"corrupt: {e}") from None
     if data.shape[0] == 0:
         raise MediaError("empty: no audio frames")
+    _check_finite(data)
     mono = data.mean(axis=1)
     meta = {"orig_sample_rate": int(sr), "channels": int(data.shape[1]), "duration": round(data.shape[0] / sr, 4)}
     return resample(mono, sr, sample_rate), meta
+
+
+def _check_finite(data: np.ndarray) -> None:
+    """Float WAVs can hold NaN or infinity; neither has a 16-bit FLAC value (soundfile fails on them)."""
+    if np.isnan(data).any():
+        raise MediaError("corrupt: contains NaN samples")
+    if np.isinf(data).any():
+        raise MediaError("corrupt: contains infinite samples")
 
 
 def encode_flac(x: np.ndarray, sample_rate: int) -> bytes:
