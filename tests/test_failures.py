@@ -22,7 +22,8 @@ def _run_main(argv: list, monkeypatch, capsys) -> tuple[int, str]:
 
 
 def _one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
+    """The error line; tqdm's progress bars (redrawn with carriage returns) are not counted."""
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
 
@@ -148,17 +149,19 @@ def test_nan_audio_is_rejected_with_a_readable_reason(tmp_path):
     assert rejects["fake/nan.wav"] == "corrupt: contains NaN samples"
 
 
-def _audio_checkpoint(path: Path) -> Path:
+def _untrained_checkpoint(path: Path, modality: str = "audio") -> Path:
+    """A checkpoint as `dfp train` writes one, with seeded random weights (the scores do not matter here)."""
     from dataclasses import asdict
     from pipeline.formats import CLASSES
     from pipeline.models import build_model
     from pipeline.train import TrainConfig
-    cfg = TrainConfig(shards="unused", model="audio_resnet18", backend="torch", audio_seconds=0.5)
+    model = {"audio": "audio_resnet18", "image": "resnet18"}[modality]
+    cfg = TrainConfig(shards="unused", model=model, backend="torch", audio_seconds=0.5, image_size=32)
     torch.manual_seed(0)
-    net = build_model(cfg.model, "audio")
+    net = build_model(cfg.model, modality)
     pre = {"image_size": 32, "audio_seconds": 0.5, "sample_rate": 16000, "frames": None, "max_side": 0,
            "mean": [0.5] * 3, "std": [0.5] * 3, "faces": None}
-    checkpoint.save(path, {"config": asdict(cfg), "modality": "audio", "classes": list(CLASSES), "preprocess": pre,
+    checkpoint.save(path, {"config": asdict(cfg), "modality": modality, "classes": list(CLASSES), "preprocess": pre,
                            "threshold": {"method": "f1", "value": 0.5}, "model": net.state_dict()})
     return path
 
@@ -174,10 +177,64 @@ def test_predict_gives_every_file_its_row_despite_a_nan_wav_and_an_odd_name(tmp_
     _nan_wav(files / "nan.wav")
     sf.write(os.fsencode(files) + b"/caf\xe9.wav", tone(16000, 0.5, freq=300), 16000)
     out = tmp_path / "preds.csv"
-    predict_files(_audio_checkpoint(tmp_path / "m.pth"), [files], out, device="cpu", backend="torch", workers=0,
+    predict_files(_untrained_checkpoint(tmp_path / "m.pth"), [files], out, device="cpu", backend="torch", workers=0,
                   log=lambda *a: None)
     rows = {r["path"]: r for r in csv.DictReader(out.read_bytes().decode("utf-8").splitlines())}
     assert set(rows) == {f"{files}/good.wav", f"{files}/nan.wav", f"{files}/caf\\xe9.wav"}
     assert rows[f"{files}/nan.wav"]["error"] == "corrupt: contains NaN samples" and not rows[f"{files}/nan.wav"]["score"]
     for name in ("good.wav", "caf\\xe9.wav"):
         assert not rows[f"{files}/{name}"]["error"] and 0 <= float(rows[f"{files}/{name}"]["score"]) <= 1
+
+
+# ---------------------------------------------------------------- shards that vanish
+@pytest.fixture(scope="module")
+def image_shards(tmp_path_factory):
+    from factory import image_tree
+    from pipeline.shards import ShardParams, build_shards
+    root = tmp_path_factory.mktemp("shards")
+    build_shards(image_tree(root / "in", 8, 8), root / "shards", ShardParams(split="0.5,0.25,0.25"), workers=1,
+                 progress=False)
+    return root / "shards"
+
+
+def _delete_after_start(module, monkeypatch, split: str) -> list:
+    """Wrap `module.make_loader` so the split's shards are deleted once its loader is built."""
+    from pipeline.formats import read_manifest
+    made, gone = module.make_loader, []
+
+    def make_then_delete(shards, s, *a, **kw):
+        loader = made(shards, s, *a, **kw)
+        if s == split and not gone:
+            for row in read_manifest(shards)["shards"]:
+                if row["split"] == split:
+                    (Path(shards) / row["path"]).unlink()
+                    gone.append(str(Path(shards) / row["path"]))
+        return loader
+    monkeypatch.setattr(module, "make_loader", make_then_delete)
+    return gone
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shard_deleted_during_evaluate_is_one_line(workers, image_shards, tmp_path, monkeypatch, capsys):
+    import shutil
+    from pipeline import evaluate
+    shards = shutil.copytree(image_shards, tmp_path / "shards")
+    ckpt = _untrained_checkpoint(tmp_path / "best_model.pth", "image")
+    gone = _delete_after_start(evaluate, monkeypatch, "test")
+    monkeypatch.setattr(evaluate, "eval_options", lambda c, b, w=2: evaluate.LoaderOptions(
+        batch_size=4, train=False, image_size=32, workers=workers))
+    code, err = _run_main(["evaluate", ckpt, shards, "--split", "test", "--device", "cpu", "--backend", "torch",
+                           "--out", tmp_path / "ev"], monkeypatch, capsys)
+    line = _one_error_line(err)
+    assert code == 2 and gone[0] in line and "cannot be opened" in line, err
+
+
+def test_shard_deleted_during_train_is_one_line(image_shards, tmp_path, monkeypatch, capsys):
+    import shutil
+    from pipeline import train
+    shards = shutil.copytree(image_shards, tmp_path / "shards")
+    gone = _delete_after_start(train, monkeypatch, "train")
+    code, err = _run_main(["train", shards, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "4",
+                           "--image-size", "32", "--model", "resnet18", "--backend", "torch", "--workers", "0",
+                           "--device", "cpu", "--quiet", "--no-report"], monkeypatch, capsys)
+    assert code == 2 and gone[0] in _one_error_line(err), err
