@@ -175,7 +175,7 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(plan.cands), unit="file", desc=f"packing {plan.modality}", dynamic_ncols=True)
-    failed = []
+    failed, done = [], False
     try:
         for c, (payload, meta, err) in zip(plan.cands, results):
             if bar:
@@ -189,12 +189,18 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
                 continue
             sink.write(c, payload, meta)
         sink.close()
+        done = True
+    except OSError as e:  # _prepare_one and _kept_payload catch their read errors: this one is writing under OUT
+        raise InputError(f"cannot write the shards under {build.parent} ({e.strerror or e}); "
+                         "free some space or choose another OUT, then run dfp shard again") from None
     finally:
-        sink.abort()  # after an error: the shard stays a .partial under .building
+        sink.abort()
         if bar:
             bar.close()
         if pool:
             pool.terminate()
+        if not done:  # nothing of an unfinished build is reused (the next build starts afresh): free its space
+            shutil.rmtree(build, ignore_errors=True)
     order = {s: i for i, s in enumerate(SPLITS)}
     sink.rows.sort(key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
     return sink.rows, sink.counts, failed

@@ -238,3 +238,28 @@ def test_shard_deleted_during_train_is_one_line(image_shards, tmp_path, monkeypa
                            "--image-size", "32", "--model", "resnet18", "--backend", "torch", "--workers", "0",
                            "--device", "cpu", "--quiet", "--no-report"], monkeypatch, capsys)
     assert code == 2 and gone[0] in _one_error_line(err), err
+
+
+def test_disk_full_while_packing_is_one_line_and_frees_the_space(tmp_path, monkeypatch, capsys):
+    import errno
+    from factory import image_tree
+    from pipeline import tarwriter
+    from pipeline.shards import verify_shards
+    inp = image_tree(tmp_path / "in", n_real=6, n_fake=4)
+    out = tmp_path / "out"
+    assert _run_main(["shard", inp, out, "--workers", "1"], monkeypatch, capsys)[0] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    put, room = tarwriter.ShardWriter._put, [3 * 4096]
+
+    def filling_put(self, b):  # the disk fills up in the middle of the second sample
+        if len(b) > room[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        room[0] -= len(b)
+        put(self, b)
+    monkeypatch.setattr(tarwriter.ShardWriter, "_put", filling_put)
+    code, err = _run_main(["shard", inp, out, "--workers", "1", "--seed", "1"], monkeypatch, capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "No space left on device" in line and str(out) in line, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the old build, whole
+    assert not (out / ".building").exists()
+    assert verify_shards(out, progress=False)[0] == []
