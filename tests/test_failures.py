@@ -98,7 +98,8 @@ def test_damaged_checkpoint_is_one_line_in_every_command(command, damage, tmp_pa
 
 # ---------------------------------------------------------------- packing
 def _accounting(inp: Path, out: Path) -> tuple[set, dict]:
-    """Lossless accounting, with names that are not UTF-8 in rejects.jsonl's escaped form."""
+    """Lossless accounting, with names that are not UTF-8 in rejects.jsonl's escaped form. rejects.jsonl may also
+    name listed paths that are not files under INPUT (missing, outside)."""
     from pipeline.formats import read_manifest, source_text, tar_samples
     packed = []
     for row in read_manifest(out)["shards"]:
@@ -112,7 +113,7 @@ def _accounting(inp: Path, out: Path) -> tuple[set, dict]:
     rejects = {r["source"]: r["reason"] for r in map(json.loads, text.splitlines())}
     files = {source_text(p.relative_to(inp).as_posix()) for p in inp.rglob("*") if p.is_file()}
     assert len(packed) == len(set(packed)) and not set(packed) & set(rejects)
-    assert set(packed) | set(rejects) == files
+    assert set(packed) <= files and files <= set(packed) | set(rejects)
     return set(packed), rejects
 
 
@@ -263,3 +264,33 @@ def test_disk_full_while_packing_is_one_line_and_frees_the_space(tmp_path, monke
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the old build, whole
     assert not (out / ".building").exists()
     assert verify_shards(out, progress=False)[0] == []
+
+
+# ---------------------------------------------------------------- --dataset table
+def _table(tmp_path: Path, rows: str) -> tuple[Path, Path]:
+    from factory import smooth_image, write_jpeg
+    rng = np.random.default_rng(0)
+    inp = tmp_path / "in"
+    for name in ("a", "b", "c", "d", "e", "f"):
+        write_jpeg(inp / "imgs" / f"{name}.jpg", smooth_image(rng, 24, 24))
+    write_jpeg(tmp_path / "elsewhere.jpg", smooth_image(rng, 24, 24))
+    (inp / "labels.csv").write_text("path,label,split\n" + rows.format(T=tmp_path, I=inp))
+    return inp, inp / "labels.csv"
+
+
+def test_table_rows_that_conflict_or_leave_input_are_named(tmp_path):
+    from pipeline.shards import ShardParams, build_shards
+    inp, proto = _table(tmp_path, "imgs/a.jpg,real,\nimgs/b.jpg,fake,\nimgs/c.jpg,real,\nimgs/a.jpg,fake,\n"
+                                  "imgs/d.jpg,fake,\nimgs/d.jpg,fake,\n./imgs/e.jpg,real,train\nimgs/e.jpg,real,test\n"
+                                  "{I}/imgs/f.jpg,fake,\n../elsewhere.jpg,real,\n{T}/elsewhere.jpg,fake,\n")
+    build_shards(inp, tmp_path / "out", ShardParams(dataset="table", protocol=str(proto)), workers=1, progress=False)
+    packed, rejects = _accounting(inp, tmp_path / "out")
+    assert packed == {"imgs/b.jpg", "imgs/c.jpg", "imgs/d.jpg", "imgs/f.jpg"}  # an identical repeat is no conflict
+    assert rejects.pop("imgs/a.jpg") == ("conflicting rows: labels.csv line 2 (label real) and labels.csv line 5 "
+                                         "(label fake); keep one of them")
+    assert rejects.pop("imgs/e.jpg") == ("conflicting rows: labels.csv line 8 (split train) and labels.csv line 9 "
+                                         "(split test); keep one of them")
+    for listed, line in (("../elsewhere.jpg", 11), (f"{tmp_path}/elsewhere.jpg", 12)):
+        assert rejects.pop(listed) == (f"outside INPUT: listed in labels.csv line {line}, but only files under "
+                                       f"INPUT {inp} are packed (move or link it there)")
+    assert rejects == {"labels.csv": "protocol file, not a sample"}
