@@ -131,7 +131,8 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     packed = sum(sum(v.values()) for v in counts.values())
     return {"packed": packed, "rejected": len(rejects), "reasons": dict(Counter(_reason_kind(r["reason"]) for r in rejects)),
             "shards": len(shard_rows), "bytes": sum(r["bytes"] for r in shard_rows), "seconds": seconds,
-            "splits": counts, "files_per_s": (packed + len(rejects)) / max(seconds, 1e-9), "modality": plan.modality,
+            "splits": counts, "read": len(plan.cands), "modality": plan.modality,
+            "files_per_s": len(plan.cands) / max(seconds, 1e-9),  # files opened: not rejects found before packing
             "warnings": empty_class_warnings(counts, plan.fractions, plan.presplit, plan.cands,
                                              any(c.group for c in plan.cands))}
 
@@ -293,7 +294,7 @@ def _reason_kind(reason: str) -> str:
 
 def format_summary(s: dict) -> str:
     lines = [f"packed {s['packed']} {s['modality']} samples into {s['shards']} shards "
-             f"({s['bytes'] / 1e6:.1f} MB) in {s['seconds']:.1f}s ({s['files_per_s']:.0f} files/s)"]
+             f"({s['bytes'] / 1e6:.1f} MB) in {s['seconds']:.1f}s ({s['files_per_s']:.0f} files read/s)"]
     for split, c in s["splits"].items():
         lines.append(f"  {split:5s}: real {c['real']:>7d}  fake {c['fake']:>7d}")
     if s["rejected"]:

@@ -294,3 +294,15 @@ def test_table_rows_that_conflict_or_leave_input_are_named(tmp_path):
         assert rejects.pop(listed) == (f"outside INPUT: listed in labels.csv line {line}, but only files under "
                                        f"INPUT {inp} are packed (move or link it there)")
     assert rejects == {"labels.csv": "protocol file, not a sample"}
+
+
+def test_packing_rate_counts_only_the_files_read(tmp_path):
+    from pipeline.shards import ShardParams, build_shards, format_summary
+    missing = "".join(f"imgs/gone{i}.jpg,fake,\n" for i in range(200))
+    inp, proto = _table(tmp_path, "imgs/a.jpg,real,\nimgs/b.jpg,fake,\nimgs/c.jpg,real,\n" + missing)
+    (inp / "imgs" / "c.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # read, then rejected
+    s = build_shards(inp, tmp_path / "out", ShardParams(dataset="table", protocol=str(proto)), workers=1,
+                     progress=False)
+    assert s["packed"] == 2 and s["rejected"] == 200 + 3 + 2  # gone*, c.jpg, d-f unlisted, labels.csv
+    assert s["read"] == 3 and s["files_per_s"] * s["seconds"] == pytest.approx(3)
+    assert f"({s['files_per_s']:.0f} files read/s)" in format_summary(s)
