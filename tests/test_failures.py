@@ -306,3 +306,26 @@ def test_packing_rate_counts_only_the_files_read(tmp_path):
     assert s["packed"] == 2 and s["rejected"] == 200 + 3 + 2  # gone*, c.jpg, d-f unlisted, labels.csv
     assert s["read"] == 3 and s["files_per_s"] * s["seconds"] == pytest.approx(3)
     assert f"({s['files_per_s']:.0f} files read/s)" in format_summary(s)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "short"])
+def test_unreadable_shard_index_is_one_line(damage, image_shards, tmp_path, monkeypatch, capsys):
+    import shutil
+    shards = shutil.copytree(image_shards, tmp_path / "shards")
+    idx = next((shards / "test").glob("*.idx"))
+    if damage == "deleted":
+        idx.unlink()
+    else:
+        idx.write_text(idx.read_text().splitlines()[0] + "\n")
+    ckpt = _untrained_checkpoint(tmp_path / "best_model.pth", "image")
+    code, err = _run_main(["evaluate", ckpt, shards, "--split", "test", "--device", "cpu", "--backend", "torch",
+                           "--out", tmp_path / "ev"], monkeypatch, capsys)
+    line = _one_error_line(err)
+    assert code == 2 and str(idx) in line and "dfp verify" in line, err
+
+
+def test_training_loader_on_an_empty_split_is_an_input_error(image_shards):
+    from pipeline.errors import InputError
+    from pipeline.loaders import LoaderOptions, make_loader
+    with pytest.raises(InputError, match="split 'nope' of .* is empty"):
+        make_loader(image_shards, "nope", "torch", "cpu", LoaderOptions(batch_size=2, workers=0))
