@@ -15,6 +15,7 @@ from . import atomic
 from .errors import CheckpointError
 
 FORMAT = "dfp-ckpt/1"
+MODEL = ("config", "modality", "preprocess", "model")  # what scoring with a checkpoint needs
 
 
 def save(path: str | os.PathLike, state: dict) -> None:
@@ -23,7 +24,9 @@ def save(path: str | os.PathLike, state: dict) -> None:
         torch.save({"format": FORMAT, **state}, tmp)
 
 
-def load(path: str | os.PathLike, map_location="cpu") -> dict:
+def load(path: str | os.PathLike, map_location="cpu", need: tuple[str, ...] = ()) -> dict:
+    """The checkpoint's dict, or a one-line CheckpointError: missing, empty, damaged (CRCs), not loadable with
+    weights_only, not a dfp checkpoint, or lacking one of the `need` entries."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
@@ -37,6 +40,9 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
                               "was it written by dfp train?") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a dfp checkpoint (expected format {FORMAT})")
+    missing = [k for k in need if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; was it written by dfp train?")
     return ckpt
 
 
@@ -62,11 +68,15 @@ def _check_crcs(path: Path) -> None:
                               "use another copy or train again")
 
 
-def model_from_checkpoint(ckpt: dict, device: torch.device):
+def model_from_checkpoint(ckpt: dict, device: torch.device, path: str | os.PathLike = "the checkpoint"):
     from .models import build_model
     cfg = ckpt["config"]
     model = build_model(cfg["model"], ckpt["modality"], frame_backbone=cfg.get("frame_backbone", "efficientnet_b0"))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:  # torch lists every missing or misshapen tensor
+        raise CheckpointError(f"{path}: its weights do not fit model {cfg['model']} "
+                              f"({' '.join(str(e).split())[:200]}); was it written by dfp train?") from None
     return model.to(device).eval()
 
 

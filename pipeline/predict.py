@@ -42,12 +42,12 @@ def collect_files(paths: list[Path]) -> list[tuple[Path, str]]:
 class _Scorer:
     """One checkpoint's model, backend and preparation settings, applied to chunks of files."""
 
-    def __init__(self, ckpt: dict, device, backend: str, batch_size: int, workers: int):
+    def __init__(self, ckpt: dict, device, backend: str, batch_size: int, workers: int, path="the checkpoint"):
         pre = ckpt["preprocess"]
         self.modality, self.device = ckpt["modality"], device
         self.backend = eval_backend(ckpt, backend)
         self.opts = eval_options(ckpt, batch_size, workers)
-        self.model = checkpoint.model_from_checkpoint(ckpt, device)
+        self.model = checkpoint.model_from_checkpoint(ckpt, device, path)
         self.amp_dtype, _ = amp_setup(device, "auto")
         # the shard builder's defaults stand in for values a checkpoint may lack
         self.params = {"max_side": pre.get("max_side") or 512, "sample_rate": pre.get("sample_rate") or 16000,
@@ -95,13 +95,13 @@ def _write_csv(out: Path, rows: list[tuple[str, str, str, str]]) -> None:
 def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_size=32, backend="auto",
                   workers=2, chunk=CHUNK, log=print) -> dict:
     device = resolve_device(device)
-    ckpt = checkpoint.load(ckpt_path, map_location=device)
+    ckpt = checkpoint.load(ckpt_path, map_location=device, need=checkpoint.MODEL)
     thr = (ckpt.get("threshold") or {}).get("value", 0.5)
     found = collect_files(paths)
     files = [f for f, why in found if not why]
     if not found:
         raise InputError("no files found under " + ", ".join(str(p) for p in paths))
-    scorer = _Scorer(ckpt, device, backend, batch_size, workers)
+    scorer = _Scorer(ckpt, device, backend, batch_size, workers, ckpt_path)
     from tqdm import tqdm
     scored: dict[Path, tuple[str, str, str]] = {}
     with tqdm(total=len(files), unit="file", desc="predict", dynamic_ncols=True) as bar:

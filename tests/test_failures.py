@@ -329,3 +329,22 @@ def test_training_loader_on_an_empty_split_is_an_input_error(image_shards):
     from pipeline.loaders import LoaderOptions, make_loader
     with pytest.raises(InputError, match="split 'nope' of .* is empty"):
         make_loader(image_shards, "nope", "torch", "cpu", LoaderOptions(batch_size=2, workers=0))
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_checkpoint_with_foreign_weights_or_missing_entries_is_one_line(command, image_shards, tmp_path, monkeypatch,
+                                                                       capsys):
+    state = checkpoint.load(_untrained_checkpoint(tmp_path / "m.pth", "image"))
+    state.pop("format")
+    bad = {"weights": {**state, "model": dict(list(state["model"].items())[:-2])},
+           "entries": {k: v for k, v in state.items() if k != "preprocess"}}
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8")
+    for damage, expected in (("weights", "its weights do not fit model resnet18 (Error(s) in loading state_dict"),
+                             ("entries", "lacks preprocess")):
+        ckpt = tmp_path / f"{damage}.pth"
+        checkpoint.save(ckpt, bad[damage])
+        argv = (["predict", ckpt, tmp_path / "x.jpg", "--out", tmp_path / "p.csv"] if command == "predict" else
+                ["evaluate", ckpt, image_shards, "--out", tmp_path / "ev"])
+        code, err = _run_main([*argv, "--device", "cpu", "--backend", "torch"], monkeypatch, capsys)
+        line = _one_error_line(err)
+        assert code == 2 and str(ckpt) in line and expected in line, err
