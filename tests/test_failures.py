@@ -215,8 +215,8 @@ def _delete_after_start(module, monkeypatch, split: str) -> list:
     return gone
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_shard_deleted_during_evaluate_is_one_line(workers, image_shards, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("backend,workers", [("torch", 0), ("torch", 2), ("dali", 2)])
+def test_shard_deleted_during_evaluate_is_one_line(backend, workers, image_shards, tmp_path, monkeypatch, capsys):
     import shutil
     from pipeline import evaluate
     shards = shutil.copytree(image_shards, tmp_path / "shards")
@@ -224,7 +224,7 @@ def test_shard_deleted_during_evaluate_is_one_line(workers, image_shards, tmp_pa
     gone = _delete_after_start(evaluate, monkeypatch, "test")
     monkeypatch.setattr(evaluate, "eval_options", lambda c, b, w=2: evaluate.LoaderOptions(
         batch_size=4, train=False, image_size=32, workers=workers))
-    code, err = _run_main(["evaluate", ckpt, shards, "--split", "test", "--device", "cpu", "--backend", "torch",
+    code, err = _run_main(["evaluate", ckpt, shards, "--split", "test", "--device", "cpu", "--backend", backend,
                            "--out", tmp_path / "ev"], monkeypatch, capsys)
     line = _one_error_line(err)
     assert code == 2 and gone[0] in line and "cannot be opened" in line, err

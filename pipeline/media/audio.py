@@ -44,8 +44,12 @@ def _read_video_audio(path) -> tuple[np.ndarray, int]:
 
 
 def _read_sound(path) -> tuple[np.ndarray, int]:
-    with open(path, "rb") as f:  # soundfile encodes a str path as UTF-8, which a name that is not UTF-8 is not
-        return sf.read(f, dtype="float32", always_2d=True)
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:  # soundfile encodes a str path as UTF-8: open a name that is not UTF-8 ourselves
+        with open(path, "rb") as f:
+            return sf.read(f, dtype="float32", always_2d=True)
+    return sf.read(path, dtype="float32", always_2d=True)
 
 
 def load_mono(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, dict]:
