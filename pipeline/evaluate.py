@@ -26,14 +26,14 @@ def eval_options(ckpt: dict, batch_size: int, workers: int = 2) -> LoaderOptions
 
 def _predict_split(ckpt_path, shards, split, device, backend, batch_size, workers=2):
     device = resolve_device(device)
-    ckpt = checkpoint.load(ckpt_path, map_location=device)
+    ckpt = checkpoint.load(ckpt_path, map_location=device, need=checkpoint.MODEL)
     from .formats import read_manifest
     manifest = read_manifest(shards)
     if manifest["modality"] != ckpt["modality"]:
         raise InputError(f"{ckpt_path} is a {ckpt['modality']} model but {shards} holds {manifest['modality']} shards")
     if split not in manifest["splits"] or sum(manifest["splits"][split].values()) == 0:
         raise InputError(f"{shards}: split '{split}' is empty")
-    model = checkpoint.model_from_checkpoint(ckpt, device)
+    model = checkpoint.model_from_checkpoint(ckpt, device, ckpt_path)
     loader = make_loader(shards, split, eval_backend(ckpt, backend), device, eval_options(ckpt, batch_size, workers),
                          manifest=manifest)
     amp_dtype, _ = amp_setup(device, "auto")

@@ -122,7 +122,8 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     packed = sum(sum(v.values()) for v in counts.values())
     return {"packed": packed, "rejected": len(rejects), "reasons": dict(Counter(_reason_kind(r["reason"]) for r in rejects)),
             "shards": len(shard_rows), "bytes": sum(r["bytes"] for r in shard_rows), "seconds": seconds,
-            "splits": counts, "files_per_s": (packed + len(rejects)) / max(seconds, 1e-9), "modality": plan.modality,
+            "splits": counts, "read": len(plan.cands), "modality": plan.modality,
+            "files_per_s": len(plan.cands) / max(seconds, 1e-9),  # files opened: not rejects found before packing
             "warnings": empty_class_warnings(counts, plan.fractions, plan.presplit, plan.cands,
                                              any(c.group for c in plan.cands))}
 
@@ -172,7 +173,7 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
     sink = _ShardSink(build, params)
     workers = max(1, workers or os.cpu_count() or 1)
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
-    failed = []
+    failed, done = [], False
     bar = None
     try:
         if plan.presplit is None:
@@ -191,12 +192,18 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
                 continue
             sink.write(c, payload, meta)
         sink.close()
+        done = True
+    except OSError as e:  # _prepare_one catches its read errors: this one is writing under OUT (or spilling crops)
+        raise InputError(f"cannot write the shards under {build.parent} ({e.strerror or e}); "
+                         "free some space or choose another OUT, then run dfp shard again") from None
     finally:
-        sink.abort()  # after an error: the shard stays a .partial under .building
+        sink.abort()
         if bar:
             bar.close()
         if pool:
             pool.terminate()
+        if not done:  # nothing of an unfinished build is reused (the next build starts afresh): free its space
+            shutil.rmtree(build, ignore_errors=True)
     order = {s: i for i, s in enumerate(SPLITS)}
     sink.rows.sort(key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
     return sink.rows, sink.counts, failed
@@ -331,7 +338,7 @@ def _reason_kind(reason: str) -> str:
 
 def format_summary(s: dict) -> str:
     lines = [f"packed {s['packed']} {s['modality']} samples into {s['shards']} shards "
-             f"({s['bytes'] / 1e6:.1f} MB) in {s['seconds']:.1f}s ({s['files_per_s']:.0f} files/s)"]
+             f"({s['bytes'] / 1e6:.1f} MB) in {s['seconds']:.1f}s ({s['files_per_s']:.0f} files read/s)"]
     for split, c in s["splits"].items():
         lines.append(f"  {split:5s}: real {c['real']:>7d}  fake {c['fake']:>7d}")
     if s["rejected"]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..augment import AUDIO, AudioFeatures, normalize_images, spec_masks, strong_mask, torch_log_mel
+from ..errors import FormatError, InputError
 from ..formats import CLASSES, read_manifest
 from ..predictions import SampleMeta
 from ..sampling import EpochSampler, eval_indices, rank_slice
@@ -83,7 +84,7 @@ class Loader:
         self.delivered = np.zeros(len(CLASSES), np.int64)
         if opts.train:
             if len(index) == 0:
-                raise ValueError(f"split '{index.split}' of {index.root} is empty")
+                raise InputError(f"split '{index.split}' of {index.root} is empty")
             self.sampler = EpochSampler(index.labels, opts.sampling, opts.epoch_len or len(index), opts.seed,
                                         rank, world_size, opts.batch_size)
         else:
@@ -124,12 +125,12 @@ class Loader:
     # ------------------------------------------------------------------ iteration
     def __iter__(self):
         skipped_before = self.skipped
-        for b, (data, ok, idx) in enumerate(self.producer.run(self.batches())):
+        for b, (data, ok, idx) in enumerate(self._produce()):
             bad = int((~ok).sum())
             self.skipped += bad
             if not ok.any():
                 if self.sampler is not None:
-                    raise RuntimeError(f"a whole batch of {len(idx)} samples failed to decode in {self.index.root}; "
+                    raise FormatError(f"a whole batch of {len(idx)} samples failed to decode in {self.index.root}; "
                                        "run `dfp verify` on the shards")
                 continue
             good = idx[ok]
@@ -146,6 +147,17 @@ class Loader:
             print(f"warning: skipped {self.skipped - skipped_before} unreadable sample(s) in {self.index.root} "
                   f"split {self.index.split} this epoch", file=sys.stderr)
         self.start_batch = 0
+
+    def _produce(self):
+        """The backend's batches. A shard deleted after start-up fails deep inside a backend (a worker process,
+        DALI's reader thread), so any failure there is first explained by the shard files, in one line."""
+        try:
+            yield from self.producer.run(self.batches())
+        except Exception:
+            check = getattr(self.index, "check_files", None)
+            if check is not None:
+                check()
+            raise
 
     def _finish(self, data: torch.Tensor, labels: np.ndarray, b: int) -> torch.Tensor:
         """Device transfer and the last, cheap steps on the device: normalisation, log-mel, masks."""

@@ -51,11 +51,22 @@ def _read_video_audio(path, max_seconds: float | None) -> tuple[np.ndarray, int]
 def _read_sound_file(path, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """The duration comes from the header (soundfile's info) before the samples are read."""
     from .video import too_long
-    info = sf.info(str(path))
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:  # soundfile encodes a str path as UTF-8: open a name that is not UTF-8 ourselves
+        with open(path, "rb") as f:
+            return _read_checked(f, max_seconds, too_long)
+    return _read_checked(path, max_seconds, too_long)
+
+
+def _read_checked(src, max_seconds: float | None, too_long) -> tuple[np.ndarray, int]:
+    info = sf.info(src)
     err = too_long(info.frames / info.samplerate if info.samplerate else None, max_seconds)
     if err:
         raise err
-    return sf.read(path, dtype="float32", always_2d=True)
+    if hasattr(src, "seek"):
+        src.seek(0)
+    return sf.read(src, dtype="float32", always_2d=True)
 
 
 def load_mono(path: str | os.PathLike, sample_rate: int, max_seconds: float | None = DEFAULT_MAX_SECONDS
@@ -72,9 +83,18 @@ def load_mono(path: str | os.PathLike, sample_rate: int, max_seconds: float | No
         raise MediaError(f"corrupt: {e}") from None
     if data.shape[0] == 0:
         raise MediaError("empty: no audio frames")
+    _check_finite(data)
     mono = data.mean(axis=1)
     meta = {"orig_sample_rate": int(sr), "channels": int(data.shape[1]), "duration": round(data.shape[0] / sr, 4)}
     return resample(mono, sr, sample_rate), meta
+
+
+def _check_finite(data: np.ndarray) -> None:
+    """Float WAVs can hold NaN or infinity; neither has a 16-bit FLAC value (soundfile fails on them)."""
+    if np.isnan(data).any():
+        raise MediaError("corrupt: contains NaN samples")
+    if np.isinf(data).any():
+        raise MediaError("corrupt: contains infinite samples")
 
 
 def encode_flac(x: np.ndarray, sample_rate: int) -> bytes:
