@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from factory import image_tree
 from pipeline.errors import InputError
-from pipeline.report.text import MIN_VAL_PER_CLASS, console_summary, report_notes, small_val_note
+from pipeline.report.text import MIN_VAL_PER_CLASS, console_summary, report_notes, small_val_note, summary_text
 from pipeline.shards import ShardParams, build_shards
 from pipeline.train import TrainConfig, decide_recipe, decide_strategy, run_training
 
@@ -64,7 +64,7 @@ def test_the_cpu_recipe_fills_in_only_on_a_cpu_without_model_or_size(device, mod
     assert {k: (getattr(cfg, k), b) for k, b in chosen.items()} == want
 
 
-def test_console_summary_shows_what_the_tuned_threshold_costs():
+def test_console_and_text_show_what_the_tuned_threshold_costs():
     def m(acc, bal, f1, mcc, thr):
         return {"threshold": thr, "accuracy": acc, "balanced_accuracy": bal, "precision": 0.5, "recall": 0.9,
                 "f1": f1, "mcc": mcc, "specificity": 0.3, "confusion_matrix": [[3, 7], [1, 9]]}
@@ -75,6 +75,10 @@ def test_console_summary_shows_what_the_tuned_threshold_costs():
     assert "balanced accuracy +0.0100" in text
     warning = [line for line in text.splitlines() if "warning" in line]
     assert len(warning) == 1 and "accuracy, MCC fall while F1 rises" in warning[0] and "balanced" not in warning[0]
+    config = {"choices": {"loss": {"value": "bce", "by": "user"}, "smote": {"value": False, "by": "strategy"}}}
+    text = summary_text({"val": rep, "chosen": {"method": "f1", "threshold": 0.2}, "thresholds": {"f1": 0.2}}, config)
+    assert "MCC -0.2500 (0.2000 -> -0.0500)" in text and "Warning: at the tuned threshold accuracy, MCC fall" in text
+    assert "Set by you: loss bce" in text and "Chosen by --strategy auto: smote False" in text
     rep["tuned"] = m(0.70, 0.62, 0.45, 0.25, 0.4)
     assert "warning" not in console_summary("T", rep, {"method": "f1", "threshold": 0.4})
 
