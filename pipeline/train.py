@@ -75,20 +75,73 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- strategy
-def decide_strategy(cfg: TrainConfig, train_counts: dict[str, int]) -> tuple[TrainConfig, dict]:
-    """--strategy auto: the seed's table, from the train split's imbalance ratio."""
+# The techniques --strategy auto decides. A flag the user set is applied as given; auto fills in only the rest.
+STRATEGY_FIELDS = ("loss", "sampling", "minority_augment", "smote")
+# On a CPU the GPU defaults (efficientnet_b0 at 224 px) train at a few samples/s: without --model and --image-size,
+# image and video runs take the settings `dfp demo` learns with in minutes (README: Commands, CPU recipe).
+CPU_RECIPE = {"image": {"model": "resnet18", "image_size": 64, "lr": 1e-3},
+              "video": {"frame_backbone": "resnet18", "image_size": 64, "lr": 1e-3}}
+# what decides a setting, as config.json's "choices" records it
+BY_USER, BY_STRATEGY, BY_DEFAULT, BY_CPU_RECIPE = "user", "strategy", "default", "cpu_recipe"
+
+
+def given_fields(cfg: TrainConfig, given: set[str] | None) -> set[str]:
+    """The fields the user set; from Python (`given=None`), every field that differs from the dataclass default."""
+    if given is not None:
+        return set(given)
+    return {k for k, f in TrainConfig.__dataclass_fields__.items() if getattr(cfg, k) != f.default}
+
+
+def decide_strategy(cfg: TrainConfig, train_counts: dict[str, int],
+                    given: set[str] = frozenset()) -> tuple[TrainConfig, dict]:
+    """--strategy auto: the seed's table, from the train split's imbalance ratio, for each technique not in `given`
+    (--class-weights counts as setting the sampling); --strategy manual: the flags and their defaults."""
+    if cfg.strategy not in ("auto", "manual"):
+        raise InputError(f"--strategy {cfg.strategy!r}: choose auto or manual")
     ratio = imbalance_ratio(train_counts)
     sev = severity(ratio)
+    user = {k for k in STRATEGY_FIELDS if k in given} | ({"sampling"} if "class_weights" in given else set())
     if cfg.strategy == "auto":
-        cfg = replace(cfg, loss="focal", sampling="natural" if sev == "mild" else "inverse",
-                      minority_augment=sev != "mild", smote=sev == "severe", class_weights=None)
-    elif cfg.strategy != "manual":
-        raise InputError(f"--strategy {cfg.strategy!r}: choose auto or manual")
+        table = {"loss": "focal", "sampling": "natural" if sev == "mild" else "inverse",
+                 "minority_augment": sev != "mild", "smote": sev == "severe"}
+        cfg = replace(cfg, **{k: v for k, v in table.items() if k not in user})
     sampling = cfg.class_weights or cfg.sampling
+    unset = BY_STRATEGY if cfg.strategy == "auto" else BY_DEFAULT
+    choices = {k: {"value": sampling if k == "sampling" else getattr(cfg, k), "by": BY_USER if k in user else unset}
+               for k in STRATEGY_FIELDS}
     decision = {"mode": cfg.strategy, "imbalance_ratio": None if math.isinf(ratio) else round(ratio, 4),
                 "severity": sev, "recommended": RECOMMENDED[sev], "loss": cfg.loss, "sampling": sampling,
-                "minority_augment": cfg.minority_augment, "smote": cfg.smote, "threshold_tuning": cfg.threshold_method}
+                "minority_augment": cfg.minority_augment, "smote": cfg.smote, "threshold_tuning": cfg.threshold_method,
+                "choices": choices}
     return cfg, decision
+
+
+def decide_recipe(cfg: TrainConfig, modality: str, device_type: str, given: set[str]) -> tuple[TrainConfig, dict]:
+    """Model, input size and learning rate: the user's; else, on a CPU when neither --model nor --image-size was set
+    (nor --weights, whose file fixes the architecture, nor for video --frame-backbone), the CPU recipe; else the
+    defaults. Returns the config and who chose each."""
+    recipe = CPU_RECIPE.get(modality, {})
+    apply = device_type == "cpu" and bool(recipe) and not ({"model", "image_size", "weights", "frame_backbone"} & given)
+    fields = ("model", "image_size", "lr") + (("frame_backbone",) if modality == "video" else ())
+    by = {k: BY_USER if k in given else (BY_CPU_RECIPE if apply and k in recipe else BY_DEFAULT) for k in fields}
+    return replace(cfg, **{k: v for k, v in recipe.items() if by[k] == BY_CPU_RECIPE}), by
+
+
+def recipe_record(choices: dict) -> dict | None:
+    """config.json's "recipe": the settings the CPU recipe chose, or None where it did not apply."""
+    settings = {k: c["value"] for k, c in choices.items() if c["by"] == BY_CPU_RECIPE}
+    return {"name": "cpu", "settings": settings, "why": "a CPU run without --model and --image-size"} if settings \
+        else None
+
+
+def describe_choices(decision: dict) -> str:
+    """The console's strategy line: each technique with who chose it."""
+    c = decision["choices"]
+    tag = lambda k: {BY_USER: "you", BY_STRATEGY: "auto"}.get(c[k]["by"], c[k]["by"])
+    onoff = lambda k: "on" if c[k]["value"] else "off"
+    return (f"strategy {decision['mode']}: loss {c['loss']['value']} ({tag('loss')}), sampling "
+            f"{c['sampling']['value']} ({tag('sampling')}), minority augmentation {onoff('minority_augment')} "
+            f"({tag('minority_augment')}), SMOTE {onoff('smote')} ({tag('smote')})")
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -133,6 +186,8 @@ def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> 
     """`given`: the options set on the command line; on --resume they are applied or refused (see resume.py)."""
     device, d = _setup_device(cfg.device)
     say = log if d.main else (lambda *a, **k: None)
+    given = given_fields(cfg, given)
+    writer = _tensorboard_writer() if (cfg.tensorboard and d.main) else None  # fails before the run folder exists
     ckpt, changed = None, {}
     if cfg.resume:
         from .resume import merge_config
@@ -140,14 +195,12 @@ def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> 
         cfg, changed = merge_config(ckpt["config"], cfg, given, TrainConfig)
     out = Path(cfg.out)
     manifest = read_manifest(cfg.shards)
-    cfg, decision, train_counts = _decide(cfg, manifest)
+    cfg, decision, train_counts = _decide(cfg, manifest, set(changed) if ckpt else given, device.type, ckpt)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     say(f"device: {device}{f' x{d.world_size} ranks' if d.enabled else ''}, backend: {cfg.backend}, model: {cfg.model}, "
         f"modality: {manifest['modality']}")
-    say(f"train: real {train_counts['real']}, fake {train_counts['fake']}; imbalance {decision['imbalance_ratio']}:1 "
-        f"({decision['severity']}); strategy {decision['mode']}: loss {cfg.loss}, sampling {decision['sampling']}, "
-        f"minority augmentation {'on' if cfg.minority_augment else 'off'}, SMOTE {'on' if cfg.smote else 'off'}")
+    _say_decisions(cfg, decision, train_counts, manifest, say)
     run = _build(cfg, manifest, decision, train_counts, device, d)
     say(f"precision: {run.amp_dtype or 'fp32'}{' + GradScaler' if run.scaler else ''}; "
         f"{run.steps_per_epoch} steps/epoch/rank")
@@ -158,7 +211,7 @@ def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> 
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_json(out / "config.json", config_record, default=str)
-    tb = _tensorboard(out) if (cfg.tensorboard and d.main) else None
+    tb = writer(str(out / "tb")) if writer else None
     best_state = None
     while pos.epoch < cfg.epochs:
         row = _fit_epoch(run, pos)
@@ -212,6 +265,23 @@ class _Run:
         return len(self.train_loader.sampler)
 
 
+def _say_decisions(cfg: TrainConfig, decision: dict, train_counts: dict, manifest: dict, say) -> None:
+    """The console lines on what the run was set to: strategy (and who chose each part), CPU recipe, small val."""
+    say(f"train: real {train_counts['real']}, fake {train_counts['fake']}; imbalance {decision['imbalance_ratio']}:1 "
+        f"({decision['severity']}); {describe_choices(decision)}")
+    recipe = recipe_record(decision["choices"])
+    if recipe:
+        say("CPU recipe (a CPU run without --model and --image-size): "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in recipe["settings"].items())
+            + "; the GPU default, efficientnet_b0 at 224 px, trains many times slower on a CPU; set --model or "
+              "--image-size to choose")
+    from .report.text import small_val_note
+    limit = cfg.max_samples_per_class or 10**18
+    note = small_val_note({c: min(manifest["splits"]["val"].get(c, 0), limit) for c in CLASSES})
+    if note:
+        say(f"warning: {note}")
+
+
 def _setup_device(name: str) -> tuple[torch.device, Dist]:
     device = resolve_device(name)
     d = init_distributed(device.type)
@@ -220,17 +290,29 @@ def _setup_device(name: str) -> tuple[torch.device, Dist]:
     return device, d
 
 
-def _decide(cfg: TrainConfig, manifest: dict):
-    """Strategy from the train split's imbalance; backend and model resolved to names."""
+def _decide(cfg: TrainConfig, manifest: dict, given: set[str], device_type: str, saved: dict | None = None):
+    """Strategy and recipe (decide_strategy, decide_recipe); backend and model resolved to names.
+    `saved`: a resumed run's last.pth, whose config is already decided: it is kept, with its record of who chose
+    what (a checkpoint without one was decided by the table alone, as the table decides again here)."""
     modality = manifest["modality"]
     train_counts = _check_splits(manifest, cfg.shards, cfg.max_samples_per_class)
-    cfg, decision = decide_strategy(cfg, train_counts)
+    if saved is None:
+        cfg, decision = decide_strategy(cfg, train_counts, given)
+        cfg, by = decide_recipe(cfg, modality, device_type, given)
+    else:
+        recorded = saved.get("choices") or {}
+        keep = {*STRATEGY_FIELDS, "class_weights"} if recorded else set()
+        cfg, decision = decide_strategy(cfg, train_counts, keep)
+        by = {k: BY_USER if k in given else c["by"] for k, c in recorded.items() if k not in STRATEGY_FIELDS}
+        decision["choices"].update({k: c for k, c in recorded.items() if k in STRATEGY_FIELDS})
     from .errors import ModelError
     from .models import DEFAULT_MODEL, MODELS
     model_name = cfg.model or DEFAULT_MODEL[modality]
     if model_name not in MODELS[modality]:
         raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}")
-    return replace(cfg, model=model_name, backend=resolve_backend(cfg.backend)), decision, train_counts
+    cfg = replace(cfg, model=model_name, backend=resolve_backend(cfg.backend))
+    decision["choices"].update({k: {"value": getattr(cfg, k), "by": b} for k, b in by.items()})
+    return cfg, decision, train_counts
 
 
 def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict, device, d: Dist) -> _Run:
@@ -261,7 +343,9 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
-    base_state = {"config": asdict(cfg), "modality": modality, "classes": list(CLASSES), "preprocess": _preprocess(cfg, manifest)}
+    # "choices" travels in every checkpoint: a resumed run keeps the record of who chose what
+    base_state = {"config": asdict(cfg), "modality": modality, "classes": list(CLASSES), "preprocess": _preprocess(cfg, manifest),
+                  "choices": decision["choices"]}
     return _Run(cfg, device, d, Path(cfg.out), modality, model, net,
                 make_loss(cfg.loss, train_counts, cfg.focal_alpha, cfg.focal_gamma).to(device), optimizer, scheduler,
                 amp_dtype, scaler, train_loader, eval_loader("val"), eval_loader, base_state)
@@ -401,7 +485,10 @@ def _save_epoch(run: _Run, pos: Position, row: dict, best: dict | None, tb, say)
 
 
 def _config_record(cfg, decision, manifest, run: _Run) -> dict:
-    return {**asdict(cfg), "strategy_decision": decision,
+    """config.json: the resolved settings; "choices" says of each automatic setting whether the user, the strategy,
+    the CPU recipe or the default chose it."""
+    return {**asdict(cfg), "choices": decision["choices"], "recipe": recipe_record(decision["choices"]),
+            "strategy_decision": {k: v for k, v in decision.items() if k != "choices"},
             "dataset": {"shards": str(Path(cfg.shards).resolve()), "modality": manifest["modality"],
                         "splits": manifest["splits"]},
             "world_size": run.d.world_size, "precision": str(run.amp_dtype or "fp32"), "device": str(run.device),
@@ -422,12 +509,20 @@ def _teardown(run: _Run, d: Dist) -> None:
     dist.destroy_process_group()
 
 
-def _tensorboard(out: Path):
+def _tensorboard_writer():
+    """torch's SummaryWriter class, tried once in a scratch folder: a missing or broken tensorboard fails the run
+    before its folder exists, not after set-up."""
+    import tempfile
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise InputError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(str(out / "tb"))
+        with tempfile.TemporaryDirectory() as tmp:
+            w = SummaryWriter(tmp)
+            w.add_scalar("check", 0.0, 0)
+            w.close()
+    except Exception as e:  # an old protobuf breaks the import with a TypeError, not an ImportError
+        raise InputError(f"--tensorboard: tensorboard does not work here ({type(e).__name__}: {e}); it is a "
+                         "dependency of dfp: reinstall with `make venv`, or leave --tensorboard out") from None
+    return SummaryWriter
 
 
 def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loader, best_state, config_record, log=print):
@@ -463,8 +558,10 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
                                       (test[1], test[2]) if test else None, cfg.threshold_method,
                                       attacks={s: attack_names(p[0], p[3]) for s, p in preds.items()},
                                       groups={s: group_names(p[0], p[3]) for s, p in preds.items()})
-    for w in warnings:
-        log(f"warning: {w}")
+    from .report.text import small_val_note, val_counts
+    for w in [*warnings, small_val_note(val_counts(metrics["val"]) or {})]:
+        if w:
+            log(f"warning: {w}")
     # samples that could not be decoded are not in the predictions: say how many, per split
     metrics["skipped_samples"] = {s: int(v[0]) for s, v in lost.items()}
     metrics["rescued_batches"] = {s: int(v[1]) for s, v in lost.items()}
@@ -482,8 +579,11 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
         render_report(out)
     log("")
     log(final_summary(metrics))
-    log(f"summary: {out / 'training_results.txt'}")
-    log(f"report:  {out / 'report.html'}")
+    if cfg.report:
+        log(f"summary: {out / 'training_results.txt'}")
+        log(f"report:  {out / 'report.html'}")
+    else:
+        log(f"report:  not written (--no-report); `dfp report {out}` renders it from the saved files")
     log(f"model:  {out / 'best_model.pth'} (threshold {chosen['threshold']:.4f}, {chosen['method']})")
 
 

@@ -39,7 +39,19 @@ def setup_items(config: dict) -> list[tuple[str, str]]:
                        ("device", "Device"), ("threshold_method", "Threshold method")):
         if config.get(key) not in (None, "", {}):
             items.append((label, _describe(config[key])))
-    return items
+    return items + _choice_items(config.get("choices"))
+
+
+def _choice_items(choices) -> list[tuple[str, str]]:
+    """Who chose the automatic settings (config.json "choices"): the user's, the strategy's, the CPU recipe's."""
+    if not isinstance(choices, dict):
+        return []
+    groups: dict[str, list[str]] = {}
+    for name, c in choices.items():
+        if isinstance(c, dict) and "by" in c:
+            groups.setdefault(str(c["by"]), []).append(f"{name} {_describe(c.get('value'))}")
+    labels = (("user", "Set by you"), ("strategy", "Chosen by --strategy auto"), ("cpu_recipe", "CPU recipe"))
+    return [(label, ", ".join(groups[by])) for by, label in labels if by in groups]
 
 
 def fmt(x, digits: int = 4) -> str:
@@ -51,6 +63,53 @@ def improvement(default_f1: float, tuned_f1: float) -> str:
     if default_f1 > 0:
         return f"{delta / default_f1 * 100:+.2f}% ({default_f1:.4f} -> {tuned_f1:.4f}, {delta:+.4f} F1)"
     return f"{delta:+.4f} F1 ({default_f1:.4f} -> {tuned_f1:.4f}; relative change undefined)"
+
+
+# Fewer samples of a class in val than this and the tuned threshold rests on a handful of scores: one sample moves
+# that class's recall (or specificity) by more than 3 points, and the binomial standard error of a rate near 0.5
+# exceeds 0.09 (a 95% interval wider than +-0.18), so the threshold often does not carry over to test.
+MIN_VAL_PER_CLASS = 30
+# the metrics besides F1 whose change at the tuned threshold is shown (F1 counts the fake class only)
+CHANGE_ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("mcc", "MCC"))
+
+
+def small_val_note(counts: dict[str, int]) -> str | None:
+    """A warning when val holds fewer than MIN_VAL_PER_CLASS samples of a class; None otherwise."""
+    few = [c for c, n in counts.items() if n < MIN_VAL_PER_CLASS]
+    if not few:
+        return None
+    held = " and ".join(f"{n} {c}" for c, n in counts.items())
+    which = "of each class" if len(few) == len(counts) else " and ".join(few)
+    return (f"val holds {held} samples, fewer than {MIN_VAL_PER_CLASS} {which}: the threshold tuned on "
+            "it rests on a few scores and may not carry over to test; give val more samples (a larger val share in "
+            "dfp shard --split, or more data)")
+
+
+def val_counts(rep) -> dict[str, int] | None:
+    """A split's class counts from its confusion matrix at 0.5 ([[TN, FP], [FN, TP]]); None where it has none."""
+    try:
+        (tn, fp), (fn, tp) = rep["default"]["confusion_matrix"]
+        return {"real": int(tn) + int(fp), "fake": int(fn) + int(tp)}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def threshold_changes(default: dict, tuned: dict) -> tuple[str, str | None]:
+    """The change from 0.5 to the tuned threshold of accuracy, balanced accuracy and MCC (shown beside F1's), and a
+    warning naming those that fall (None when none does)."""
+    parts, fell = [], []
+    for key, label in CHANGE_ROWS:
+        if isinstance(default.get(key), (int, float)) and isinstance(tuned.get(key), (int, float)):
+            a, b = default[key], tuned[key]
+            parts.append(f"{label} {b - a:+.4f} ({a:.4f} -> {b:.4f})")
+            if b < a - 1e-12:
+                fell.append(label)
+    warning = None
+    if fell:
+        warning = (f"at the tuned threshold {', '.join(fell)} fall{'s' if len(fell) == 1 else ''}"
+                   + (" while F1 rises (F1 counts the fake class only)" if tuned["f1"] > default["f1"] else "")
+                   + ": check that the trade suits the use, or tune with another --threshold-method")
+    return ", ".join(parts), warning
 
 
 def report_notes(metrics: dict) -> list[str]:
@@ -77,6 +136,9 @@ def report_notes(metrics: dict) -> list[str]:
     test = metrics.get("test")
     if isinstance(test, dict) and test.get("auc") is None:
         notes.append("test split has a single class: AUC/AP/EER are null")
+    small = small_val_note(val_counts(val) or {})
+    if small:
+        notes.append(small)
     return notes
 
 
@@ -154,6 +216,8 @@ def _split_lines(name: str, rep: dict, chosen: dict) -> list[str]:
         lines.append(f"   Confusion matrix [[TN, FP], [FN, TP]]: {m['confusion_matrix']}")
         lines.append("")
     lines.append(f"Improvement (F1, tuned vs 0.5): {improvement(d['f1'], t['f1'])}")
+    others, fell = threshold_changes(d, t)
+    lines += [f"Change beside it (tuned vs 0.5): {others}"] + ([f"Warning: {fell}"] if fell else [])
     lines.append(f"AUC: {fmt(rep.get('auc'))}   AP: {fmt(rep.get('ap'))}   EER: {fmt(rep.get('eer'))}")
     lines += field_lines(rep)
     lines.append("")
@@ -177,9 +241,11 @@ def console_summary(title: str, rep: dict, chosen: dict) -> str:
     d, t = rep["default"], rep["tuned"]
     curves = (f"AUC {rep['auc']:.4f}  AP {rep['ap']:.4f}  EER {rep['eer']:.4f}" if rep.get("auc") is not None
               else "AUC/AP/EER undefined (single class)")
+    others, fell = threshold_changes(d, t)
     lines = [title, f"  threshold 0.5:    {row(d)}",
              f"  threshold {t['threshold']:.4f} ({_chosen_label(chosen)}): {row(t)}",
-             f"  improvement in F1: {improvement(d['f1'], t['f1'])}   {curves}"]
+             f"  change in F1: {improvement(d['f1'], t['f1'])}; {others}",
+             *([f"  warning: {fell}"] if fell else []), f"  {curves}"]
     lines += [f"  {x}" for x in field_lines(rep)]
     return "\n".join(lines + [f"  {x}" for x in attack_table_lines(rep.get("by_attack"), t["threshold"])])
 
