@@ -206,24 +206,29 @@ def _folders_of(ckpt_path) -> list[Path]:
 def _retarget(folder: Path, chosen: dict, history: list, log) -> None:
     """metrics.json's tuned results (and per-attack recall) at the new threshold, from the folder's saved
     predictions; then the report. A folder whose predictions are missing is left as it is, with a warning."""
-    from .metrics import split_report
-    from .predictions import read_prediction_table
     from .report import render_report
-    from .thresholds import DEFAULT_THRESHOLD
-    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    for split in SPLITS:
-        if not isinstance(metrics.get(split), dict):
-            continue
-        path = folder / f"predictions_{split}.csv"
-        if not path.is_file():
-            log(f"warning: {path} is missing; {folder / 'metrics.json'} still shows the old threshold")
-            return
-        table = read_prediction_table(path)
-        metrics[split] = {**metrics[split], **split_report(table.labels, table.scores, DEFAULT_THRESHOLD,
-                                                            chosen["threshold"], table.attacks)}
+    try:
+        metrics = _retargeted_metrics(folder, chosen["threshold"])
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        log(f"warning: {folder / 'metrics.json'} still shows the old threshold: {type(e).__name__}: {e}")
+        return
     keep = {} if "evaluation" in metrics else dict(metrics.get("thresholds") or {})
     metrics.update(thresholds={**keep, chosen["method"]: chosen["threshold"]}, chosen=chosen,
                    threshold_history=history)
     atomic.write_json(folder / "metrics.json", metrics, default=str)
     render_report(folder)
     log(f"updated: {folder / 'metrics.json'} and its report")
+
+
+def _retargeted_metrics(folder: Path, threshold: float) -> dict:
+    """metrics.json with every split block's tuned metrics and by_attack at `threshold`, from the predictions."""
+    from .metrics import split_report
+    from .predictions import read_prediction_table
+    from .thresholds import DEFAULT_THRESHOLD
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    for split in SPLITS:
+        if isinstance(metrics.get(split), dict):
+            table = read_prediction_table(folder / f"predictions_{split}.csv")
+            metrics[split] = {**metrics[split], **split_report(table.labels, table.scores, DEFAULT_THRESHOLD,
+                                                                threshold, table.attacks)}
+    return metrics

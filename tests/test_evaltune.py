@@ -174,3 +174,12 @@ def test_set_threshold_is_atomic_and_keeps_every_previous_threshold(tmp_path, mo
         checkpoint.set_threshold(path, "youden", 0.1)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
     assert np.isclose(checkpoint.load(path)["threshold"]["value"], 0.2)
+
+
+def test_tune_leaves_a_folder_without_predictions_as_it_is_and_says_so(tmp_path):
+    metrics = {"val": {"tuned": {"threshold": 0.4}}, "chosen": {"method": "f1", "threshold": 0.4}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    printed = []
+    ev._retarget(tmp_path, {"method": "eer", "threshold": 0.3}, [], printed.append)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert len(printed) == 1 and "still shows the old threshold" in printed[0] and "predictions_val.csv" in printed[0]
