@@ -65,7 +65,7 @@ def setup_items(config: dict) -> list[tuple[str, str]]:
         items.append(("Modality", str(modality)))
     for key, label in (("model", "Model"), ("loss", "Loss"), ("strategy", "Strategy"), ("sampler", "Sampler"),
                        ("epochs", "Epochs"), ("batch_size", "Batch size"), ("lr", "Learning rate"),
-                       ("device", "Device"), ("threshold_method", "Threshold method")):
+                       ("device", "Device"), ("threshold_method", "Threshold method (training)")):
         if trained.get(key) not in (None, "", {}):
             items.append((label, _describe(trained[key])))
     return items
