@@ -129,8 +129,8 @@ def test_tune_brings_metrics_report_and_evaluations_to_the_checkpoint(tiny, tmp_
     t = ev.tune(ckpt_path, shards, "recall:0.9", device="cpu", log=printed.append)
     ckpt = checkpoint.load(ckpt_path)
     assert ckpt["threshold"] == {"method": "recall:0.9", "value": t}
-    assert ckpt["threshold_history"][-1]["method"] == before["method"]
-    assert ckpt["threshold_history"][-1]["value"] == before["threshold"] and ckpt["threshold_history"][-1]["replaced_at"]
+    previous = ckpt["threshold_history"][-1]
+    assert (previous["method"], previous["value"]) == (before["method"], before["threshold"]) and previous["replaced_at"]
     assert not list(run.glob("*.partial"))
     summary = next(p for p in printed if "test at the new threshold" in p)
     assert f"threshold {t:.4f} (recall:0.9" in summary

@@ -4,10 +4,10 @@ from __future__ import annotations
 import base64
 from html import escape
 
+from ..formats import SPLITS
 from ..thresholds import DEFAULT_THRESHOLD
 from .counts import format_ratio, split_counts, totals
 from .plots import PLOTS
-from ..formats import SPLITS
 from .text import (METRIC_ROWS, SUMMARY_FILE, attack_rows, fmt, improvement, report_notes, report_title, setup_items,
                    threshold_heading, threshold_provenance)
 

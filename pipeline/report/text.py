@@ -97,8 +97,11 @@ def report_notes(metrics: dict) -> list[str]:
     if fallback:
         notes.append(fallback)
     if val and val.get("auc") is None:
-        notes.append("val split has a single class: AUC/AP/EER are null" + ("" if fallback else
-                     f"; threshold tuning is undefined and the default threshold {DEFAULT_THRESHOLD} is used"))
+        # an evaluation applies the checkpoint's threshold: nothing was tuned on its val
+        tuned_here = not fallback and "evaluation" not in metrics
+        notes.append("val split has a single class: AUC/AP/EER are null" + (
+            f"; threshold tuning is undefined and the default threshold {DEFAULT_THRESHOLD} is used" if tuned_here
+            else ""))
     elif not fallback and method and method != "default" and method not in thresholds:
         # a metrics.json without fallback keys names the requested method even where 0.5 was applied
         notes.append(f"threshold method {method} is undefined on val; the default threshold "
