@@ -164,7 +164,8 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
         parse_method(method)
     except ValueError as e:
         raise InputError(f"--method: {e}") from None
-    _, _, _, labels, scores = _predict_split(ckpt_path, shards, "val", device, backend, batch_size)
+    fresh = {"val": _predict_split(ckpt_path, shards, "val", device, backend, batch_size)[1:]}
+    _, _, labels, scores = fresh["val"]
     try:
         t = tune_threshold(labels, scores, method)
         table = all_thresholds(labels, scores, [method] if ":" in method else [])
@@ -173,23 +174,27 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
     for name, value in table.items():
         m = metric_dict(labels, scores, value)
         log(f"  {name:>16s}: threshold {value:.4f}  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}")
+    if _split_size(shards, "test"):
+        fresh["test"] = _predict_split(ckpt_path, shards, "test", device, backend, batch_size)[1:]
     method = canonical_method(method)
     ckpt = checkpoint.set_threshold(ckpt_path, method, t)
     log(f"stored threshold {t:.4f} ({method}) in {ckpt_path}")
     chosen = {"method": method, "threshold": float(t), "tuned_on": str(Path(shards).resolve()), "tuned_at": _now()}
     for folder in _folders_of(ckpt_path):
-        _retarget(folder, chosen, ckpt.get("threshold_history", []), log)
-    if _split_size(shards, "test"):
-        _log_test(ckpt_path, shards, chosen, device, backend, batch_size, log)
+        same_set = _shards_of(folder) == chosen["tuned_on"]
+        _retarget(folder, chosen, {**table, method: float(t)}, ckpt.get("threshold_history", []),
+                  fresh if same_set else {}, log)
+    if "test" in fresh:
+        _log_test(Path(shards).name, fresh["test"], chosen, log)
     return t
 
 
-def _log_test(ckpt_path, shards, chosen, device, backend, batch_size, log) -> None:
+def _log_test(name: str, predicted, chosen: dict, log) -> None:
     from .metrics import split_report
     from .predictions import attack_names
-    _, loader, keys, labels, scores = _predict_split(ckpt_path, shards, "test", device, backend, batch_size)
+    loader, keys, labels, scores = predicted
     rep = split_report(labels, scores, 0.5, chosen["threshold"], attack_names(keys, loader.sample_meta(keys)))
-    _log_results(log, f"{Path(shards).name} test at the new threshold", labels, rep,
+    _log_results(log, f"{name} test at the new threshold", labels, rep,
                  {"method": chosen["method"], "value": chosen["threshold"]})
 
 
@@ -203,32 +208,53 @@ def _folders_of(ckpt_path) -> list[Path]:
     return folders + [p for p in evals if (_recorded(p) or {}).get("checkpoint") == str(ckpt)]
 
 
-def _retarget(folder: Path, chosen: dict, history: list, log) -> None:
-    """metrics.json's tuned results (and per-attack recall) at the new threshold, from the folder's saved
-    predictions; then the report. A folder whose predictions are missing is left as it is, with a warning."""
+def _shards_of(folder: Path) -> str | None:
+    """The resolved shard set a folder's predictions came from: an evaluation's record, or the run's config."""
+    rec = _recorded(folder)
+    if rec is not None:
+        return rec.get("shards")
+    try:
+        return str(Path(json.loads((folder / "config.json").read_text(encoding="utf-8"))["shards"]).resolve())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _retarget(folder: Path, chosen: dict, tuned: dict, history: list, fresh: dict, log) -> None:
+    """metrics.json's tuned results (and per-attack recall) at the new threshold, then the report. `fresh` holds
+    tune's own predictions of the set this folder was made from: they replace the saved ones, since a score
+    recomputed at another batch size may differ in its last bits and fall on the other side of a threshold
+    that is one of them. A folder whose metrics or predictions cannot be read is left as it is, with a warning."""
     from .report import render_report
     try:
-        metrics = _retargeted_metrics(folder, chosen["threshold"])
+        metrics = _retargeted_metrics(folder, chosen["threshold"], fresh)
     except (OSError, ValueError, KeyError, AttributeError) as e:
         log(f"warning: {folder / 'metrics.json'} still shows the old threshold: {type(e).__name__}: {e}")
         return
-    keep = {} if "evaluation" in metrics else dict(metrics.get("thresholds") or {})
-    metrics.update(thresholds={**keep, chosen["method"]: chosen["threshold"]}, chosen=chosen,
-                   threshold_history=history)
+    if "evaluation" in metrics:
+        thresholds = {chosen["method"]: chosen["threshold"]}
+    else:  # the run's table of val thresholds; tuned again when tune read the run's own val
+        thresholds = {**(metrics.get("thresholds") or {}), **(tuned if "val" in fresh else {}),
+                      chosen["method"]: chosen["threshold"]}
+    metrics.update(thresholds=thresholds, chosen=chosen, threshold_history=history)
     atomic.write_json(folder / "metrics.json", metrics, default=str)
     render_report(folder)
     log(f"updated: {folder / 'metrics.json'} and its report")
 
 
-def _retargeted_metrics(folder: Path, threshold: float) -> dict:
+def _retargeted_metrics(folder: Path, threshold: float, fresh: dict) -> dict:
     """metrics.json with every split block's tuned metrics and by_attack at `threshold`, from the predictions."""
     from .metrics import split_report
-    from .predictions import read_prediction_table
+    from .predictions import read_prediction_table, write_predictions
     from .thresholds import DEFAULT_THRESHOLD
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     for split in SPLITS:
-        if isinstance(metrics.get(split), dict):
-            table = read_prediction_table(folder / f"predictions_{split}.csv")
-            metrics[split] = {**metrics[split], **split_report(table.labels, table.scores, DEFAULT_THRESHOLD,
-                                                                threshold, table.attacks)}
+        if not isinstance(metrics.get(split), dict):
+            continue
+        path = folder / f"predictions_{split}.csv"
+        if split in fresh:
+            loader, keys, labels, scores = fresh[split]
+            write_predictions(path, keys, labels, scores, loader.sample_meta(keys))
+        table = read_prediction_table(path)
+        metrics[split] = {**metrics[split], **split_report(table.labels, table.scores, DEFAULT_THRESHOLD,
+                                                            threshold, table.attacks)}
     return metrics

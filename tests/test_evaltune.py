@@ -148,7 +148,10 @@ def test_tune_brings_metrics_report_and_evaluations_to_the_checkpoint(tiny, tmp_
         assert f"Chosen: method recall:0.9, threshold {t:.6f}" in text
         assert f"Previous: method {before['method']}, threshold {before['threshold']:.6f}" in text
         assert f"threshold {t:.6f}" in (folder / "report.html").read_text()
-    assert "f1" in json.loads((run / "metrics.json").read_text())["thresholds"]  # the val table is kept
+    run_metrics = json.loads((run / "metrics.json").read_text())
+    assert "f1" in run_metrics["thresholds"]  # the val table is kept
+    # tuned on the run's own val: its saved val results meet the target (the scores tune saw are the ones saved)
+    assert run_metrics["val"]["tuned"]["recall"] >= 0.9
 
     from pipeline.predict import predict_files
     raw = image_tree(tmp_path / "raw", 3, 3, seed=5)
@@ -180,6 +183,6 @@ def test_tune_leaves_a_folder_without_predictions_as_it_is_and_says_so(tmp_path)
     metrics = {"val": {"tuned": {"threshold": 0.4}}, "chosen": {"method": "f1", "threshold": 0.4}}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     printed = []
-    ev._retarget(tmp_path, {"method": "eer", "threshold": 0.3}, [], printed.append)
+    ev._retarget(tmp_path, {"method": "eer", "threshold": 0.3}, {"eer": 0.3}, [], {}, printed.append)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert len(printed) == 1 and "still shows the old threshold" in printed[0] and "predictions_val.csv" in printed[0]
