@@ -80,8 +80,17 @@ def model_from_checkpoint(ckpt: dict, device: torch.device, path: str | os.PathL
     return model.to(device).eval()
 
 
-def set_threshold(path: str | os.PathLike, method: str, threshold: float) -> None:
+def set_threshold(path: str | os.PathLike, method: str, threshold: float) -> dict:
+    """Store a new threshold; the one it replaces is appended to "threshold_history" (its keys plus
+    "replaced_at", UTC), so a re-tune can be undone by hand. Rewritten atomically; returns the new checkpoint."""
+    from datetime import datetime, timezone
+
     ckpt = load(path)
+    history = list(ckpt.get("threshold_history") or [])
+    if ckpt.get("threshold"):
+        history.append({**ckpt["threshold"], "replaced_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     ckpt["threshold"] = {"method": method, "value": float(threshold)}
+    ckpt["threshold_history"] = history
     ckpt.pop("format", None)
     save(path, ckpt)
+    return ckpt

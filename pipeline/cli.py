@@ -336,11 +336,14 @@ def _check_model_run(ckpt: Path, shards: Path, device: str, backend: str, batch_
 def evaluate(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
              shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder"),
              split: str = typer.Option("test", help="train, val or test"),
-             out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/eval_SPLIT)"),
+             out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/eval/SET-SPLIT beside the "
+                                                "checkpoint, SET being the shard folder's name; SET-HASH-SPLIT "
+                                                "when that folder holds another evaluation)"),
              device: str = typer.Option("auto", help=DEVICE_HELP),
              backend: str = typer.Option("auto", help=EVAL_BACKEND_HELP),
              batch_size: int = typer.Option(64, help=BATCH_HELP)):
-    """Metrics at 0.5 and at the stored threshold, predictions and plots for a saved model."""
+    """Metrics at 0.5 and at the stored threshold, predictions, plots and a report naming the checkpoint, the
+    shard set and the split. Re-running the same evaluation replaces its own folder, never another's."""
     v.choice("split", split, SPLITS)
     v.output("--out", out, "dir")
     ckpt = _check_model_run(ckpt, shards, device, backend, batch_size)
@@ -355,7 +358,9 @@ def tune(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
          device: str = typer.Option("auto", help=DEVICE_HELP),
          backend: str = typer.Option("auto", help=EVAL_BACKEND_HELP),
          batch_size: int = typer.Option(64, help=BATCH_HELP)):
-    """Re-tune the decision threshold on the val split and store it in the checkpoint."""
+    """Re-tune the decision threshold on the val split and store it in the checkpoint (the previous one goes
+    to its threshold_history); the run's metrics.json, training_results.txt, report.html and plots, and its
+    RUN/eval/* folders, follow; prints the test split's metrics at the new threshold."""
     v.threshold_method(method, "method")
     ckpt = _check_model_run(ckpt, shards, device, backend, batch_size)
     from .evaluate import tune as run

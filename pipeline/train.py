@@ -570,6 +570,8 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
     best.pop("format", None)
     # the checkpoint names the threshold "value"; the other keys (requested, fallback_reason too) as in metrics.json
     best["threshold"] = {("value" if k == "threshold" else k): v for k, v in chosen.items()}
+    # the LLR calibration fitted on val travels with the threshold, so `dfp evaluate` on other shards applies both
+    best["calibration"] = metrics["val"].get("llr")
     checkpoint.save(out / "best_model.pth", best)
     if smote_info:
         config_record["smote"] = smote_info

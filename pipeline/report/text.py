@@ -5,6 +5,9 @@ say the same thing.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..formats import SPLITS
 from ..thresholds import DEFAULT_THRESHOLD
 from .counts import format_ratio, split_counts, totals
 
@@ -25,21 +28,47 @@ def _describe(value) -> str:
     return str(value)
 
 
+def evaluation(config: dict) -> dict:
+    """config.json's "evaluation" record (`dfp evaluate`'s folders: checkpoint, shards, set, split); {} for a run."""
+    rec = config.get("evaluation") if isinstance(config, dict) else None
+    return rec if isinstance(rec, dict) else {}
+
+
+def report_title(run_name: str, config: dict) -> str:
+    """"training report: RUN", or for an evaluation "evaluation of RUN/best_model.pth on SET (split test)"."""
+    rec = evaluation(config)
+    if not rec:
+        return f"training report: {run_name}"
+    ckpt = Path(str(rec.get("checkpoint", "?")))
+    return f"evaluation of {ckpt.parent.name}/{ckpt.name} on {rec.get('set', '?')} (split {rec.get('split', '?')})"
+
+
+def _evaluation_items(rec: dict, trained: dict) -> list[tuple[str, str]]:
+    items = [("Checkpoint", str(rec.get("checkpoint"))), ("Shard set", f"{rec.get('set')} ({rec.get('shards')})"),
+             ("Split", str(rec.get("split")))]
+    if trained.get("shards"):
+        items.append(("Trained on", str(trained["shards"])))
+    return items + ([("Evaluated at", str(rec["time"]))] if rec.get("time") else [])
+
+
 def setup_items(config: dict) -> list[tuple[str, str]]:
-    """(label, value) pairs describing how the run was trained, from config.json."""
+    """(label, value) pairs describing how the run was trained (and, for an evaluation, what was evaluated),
+    from config.json."""
     if not isinstance(config, dict):
         return []
     dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
-    items = []
-    modality = dataset.get("modality", config.get("modality"))
+    rec = evaluation(config)
+    trained = config.get("training") if rec and isinstance(config.get("training"), dict) else config
+    items = _evaluation_items(rec, trained) if rec else []
+    modality = dataset.get("modality", trained.get("modality"))
     if modality:
         items.append(("Modality", str(modality)))
     for key, label in (("model", "Model"), ("loss", "Loss"), ("strategy", "Strategy"), ("sampler", "Sampler"),
                        ("epochs", "Epochs"), ("batch_size", "Batch size"), ("lr", "Learning rate"),
-                       ("device", "Device"), ("threshold_method", "Threshold method")):
-        if config.get(key) not in (None, "", {}):
-            items.append((label, _describe(config[key])))
-    return items + _choice_items(config.get("choices"))
+                       ("device", "Device"), ("threshold_method", "Threshold method (training)")):
+        if trained.get(key) not in (None, "", {}):
+            items.append((label, _describe(trained[key])))
+    return items + _choice_items(trained.get("choices"))
 
 
 def _choice_items(choices) -> list[tuple[str, str]]:
@@ -127,16 +156,20 @@ def report_notes(metrics: dict) -> list[str]:
     if fallback:
         notes.append(fallback)
     if val and val.get("auc") is None:
-        notes.append("val split has a single class: AUC/AP/EER are null" + ("" if fallback else
-                     f"; threshold tuning is undefined and the default threshold {DEFAULT_THRESHOLD} is used"))
+        # an evaluation applies the checkpoint's threshold: nothing was tuned on its val
+        tuned_here = not fallback and "evaluation" not in metrics
+        notes.append("val split has a single class: AUC/AP/EER are null" + (
+            f"; threshold tuning is undefined and the default threshold {DEFAULT_THRESHOLD} is used" if tuned_here
+            else ""))
     elif not fallback and method and method != "default" and method not in thresholds:
         # a metrics.json without fallback keys names the requested method even where 0.5 was applied
         notes.append(f"threshold method {method} is undefined on val; the default threshold "
                      f"{DEFAULT_THRESHOLD} is used")
-    test = metrics.get("test")
-    if isinstance(test, dict) and test.get("auc") is None:
-        notes.append("test split has a single class: AUC/AP/EER are null")
-    small = small_val_note(val_counts(val) or {})
+    for name in ("train", "test"):
+        rep = metrics.get(name)
+        if isinstance(rep, dict) and rep.get("auc") is None:
+            notes.append(f"{name} split has a single class: AUC/AP/EER are null")
+    small = None if "evaluation" in metrics else small_val_note(val_counts(val) or {})  # nothing tuned there
     if small:
         notes.append(small)
     return notes
@@ -193,24 +226,46 @@ def _dataset_lines(counts: dict[str, dict[str, int]]) -> list[str]:
                     f"   Imbalance Ratio: {format_ratio(real, fake)}", ""]
 
 
-def _threshold_lines(chosen: dict, thresholds: dict) -> list[str]:
+def threshold_heading(metrics: dict) -> tuple[str, str]:
+    """(title, where the threshold comes from) for the threshold section; an evaluation applies the checkpoint's."""
+    if isinstance(metrics.get("evaluation"), dict):
+        return "Threshold", "stored in the checkpoint"
+    return "Thresholds", "tuned on val"
+
+
+def threshold_provenance(chosen: dict, history) -> list[str]:
+    """Where the applied threshold was tuned when `dfp tune` set it, and the thresholds it replaced."""
+    lines = []
+    if chosen.get("tuned_on"):
+        lines.append(f"Tuned by dfp tune on the val split of {chosen['tuned_on']} at {chosen.get('tuned_at', '?')}")
+    for old in history if isinstance(history, list) else []:
+        if isinstance(old, dict) and isinstance(old.get("value"), (int, float)):
+            lines.append(f"Previous: method {old.get('method')}, threshold {old['value']:.6f} "
+                         f"(replaced {old.get('replaced_at', '?')})")
+    return lines
+
+
+def _threshold_lines(metrics: dict) -> list[str]:
+    chosen = metrics.get("chosen") or {}
     if not chosen:
         return []
-    lines = ["THRESHOLD TUNING (on val only; a sample is fake when score >= threshold)", THIN]
-    for k, v in thresholds.items():
+    title, source = threshold_heading(metrics)
+    lines = [f"{title.upper()} ({source}; a sample is fake when score >= threshold)", THIN]
+    for k, v in (metrics.get("thresholds") or {}).items():
         lines.append(f"   {k}: {v:.6f}" + ("   <- chosen" if k == chosen.get("method") else ""))
     lines.append(f"   Chosen: method {chosen.get('method')}, threshold {chosen.get('threshold', 0.5):.6f}")
     if chosen.get("fallback_reason"):
         lines.append(f"   Requested: method {chosen.get('requested')}, not applied: {chosen['fallback_reason']}")
+    lines += [f"   {x}" for x in threshold_provenance(chosen, metrics.get("threshold_history"))]
     return lines + [""]
 
 
-def _split_lines(name: str, rep: dict, chosen: dict) -> list[str]:
+def _split_lines(name: str, rep: dict, chosen: dict, source: str) -> list[str]:
     d, t = rep["default"], rep["tuned"]
     method = chosen.get("method", "?")
     lines = [f"{name.upper()} RESULTS", THIN]
     for title, m in ((f"Results (threshold={d['threshold']:.4g}):", d),
-                     (f"Results (threshold={t['threshold']:.4f}, tuned on val, method {method}):", t)):
+                     (f"Results (threshold={t['threshold']:.4f}, {source}, method {method}):", t)):
         lines.append(title)
         lines += [f"   {label}: {m[key]:.4f}" for key, label in METRIC_ROWS]
         lines.append(f"   Confusion matrix [[TN, FP], [FN, TP]]: {m['confusion_matrix']}")
@@ -254,16 +309,20 @@ def summary_text(metrics: dict, config: dict) -> str:
     """The text of `training_results.txt`, also printed on the console at the end of training."""
     metrics = metrics if isinstance(metrics, dict) else {}
     config = config if isinstance(config, dict) else {}
-    lines = [RULE, "DEEPFAKE DETECTION - TRAINING RESULTS", RULE]
+    kind = "EVALUATION" if evaluation(config) else "TRAINING"
+    lines = [RULE, f"DEEPFAKE DETECTION - {kind} RESULTS", RULE]
+    if evaluation(config):
+        title = report_title("", config)
+        lines += [title[0].upper() + title[1:], ""]
     lines += [f"{label}: {value}" for label, value in setup_items(config)]
     lines.append("")
     lines += _dataset_lines(split_counts(config, metrics))
     chosen = metrics.get("chosen") or {}
-    lines += _threshold_lines(chosen, metrics.get("thresholds") or {})
-    for name in ("val", "test"):
+    lines += _threshold_lines(metrics)
+    for name in SPLITS:
         rep = metrics.get(name)
         if isinstance(rep, dict) and "default" in rep and "tuned" in rep:
-            lines += _split_lines(name, rep, chosen)
+            lines += _split_lines(name, rep, chosen, threshold_heading(metrics)[1])
     notes = report_notes(metrics)
     if notes:
         lines += ["WARNINGS", THIN] + [f"   - {n}" for n in notes] + [""]
