@@ -36,14 +36,27 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class FolderLock:
-    """Held from `acquire` to `release`; a second writer's `acquire` raises InputError naming the holder."""
+    """Held from `acquire` to `release`; a second writer's `acquire` raises InputError naming the holder.
+    `create`: a missing folder is made, and removed again by `release(failed=True)` while still empty, so a
+    command that fails leaves no trace."""
 
-    def __init__(self, folder: str | os.PathLike, label: str = "folder"):
+    def __init__(self, folder: str | os.PathLike, label: str = "folder", create: bool = False):
         self.folder, self.label = Path(folder), label
         self.path = self.folder / LOCK_FILE
         self.fd: int | None = None
+        self.created: list[Path] = []
+        if create:
+            self.created = [d for d in (self.folder, *self.folder.parents) if not d.exists()]
+            self.folder.mkdir(parents=True, exist_ok=True)
 
     def acquire(self) -> "FolderLock":
+        try:
+            return self._acquire()
+        except BaseException:
+            self._remove_created()
+            raise
+
+    def _acquire(self) -> "FolderLock":
         if not os.access(self.folder, os.W_OK):  # a read-only folder is refused before anything is written
             raise InputError(f"{self.label} {self.folder}: cannot write there (read-only or not yours); "
                              "make it writable or choose another folder")
@@ -67,7 +80,7 @@ class FolderLock:
         _HELD.add(fd)
         return self
 
-    def release(self) -> None:
+    def release(self, failed: bool = False) -> None:
         if self.fd not in _HELD:  # never taken, released already, or inherited from a parent
             return
         if self._still_ours(self.fd):
@@ -78,6 +91,16 @@ class FolderLock:
         _HELD.discard(self.fd)
         os.close(self.fd)
         self.fd = None
+        if failed:
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        for d in self.created:  # deepest first; a folder something was written into stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self.created = []
 
     def _open(self) -> int:
         try:
@@ -96,12 +119,14 @@ class FolderLock:
 
 
 @contextmanager
-def held(folder: str | os.PathLike, label: str = "folder") -> Iterator[FolderLock]:
-    lock = FolderLock(folder, label).acquire()
+def held(folder: str | os.PathLike, label: str = "folder", create: bool = False) -> Iterator[FolderLock]:
+    lock = FolderLock(folder, label, create).acquire()
     try:
         yield lock
-    finally:
-        lock.release()
+    except BaseException:
+        lock.release(failed=True)
+        raise
+    lock.release()
 
 
 def _holder() -> dict:

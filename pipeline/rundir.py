@@ -22,8 +22,7 @@ def claim(folder: Path, resume: bool, overwrite: bool, log=print, shards: Path |
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint {folder / 'last.pth'} not found")
         return FolderLock(folder, "RUN").acquire()
-    folder.mkdir(parents=True, exist_ok=True)
-    held = FolderLock(folder, "--out").acquire()
+    held = FolderLock(folder, "--out", create=True).acquire()
     try:
         markers, first = _contents(folder)
         if markers and overwrite:
@@ -35,7 +34,7 @@ def claim(folder: Path, resume: bool, overwrite: bool, log=print, shards: Path |
             raise InputError(f"--out {folder} is not empty and holds no dfp run ({first}): choose an empty or "
                              "new folder")
     except BaseException:
-        held.release()
+        held.release(failed=True)
         raise
     return held
 
@@ -58,8 +57,7 @@ def _move_aside(folder: Path, held: FolderLock, shards: Path | None, log) -> Fol
         n += 1
         aside = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
     folder.rename(aside)
-    folder.mkdir()
-    fresh = FolderLock(folder, "--out").acquire()
+    fresh = FolderLock(folder, "--out", create=True).acquire()
     (aside / LOCK_FILE).unlink(missing_ok=True)
     held.release()
     log(f"--overwrite: moved the previous run in {folder} to {aside}")

@@ -161,8 +161,7 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     manifest last, so OUT never holds a manifest that disagrees with the shards beside it."""
     inp, out = Path(input_dir), Path(out_dir)
     _check_paths(inp, out)
-    out.mkdir(parents=True, exist_ok=True)
-    with lock.held(out, "OUT"):
+    with lock.held(out, "OUT", create=True):
         _check_paths(inp, out)  # again, now that no other build can change OUT
         return _build(inp, out, params, workers, progress)
 

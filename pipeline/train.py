@@ -157,9 +157,12 @@ def _run_dir(cfg: TrainConfig, d: Dist, overwrite: bool, log):
         raise err if err is not None else InputError(refused)
     try:
         yield
-    finally:
+    except BaseException:
         if held is not None:
-            held.release()
+            held.release(failed=True)  # a run that failed before writing anything leaves no empty folder
+        raise
+    if held is not None:
+        held.release()
 
 
 def _run(cfg: TrainConfig, device, d: Dist, log, given: set[str] | None) -> Path:

@@ -269,6 +269,7 @@ def finished(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_resume_on_shards_repacked_in_place_is_refused(finished, tmp_path, monkeypatch, capsys):
     """Re-packing the shards in place with another --seed and resuming trained on former val/test samples."""
     import torch
@@ -311,14 +312,17 @@ def read_only(folder: Path):
         folder.chmod(0o755)
 
 
-@pytest.mark.parametrize("command", ["train", "resume", "report", "tune"])
-def test_a_read_only_run_dir_is_one_line(finished, tmp_path, monkeypatch, capsys, command):
+@pytest.mark.parametrize("command", ["train", *(pytest.param(c, marks=pytest.mark.slow)
+                                                 for c in ("resume", "report", "tune"))])
+def test_a_read_only_run_dir_is_one_line(shards, tmp_path, monkeypatch, capsys, command, request):
+    """Each wrote into the folder until it failed with a traceback."""
     run = tmp_path / "run"
     if command == "train":
         run.mkdir()
-    else:
+    else:  # a real run (trained once for the module)
+        finished = request.getfixturevalue("finished")
         shutil.copytree(finished / "run", run)
-    shards = finished / "shards"
+        shards = finished / "shards"
     args = {"train": _train_args(shards, run), "resume": ["train", shards, "--resume", run, "--device", "cpu"],
             "report": ["report", run],
             "tune": ["tune", run / "best_model.pth", shards, "--device", "cpu", "--backend", "torch"]}[command]
