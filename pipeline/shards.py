@@ -124,8 +124,9 @@ _SHARD_FILE = re.compile(r"^(real|fake)-\d{6}\.(tar|idx)(\.partial)?$")
 def _foreign_entry(out: Path) -> str | None:
     """The first entry of OUT that is not dfp's own output, or None."""
     names = set(os.listdir(out))
-    for name in sorted(names - _OWN_FILES - set(SPLITS)):
-        return str(out / name)
+    other = sorted(names - _OWN_FILES - set(SPLITS))
+    if other:
+        return str(out / other[0])
     manifest = out / MANIFEST
     if manifest.exists():
         try:

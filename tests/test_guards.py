@@ -308,7 +308,7 @@ def read_only(folder: Path):
         yield folder
     finally:
         if mounted:
-            subprocess.run(["umount", str(folder)], capture_output=True)
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # -l: a failed test may hold a file open
         folder.chmod(0o755)
 
 
@@ -367,7 +367,7 @@ def _small_disk(folder: Path, how: str, monkeypatch):
         yield folder
     finally:
         if how == "tmpfs":
-            subprocess.run(["umount", str(folder)], capture_output=True)
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # -l: a failed test may hold a file open
 
 
 @pytest.mark.slow
