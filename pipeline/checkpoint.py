@@ -20,8 +20,9 @@ MODEL = ("config", "modality", "preprocess", "model")  # what scoring with a che
 
 def save(path: str | os.PathLike, state: dict) -> None:
     """Written atomically (see `atomic`): a kill at any moment leaves the old file or the new one."""
-    with atomic.replacing(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+    # through a Python file, so a failed write (a full disk) surfaces as the OSError behind torch's own error
+    with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
 
 
 def load(path: str | os.PathLike, map_location="cpu", need: tuple[str, ...] = ()) -> dict:

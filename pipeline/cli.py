@@ -264,6 +264,8 @@ def _check_train(a: dict) -> None:
     v.shards(a["shards"])
     v.existing("--weights", a["weights"], "file")
     v.output("--out", a["out"], "dir")
+    if a["overwrite"] and a["resume"]:
+        raise UsageError("--overwrite starts a new run; --resume continues one: give one of them")
     v.device(a["device"])
     v.model_name(a["model"])
     v.model_name(a["frame_backbone"], ("image",), "frame_backbone")
@@ -301,6 +303,8 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
           patience: int = typer.Option(5, help="early stopping: epochs without val F1 improvement (0: off)"),
           threshold_method: str = typer.Option("f1", help="f1, youden, eer, precision:P or recall:R"),
           resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its last.pth (default: a new run)"),
+          overwrite: bool = typer.Option(False, "--overwrite", help="--out holds a run: move it aside to "
+                                         "OUT.old-TIME (printed) and start a new one there (default: refuse)"),
           save_every: int = typer.Option(0, help="also write last.pth every N steps, for mid-epoch resume (0: epoch ends only)"),
           tensorboard: bool = typer.Option(False, "--tensorboard", help="also log each epoch's losses, val F1 and speed to RUN/tb for TensorBoard"),
           no_report: bool = typer.Option(False, "--no-report", help="skip plots and report.html"),
@@ -319,7 +323,7 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
                       max_samples_per_class=max_samples_per_class, epoch_len=epoch_len, patience=patience,
                       threshold_method=threshold_method, resume=str(resume) if resume else None, save_every=save_every,
                       tensorboard=tensorboard, progress=not quiet, report=not no_report)
-    run_training(cfg, given=_given(ctx))
+    run_training(cfg, given=_given(ctx), overwrite=overwrite)
 
 
 def _check_model_run(ckpt: Path, shards: Path, device: str, backend: str, batch_size: int) -> Path:
@@ -364,7 +368,9 @@ def tune(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
     v.threshold_method(method, "method")
     ckpt = _check_model_run(ckpt, shards, device, backend, batch_size)
     from .evaluate import tune as run
-    run(ckpt, shards, method, device, backend, batch_size)
+    from .lock import held
+    with held(ckpt.parent, "the folder of CKPT"):  # tune rewrites the checkpoint; a run may be writing it
+        run(ckpt, shards, method, device, backend, batch_size)
 
 
 @app.command()
@@ -374,7 +380,9 @@ def report(run: Path = typer.Argument(..., metavar="RUN", help="run directory"))
     from .report import render_report
     if not any((run / f).exists() for f in ("metrics.json", "predictions_val.csv", "history.csv")):
         raise UsageError(f"{run} has no metrics.json, predictions or history.csv: is it a dfp run directory?")
-    written = render_report(run)
+    from .lock import held
+    with held(run, "RUN"):
+        written = render_report(run)
     typer.echo(f"wrote {len(written)} files; open {run / 'report.html'}")
 
 
@@ -570,11 +578,35 @@ def main() -> None:
         _echo_err("interrupted")
         sys.exit(130)
     except Exception as e:
-        code = exit_code(e)
+        code, msg = exit_code(e), str(e)
+        if code is None:
+            code, msg = _disk_error(e)
         if code is None:
             raise
-        _echo_err(str(e))
+        _echo_err(msg)
         sys.exit(code)
+
+
+def _disk_error(e: BaseException) -> tuple[Optional[int], str]:
+    """A folder that cannot be written (exit 2) or a full disk (exit 1), also when torch wrapped the OSError
+    into its own error: one line naming the file. Anything else is a bug and keeps its traceback."""
+    import errno
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return 2, f"{_target(e)}: {e.strerror}; make the folder writable or choose another one"
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return 1, (f"{_target(e)}: {e.strerror}; free some space and run again (a run continues with --resume; "
+                       "nothing half-written was left)")
+        e = e.__cause__ or e.__context__
+    return None, ""
+
+
+def _target(e: OSError) -> str:
+    """The file an OSError names, as the user knows it (not its temporary name)."""
+    name = str(e.filename) if e.filename else "writing"
+    return name.removesuffix(".partial")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 Media preparation runs in a process pool; writing happens in the main process in a fixed
 order (split, class, source), so the bytes do not depend on worker count or timing.
 The build happens under OUT/.building and is moved into place at the end; the manifest is
-written last, so a folder without a manifest is never mistaken for a complete one.
+written last, so a folder without a manifest is never mistaken for a complete one. OUT must be empty, new
+or dfp's own output, and one build at a time holds its lock (lock.py).
 """
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -18,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, atomic
+from . import __version__, atomic, lock
 from .errors import InputError
-from .formats import (CLASSES, FORMAT, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
+from .lock import LOCK_FILE
+from .formats import (CLASSES, FORMAT, MANIFEST, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
                       read_manifest, read_shard, sample_key, write_manifest)
 from .tarwriter import ShardWriter
 from .media import MediaError, prepare
@@ -86,13 +89,53 @@ def _limit_per_class(cands: list[Candidate], limit: int | None, seed: int) -> tu
 
 
 def _check_paths(inp: Path, out: Path) -> None:
+    """OUT is empty, absent or a previous dfp build: nothing of the user's is replaced by shards."""
     if not inp.exists():
         raise InputError(f"INPUT {inp} does not exist")
     ri, ro = inp.resolve(), out.resolve()
     if ro == ri or ri in ro.parents:
         raise InputError(f"OUT {out} is inside INPUT {inp}: choose an output folder outside the input")
+    if ro in ri.parents:
+        raise InputError(f"OUT {out} contains INPUT {inp}: a build would replace the input; "
+                         "choose an output folder outside the input")
     if out.exists() and not out.is_dir():
         raise InputError(f"OUT {out} exists and is not a folder")
+    if out.is_dir():
+        foreign = _foreign_entry(out)
+        if foreign is not None:
+            raise InputError(f"OUT {out} holds {foreign}, which dfp shard did not write: give an empty or new "
+                             "folder, or a previous dfp shard output")
+
+
+# what a build leaves in OUT (a kill -9 may leave the atomic writes' temporary files too)
+_OWN_FILES = {MANIFEST, REJECTS, f"{MANIFEST}.partial", f"{REJECTS}.partial", BUILD_DIR, LOCK_FILE}
+_SHARD_FILE = re.compile(r"^(real|fake)-\d{6}\.(tar|idx)(\.partial)?$")
+
+
+def _foreign_entry(out: Path) -> str | None:
+    """The first entry of OUT that is not dfp's own output, or None."""
+    names = set(os.listdir(out))
+    other = sorted(names - _OWN_FILES - set(SPLITS))
+    if other:
+        return str(out / other[0])
+    manifest = out / MANIFEST
+    if manifest.exists():
+        try:
+            ours = json.loads(manifest.read_text(encoding="utf-8")).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            return f"{manifest} (not a {FORMAT} manifest)"
+    elif REJECTS in names and BUILD_DIR not in names:
+        return str(out / REJECTS)
+    for s in sorted(names & set(SPLITS)):
+        d = out / s
+        if d.is_symlink() or not d.is_dir():
+            return str(d)
+        for entry in sorted(d.iterdir()):
+            if not (_SHARD_FILE.match(entry.name) and entry.is_file() and not entry.is_symlink()):
+                return str(entry)
+    return None
 
 
 def _face_settings(params: ShardParams, modality: str) -> dict | None:
@@ -110,6 +153,12 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     manifest last, so OUT never holds a manifest that disagrees with the shards beside it."""
     inp, out = Path(input_dir), Path(out_dir)
     _check_paths(inp, out)
+    with lock.held(out, "OUT", create=True):
+        _check_paths(inp, out)  # again, now that no other build can change OUT
+        return _build(inp, out, params, workers, progress)
+
+
+def _build(inp: Path, out: Path, params: ShardParams, workers: int | None, progress: bool) -> dict:
     t0 = time.time()
     plan = _plan(inp, params)
     build = out / BUILD_DIR
@@ -118,6 +167,8 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     _move_into_place(build, out)
     atomic.write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     write_manifest(out, _manifest(inp, params, plan, shard_rows, counts, len(rejects)))
+    # removed after the manifest: until then a rerun sees an interrupted build (.building), not foreign files
+    shutil.rmtree(build, ignore_errors=True)
     seconds = time.time() - t0
     packed = sum(sum(v.values()) for v in counts.values())
     return {"packed": packed, "rejected": len(rejects), "reasons": dict(Counter(_reason_kind(r["reason"]) for r in rejects)),
@@ -298,7 +349,6 @@ def _move_into_place(build: Path, out: Path) -> None:
         if old.exists():
             shutil.rmtree(old)
         os.replace(build / s, old)
-    shutil.rmtree(build, ignore_errors=True)
 
 
 def _manifest(inp: Path, params: ShardParams, plan: _Plan, shard_rows: list, counts: dict, rejected: int) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from .errors import InputError, TrainingError
 from .formats import CLASSES, read_manifest
 from .loaders import LoaderOptions, make_loader, resolve_backend, resolve_device
 from .predictions import write_predictions
-from .resume import Position, resume_log
+from .resume import Position, check_same_shards, resume_log, shards_digest
 from .stats import RECOMMENDED, imbalance_ratio, severity
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_f1", "val_auc", "lr", "samples_per_s",
@@ -182,9 +183,42 @@ def _check_splits(manifest: dict, shards: str, limit: int | None) -> dict[str, i
     return train
 
 
-def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> Path:
-    """`given`: the options set on the command line; on --resume they are applied or refused (see resume.py)."""
+def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None, overwrite: bool = False) -> Path:
+    """`given`: the options set on the command line; on --resume they are applied or refused (see resume.py).
+    `overwrite`: a run already in `cfg.out` is moved aside (to RUN.old-TIME) instead of refused."""
     device, d = _setup_device(cfg.device)
+    with _run_dir(cfg, d, overwrite, log):
+        return _run(cfg, device, d, log, given)
+
+
+@contextmanager
+def _run_dir(cfg: TrainConfig, d: Dist, overwrite: bool, log):
+    """The run directory, locked for the whole run by rank 0 (the rank that writes); every rank learns whether
+    it got it, so a refused run ends on all ranks alike instead of leaving the others at a collective."""
+    from . import rundir
+    held, err = None, None
+    if d.main:
+        try:
+            held = rundir.claim(Path(cfg.resume or cfg.out), bool(cfg.resume), overwrite, log, Path(cfg.shards))
+        except Exception as e:
+            err = e
+    refused = all_gather_objects(None if err is None else str(err), d)[0] if d.enabled else err
+    if refused is not None:
+        if d.enabled:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+        raise err if err is not None else InputError(refused)
+    try:
+        yield
+    except BaseException:
+        if held is not None:
+            held.release(failed=True)  # a run that failed before writing anything leaves no empty folder
+        raise
+    if held is not None:
+        held.release()
+
+
+def _run(cfg: TrainConfig, device, d: Dist, log, given: set[str] | None) -> Path:
     say = log if d.main else (lambda *a, **k: None)
     given = given_fields(cfg, given)
     writer = _tensorboard_writer() if (cfg.tensorboard and d.main) else None  # fails before the run folder exists
@@ -195,6 +229,9 @@ def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> 
         cfg, changed = merge_config(ckpt["config"], cfg, given, TrainConfig)
     out = Path(cfg.out)
     manifest = read_manifest(cfg.shards)
+    digest = shards_digest(manifest)
+    if ckpt is not None:
+        check_same_shards(ckpt, digest, cfg.shards)
     cfg, decision, train_counts = _decide(cfg, manifest, set(changed) if ckpt else given, device.type, ckpt)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -205,7 +242,9 @@ def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> 
     say(f"precision: {run.amp_dtype or 'fp32'}{' + GradScaler' if run.scaler else ''}; "
         f"{run.steps_per_epoch} steps/epoch/rank")
     pos = _restore(run, ckpt, changed, say) if ckpt else Position(world_size=d.world_size, batch_size=cfg.batch_size)
+    run.base_state["shards_digest"] = digest  # what a resume compares its shards with
     config_record = _config_record(cfg, decision, manifest, run)
+    config_record["dataset"]["shards_digest"] = digest
     if ckpt is not None:  # carried in every later checkpoint, so the next resume extends it
         config_record["resumed"] = run.base_state["resumed"] = resume_log(ckpt, changed)
     if d.main:
