@@ -350,8 +350,8 @@ def evaluate(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
     evaluation replaces its own folder, never another's."""
     v.choice("split", split, SPLITS)
     v.output("--out", out, "dir")
-    v.shard_sets(shards)
     ckpt = _check_model_run(ckpt, shards[0], device, backend, batch_size)
+    v.shard_sets(shards)
     if len(shards) > 1:
         from .crossdata import cross_evaluate
         cross_evaluate(ckpt, shards, split, out, device, backend, batch_size)

@@ -10,7 +10,12 @@ Where things go (all decided before anything runs, so a clash is reported before
   + `.md` (`CKPT-` in front for a checkpoint other than best_model.pth).
 A folder or table recording another evaluation is never written over: the folder gets the set's hash
 (`evaluate.eval_folder`), the table `-HASH` of its checkpoint, split and list of sets. Re-running the same
-evaluation replaces its own.
+evaluation replaces its own. `dfp tune` brings the tables in RUN/eval up to its new threshold (`refresh_tables`);
+a table elsewhere (`--out`) keeps the threshold it was made at, which it records.
+
+The JSON: {"evaluation": {checkpoint, split, sets, time}, "chosen": the checkpoint's threshold, "llr": its
+calibration, "rows": [{name, shards, folder, n, real, fake, auc, video_auc, eer, min_dcf, threshold, accuracy, f1,
+hter}]}; each row is read from its folder's metrics.json.
 """
 from __future__ import annotations
 
@@ -166,10 +171,36 @@ def cross_evaluate(ckpt_path, shard_sets, split="test", out=None, device="auto",
     metrics = [evaluate(ckpt_path, s, split, f, device, backend, batch_size, log) for s, f in zip(shard_sets, folders)]
     doc = cross_document(table_record(ckpt_path, shard_sets, split), set_names(records), records, folders, metrics)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
-    atomic.write_json(json_path, doc, default=str)
-    atomic.write_text(md_path, render_markdown(doc))
+    json_path, md_path = _write_table(stem, doc)
     log(f"cross-dataset table, threshold {_threshold_text(doc['chosen'])}:")
     log("\n".join(table_lines(doc)))
     log(f"written: {json_path} and {md_path}")
     return doc
+
+
+def _write_table(stem: Path, doc: dict) -> tuple[Path, Path]:
+    json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
+    atomic.write_json(json_path, doc, default=str)
+    atomic.write_text(md_path, render_markdown(doc))
+    return json_path, md_path
+
+
+def refresh_tables(ckpt_path, log=print) -> None:
+    """Rebuild the RUN/eval tables of this checkpoint from their sets' folders (after `dfp tune` retargeted
+    them). A table whose document or folders cannot be read is left as it is, with a warning."""
+    ckpt = Path(ckpt_path).resolve()
+    for path in sorted((ckpt.parent / EVAL_DIR).glob(f"*{TABLE}*.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc["evaluation"]["checkpoint"] != str(ckpt):
+                continue
+            split = doc["evaluation"]["split"]
+            metrics = [json.loads((Path(r["folder"]) / "metrics.json").read_text(encoding="utf-8"))
+                       for r in doc["rows"]]
+            rows = [table_row(r["name"], {"shards": r["shards"]}, Path(r["folder"]), m[split])
+                    for r, m in zip(doc["rows"], metrics)]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log(f"warning: {path} still shows the old threshold: {type(e).__name__}: {e}")
+            continue
+        _write_table(path.with_suffix(""), {**doc, "chosen": metrics[0]["chosen"], "rows": rows})
+        log(f"updated: {path} and its .md")

@@ -195,6 +195,8 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
         same_set = _shards_of(folder) == chosen["tuned_on"]
         _retarget(folder, chosen, {**table, method: float(t)}, ckpt.get("threshold_history", []),
                   fresh if same_set else {}, log)
+    from .crossdata import refresh_tables
+    refresh_tables(ckpt_path, log)
     if "test" in fresh:
         _log_test(Path(shards).name, fresh["test"], chosen, log)
     return t

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from factory import image_tree, smooth_image, write_jpeg
-from pipeline import checkpoint, cli, crossdata
+from pipeline import checkpoint, cli, crossdata, evaluate as ev
 from pipeline.errors import InputError
+from pipeline.predictions import read_prediction_table
 from pipeline.shards import ShardParams, build_shards
+from pipeline.thresholds import all_thresholds
 from pipeline.train import TrainConfig, run_training
 
 QUIET = dict(device="cpu", log=lambda *a: None)
@@ -121,6 +123,26 @@ def test_default_table_beside_the_evaluations_is_never_replaced_by_another(sets,
     newer = next(t for t in tables if t != table)
     assert json.loads(newer.read_text())["rows"] == second["rows"]
     assert newer.with_suffix(".md").is_file()
+    _tune_elsewhere(run, own)
+    stored = checkpoint.load(ckpt)["threshold"]["value"]
+    for path in tables:  # dfp tune brought both tables to its threshold, row by row from the retargeted folders
+        doc = json.loads(path.read_text())
+        assert doc["chosen"]["threshold"] == stored and f"{stored:.4f}" in path.with_suffix(".md").read_text()
+        for r in doc["rows"]:
+            tuned = json.loads((Path(r["folder"]) / "metrics.json").read_text())["test"]["tuned"]
+            assert r["threshold"] == tuned["threshold"] == stored
+            assert r["accuracy"] == tuned["accuracy"] and r["hter"] == pytest.approx(_hter(tuned["confusion_matrix"]))
+
+
+def _tune_elsewhere(run: Path, shards: Path) -> None:
+    """dfp tune with the method whose val threshold lies farthest from the stored one, so the threshold moves."""
+    ckpt = run / "best_model.pth"
+    old = checkpoint.load(ckpt)["threshold"]["value"]
+    val = read_prediction_table(run / "predictions_val.csv")
+    table = all_thresholds(val.labels, val.scores)
+    method = max(table, key=lambda m: abs(table[m] - old))
+    ev.tune(ckpt, shards, method, **QUIET)
+    assert checkpoint.load(ckpt)["threshold"]["value"] != old
 
 
 def test_plan_gives_sets_of_one_name_their_own_folders_and_rows(tmp_path):
