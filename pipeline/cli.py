@@ -338,21 +338,30 @@ def _check_model_run(ckpt: Path, shards: Path, device: str, backend: str, batch_
 
 @app.command()
 def evaluate(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
-             shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder"),
+             shards: List[Path] = typer.Argument(..., metavar="SHARDS", help="shard folder(s); several give a "
+                                                 "cross-dataset table at the checkpoint's threshold"),
              split: str = typer.Option("test", help="train, val or test"),
              out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/eval/SET-SPLIT beside the "
                                                 "checkpoint, SET being the shard folder's name; SET-HASH-SPLIT "
-                                                "when that folder holds another evaluation)"),
+                                                "when that folder holds another evaluation); with several SHARDS "
+                                                "OUT/SET-SPLIT each and OUT/cross_dataset.json and .md (default: "
+                                                "RUN/eval/cross_dataset-SPLIT.json and .md)"),
              device: str = typer.Option("auto", help=DEVICE_HELP),
              backend: str = typer.Option("auto", help=EVAL_BACKEND_HELP),
              batch_size: int = typer.Option(64, help=BATCH_HELP)):
     """Metrics at 0.5 and at the stored threshold, predictions, plots and a report naming the checkpoint, the
-    shard set and the split. Re-running the same evaluation replaces its own folder, never another's."""
+    shard set and the split; several shard sets also give one cross-dataset table. Re-running the same
+    evaluation replaces its own folder, never another's."""
     v.choice("split", split, SPLITS)
     v.output("--out", out, "dir")
-    ckpt = _check_model_run(ckpt, shards, device, backend, batch_size)
+    ckpt = _check_model_run(ckpt, shards[0], device, backend, batch_size)
+    v.shard_sets(shards)
+    if len(shards) > 1:
+        from .crossdata import cross_evaluate
+        cross_evaluate(ckpt, shards, split, out, device, backend, batch_size)
+        return
     from .evaluate import evaluate as run
-    run(ckpt, shards, split, out, device, backend, batch_size)
+    run(ckpt, shards[0], split, out, device, backend, batch_size)
 
 
 @app.command()

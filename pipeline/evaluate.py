@@ -97,18 +97,23 @@ def _free_for(folder: Path, record: dict) -> bool:
     return rec is not None and _same_evaluation(rec, record)
 
 
-def eval_folder(record: dict) -> Path:
-    """RUN/eval/[CKPT-]SET-SPLIT, or with SET-HASH when that folder holds another evaluation (another set with
-    the same folder name, say); HASH is the first 8 hex digits of sha256(resolved shard path), so the same set
-    lands in the same folder again."""
+def shards_digest(shards: str) -> str:
+    """The first 8 hex digits of sha256(resolved shard path): tells apart sets with one folder name."""
+    return hashlib.sha256(shards.encode("utf-8")).hexdigest()[:8]
+
+
+def eval_folder(record: dict, root: Path | None = None, taken: frozenset = frozenset()) -> Path:
+    """ROOT/[CKPT-]SET-SPLIT (ROOT defaults to RUN/eval), or with SET-HASH when that folder holds another
+    evaluation (another set with the same folder name, say) or is in `taken` (planned for another set of the
+    same command); HASH is `shards_digest`, so the same set lands in the same folder again."""
     ckpt = Path(record["checkpoint"])
     prefix = "" if ckpt.name == "best_model.pth" else f"{_safe_name(ckpt.stem)}-"
     name = _safe_name(record["set"])
-    digest = hashlib.sha256(record["shards"].encode("utf-8")).hexdigest()[:8]
-    root = ckpt.parent / EVAL_DIR
+    digest = shards_digest(record["shards"])
+    root = Path(root) if root is not None else ckpt.parent / EVAL_DIR
     candidates = [root / f"{prefix}{name}-{record['split']}", root / f"{prefix}{name}-{digest}-{record['split']}"]
     for folder in candidates:
-        if _free_for(folder, record):
+        if folder not in taken and _free_for(folder, record):
             return folder
     raise InputError(f"{candidates[0]} and {candidates[1]} hold other evaluations; give an output folder with --out")
 
@@ -190,6 +195,8 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
         same_set = _shards_of(folder) == chosen["tuned_on"]
         _retarget(folder, chosen, {**table, method: float(t)}, ckpt.get("threshold_history", []),
                   fresh if same_set else {}, log)
+    from .crossdata import refresh_tables
+    refresh_tables(ckpt_path, log)
     if "test" in fresh:
         _log_test(Path(shards).name, fresh["test"], chosen, log)
     return t

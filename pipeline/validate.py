@@ -98,6 +98,16 @@ def shards(path: Path, label: str = "SHARDS") -> None:
         raise UsageError(f"{label}: {e}") from None
 
 
+def shard_sets(paths: Iterable[Path], label: str = "SHARDS") -> None:
+    """Every path a shard folder (`shards`), and none given twice (compared by resolved path)."""
+    seen: dict = {}
+    for path in paths:
+        shards(path, label)
+        if path.resolve() in seen:
+            raise UsageError(f"{label}: {path} is given twice (as {seen[path.resolve()]}); give each set once")
+        seen[path.resolve()] = path
+
+
 def _blocking_ancestor(path: Path) -> Optional[Path]:
     """The nearest existing ancestor when it is not a folder (so nothing can be created below it)."""
     for parent in path.absolute().parents:
