@@ -193,7 +193,9 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
           modality: str = typer.Option("auto", help="as for dfp shard (raw input only)"),
           seed: int = typer.Option(0, help="as for dfp shard (raw input only)"),
           max_samples_per_class: Optional[int] = typer.Option(None, help="as for dfp shard (raw input only)"),
-          group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)")):
+          group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)"),
+          audit: bool = typer.Option(True, "--audit/--no-audit", help="also show the shortcut audit's headline, from at "
+                                     "most 200 files per class (default: on; dfp audit for the full table)")):
     """Counts per split, class and attack, imbalance ratio, severity and recommended techniques.
 
     On a raw INPUT: what `dfp shard` with the same options would pack, before packing (files that fail to
@@ -217,6 +219,11 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
                                                 val_fraction=val_fraction, ff_compression=ff_compression,
                                                 modality=modality, seed=seed, group_depth=group_depth,
                                                 max_samples_per_class=max_samples_per_class))
+    if audit:
+        from .audit import stats_headline
+        st["audit"] = stats_headline(path, ShardParams(class_map=class_map, dataset=dataset, modality=modality,
+                                                       protocol=str(protocol) if protocol else None,
+                                                       group_depth=group_depth, ff_compression=ff_compression))
     if plot:
         from .atomic import write_bytes
         from .report import plot_dataset_stats, png_bytes

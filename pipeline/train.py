@@ -153,6 +153,9 @@ def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> 
         f"{run.steps_per_epoch} steps/epoch/rank")
     pos = _restore(run, ckpt, changed, say) if ckpt else Position(world_size=d.world_size, batch_size=cfg.batch_size)
     config_record = _config_record(cfg, decision, manifest, run)
+    if d.main:  # the metadata shortcut audit of the train split, bounded in time (pipeline/audit)
+        from .audit import train_audit
+        config_record["shortcut_audit"] = train_audit(cfg.shards, say, seed=cfg.seed)
     if ckpt is not None:  # carried in every later checkpoint, so the next resume extends it
         config_record["resumed"] = run.base_state["resumed"] = resume_log(ckpt, changed)
     if d.main:

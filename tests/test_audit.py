@@ -12,6 +12,7 @@ from pipeline import cli
 from pipeline.audit import run_audit
 from pipeline.audit.audio import levels
 from pipeline.audit.image import jpeg_quality
+from pipeline.formats import read_manifest
 from tests.factory import smooth_image
 
 N = 60  # per class: enough for a stable cross-validated AUC on the controls
@@ -84,9 +85,18 @@ def test_silence_rule_measures_leading_and_trailing_silence():
     assert got["trailing_silence"] == pytest.approx(0.10, abs=0.011)
 
 
-def test_png_fake_vs_jpeg_real_is_flagged_on_input_and_on_shards(tmp_path):
+@pytest.fixture(scope="module")
+def png_jpeg(tmp_path_factory):
+    """The PNG-fake / JPEG-real input and its shards (PNGs re-encoded, JPEGs keep their bytes)."""
     from pipeline.shards import ShardParams, build_shards
-    inp = png_fake_jpeg_real(tmp_path / "in")
+    root = tmp_path_factory.mktemp("png_jpeg")
+    inp = png_fake_jpeg_real(root / "in")
+    build_shards(inp, root / "shards", ShardParams(), workers=1, progress=False)
+    return inp, root / "shards"
+
+
+def test_png_fake_vs_jpeg_real_is_flagged_on_raw_input(png_jpeg, tmp_path):
+    inp, _ = png_jpeg
     before = _tree(inp)
     res = _run(inp, "--json", tmp_path / "a.json", "--plot", tmp_path / "a.png")
     assert res.exit_code == 0, res.output
@@ -96,16 +106,36 @@ def test_png_fake_vs_jpeg_real_is_flagged_on_input_and_on_shards(tmp_path):
     assert auc["format"] >= 0.9 and auc["size_share"] >= 0.9 and auc["jpeg_quality"] >= 0.9
     assert {"format", "jpeg_quality", "size_share"} <= set(a["flagged"]) and a["combined_auc"] >= 0.9
     assert all(a["remedies"][n] for n in a["flagged"])
-    assert {"real", "fake"} <= set(a["features"][0]) and (tmp_path / "a.png").stat().st_size > 0
-    # packed: PNGs are re-encoded, JPEGs keep their bytes, so the stored samples still differ in compression
-    shards = tmp_path / "shards"
-    build_shards(inp, shards, ShardParams(), workers=1, progress=False)
+    assert {"real", "fake"} <= set(a["features"][0]) and a["fixed_sizes"]["fake"] == ["64x64"]
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert "flagged: " in res.output and "format" in res.output
+
+
+def test_shards_are_audited_as_stored_and_as_recorded_at_packing(png_jpeg):
+    _, shards = png_jpeg
     before = _tree(shards)
     s = run_audit(shards, progress=False)
     assert _tree(shards) == before
+    # stored: every sample is a JPEG now, but the fakes' re-encoding differs from the reals' kept bytes
+    assert {f["name"]: f for f in s["features"]}["format"]["auc"] == 0.5
     assert s["combined_auc"] >= 0.9 and "jpeg_quality" in s["flagged"]
     src = s["source_metadata"]
     assert "source_orig_format" in src["flagged"] and src["combined_auc"] >= 0.9
+
+
+def test_stats_and_train_show_the_headline(png_jpeg):
+    from pipeline.audit import train_audit
+    inp, shards = png_jpeg
+    res = CliRunner().invoke(cli.app, ["stats", str(inp)])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("Shortcut audit"))
+    assert "flagged: " in line and "format" in line
+    assert "Shortcut audit" not in CliRunner().invoke(cli.app, ["stats", str(inp), "--no-audit"]).output
+    said = []
+    rec = train_audit(shards, said.append)
+    assert len(said) == 1 and said[0].startswith("warning: shortcut audit") and "jpeg_quality" in said[0]
+    assert rec["n"] == read_manifest(shards)["splits"]["train"]  # the train split only
+    assert "jpeg_quality" in rec["flagged"] and rec["combined_auc"] >= 0.9
 
 
 def test_long_vs_no_leading_silence_is_flagged(tmp_path):

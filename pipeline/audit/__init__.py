@@ -307,3 +307,15 @@ def train_audit(shards: str | Path, say=print, max_per_class: int = TRAIN_MAX_PE
     return {k: a.get(k) for k in ("n", "combined_auc", "flagged", "remedies", "max_per_class", "seconds")} | {
         "features": {f["name"]: f["auc"] for f in a["features"]},
         "source_flagged": src.get("flagged", []), "source_combined_auc": src.get("combined_auc")}
+
+
+def stats_headline(path: str | Path, params=None, max_per_class: int = STATS_MAX_PER_CLASS, seed: int = 0) -> dict:
+    """The headline `dfp stats` shows, from at most `max_per_class` files per class: {"line", "combined_auc",
+    "flagged"}, or {"skipped": why} where the input cannot be audited (e.g. one class only)."""
+    try:
+        a = run_audit(path, params, max_per_class=max_per_class, seed=seed, progress=False)
+    except InputError as e:
+        return {"skipped": str(e)}
+    src = a.get("source_metadata") or {}
+    return {"line": headline(a), "combined_auc": a["combined_auc"], "flagged": a["flagged"],
+            "source_flagged": src.get("flagged", []), "max_per_class": max_per_class}

@@ -90,15 +90,22 @@ def design(rows: list[dict], names: list[str]) -> np.ndarray:
 def combined_auc(X: np.ndarray, y: np.ndarray, groups: list, seed: int = 0) -> tuple[float | None, str]:
     """Out-of-fold AUC of a small gradient-boosted classifier over all features, folds by group (a group's
     samples are never split between fitting and scoring). None when there are too few groups per class."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedGroupKFold
     g = np.unique(np.asarray([str(v) for v in groups]), return_inverse=True)[1]
     per_class = min(len(np.unique(g[y == k])) for k in (0, 1))
     folds = min(5, per_class)
     if folds < 2 or X.shape[1] == 0:
         return None, "too few groups per class to cross-validate"
+    from threadpoolctl import threadpool_limits
     oof = np.zeros(len(y))
     cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with threadpool_limits(1):  # small fits: OpenMP threads only wait on each other (and on a loaded machine, long)
+        _fit_folds(X, y, g, cv, oof, seed)
+    return _auc(y, oof), f"HistGradientBoosting, {folds}-fold StratifiedGroupKFold, out-of-fold AUC"
+
+
+def _fit_folds(X, y, g, cv, oof, seed) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
     for fit, held in cv.split(X, y, g):
         if len(np.unique(y[fit])) < 2:
             oof[held] = 0.5
@@ -107,7 +114,6 @@ def combined_auc(X: np.ndarray, y: np.ndarray, groups: list, seed: int = 0) -> t
                                              early_stopping=False, random_state=seed)
         clf.fit(X[fit], y[fit])
         oof[held] = clf.predict_proba(X[held])[:, 1]
-    return _auc(y, oof), f"HistGradientBoosting, {folds}-fold StratifiedGroupKFold, out-of-fold AUC"
 
 
 def score(rows: list[dict], y: np.ndarray, groups: list, flag_at: float, remedies: dict, seed: int = 0) -> dict:
