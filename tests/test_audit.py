@@ -167,3 +167,13 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
         code, out = _main(argv, monkeypatch, capsys)
         assert code == 2 and len(out.strip().splitlines()) == 1 and out.startswith("error: "), (argv, out)
     assert sorted(p.name for p in one.rglob("*")) == ["a.jpg", "real"]  # the refused --json was not written
+
+
+def test_video_frame_rate_is_read_from_the_headers_and_flagged(tmp_path):
+    from tests.factory import write_video
+    for i in range(10):
+        write_video(tmp_path / "in" / "real" / f"r{i}.mp4", frames=4, fps=10, seed=i)
+        write_video(tmp_path / "in" / "fake" / f"f{i}.mp4", frames=4, fps=25, seed=50 + i)
+    a = run_audit(tmp_path / "in", progress=False)
+    auc = {f["name"]: f["auc"] for f in a["features"]}
+    assert "frame_rate" in a["flagged"] and auc["codec"] == 0.5 and auc["width"] == 0.5

@@ -55,8 +55,14 @@ REMEDIES = {
 }
 
 
+# KEY.json's names for the source files' properties (the `source_` features of a shard audit)
+_SOURCE_NAMES = {"orig_format": "format", "orig_sample_rate": "sample_rate", "fps": "frame_rate",
+                 "orig_frames": "frame_count"}
+
+
 def remedy(name: str) -> str | None:
-    return REMEDIES.get(name.removeprefix("source_"))
+    base = name.removeprefix("source_")
+    return REMEDIES.get(_SOURCE_NAMES.get(base, base))
 
 
 # --------------------------------------------------------------------------- what is audited
@@ -180,7 +186,7 @@ def _fixed(rows, y) -> dict:
 
 def _block(rows, y, groups, flag_at, seed) -> dict:
     from .score import score
-    return score(rows, y, groups, flag_at, {n: remedy(n) for n in REMEDIES} | {"source_" + n: remedy(n) for n in REMEDIES}, seed)
+    return score(rows, y, groups, flag_at, remedy, seed)
 
 
 def run_audit(path: str | Path, params=None, max_per_class: int | None = DEFAULT_MAX_PER_CLASS,

@@ -70,11 +70,13 @@ def add_size_share(rows: list[dict]) -> None:
     """Replace each row's exact size by its share of all audited samples: a class stored at one or a few fixed
     sizes has large shares, a class of many sizes small ones. Computed without the labels."""
     from collections import Counter
-    counts = Counter(r.pop("size") for r in rows if "size" in r)
+    for r in rows:
+        r.pop("size", None)
+    counts = Counter((r["width"], r["height"]) for r in rows if "width" in r)
     n = max(len(rows), 1)
     for r in rows:
         if "width" in r:
-            r["size_share"] = counts[f"{int(r['width'])}x{int(r['height'])}"] / n
+            r["size_share"] = counts[(r["width"], r["height"])] / n
 
 
 def fixed_sizes(rows: list[dict], cover: float = 0.9, most: int = 5) -> list[str] | None:

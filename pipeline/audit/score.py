@@ -110,13 +110,14 @@ def _fit_folds(X, y, g, cv, oof, seed) -> None:
         if len(np.unique(y[fit])) < 2:
             oof[held] = 0.5
             continue
-        clf = HistGradientBoostingClassifier(max_iter=60, max_depth=3, learning_rate=0.1, min_samples_leaf=10,
+        leaf = max(2, min(10, len(fit) // 20))  # small audits still get splits; larger ones smoother leaves
+        clf = HistGradientBoostingClassifier(max_iter=60, max_depth=3, learning_rate=0.1, min_samples_leaf=leaf,
                                              early_stopping=False, random_state=seed)
         clf.fit(X[fit], y[fit])
         oof[held] = clf.predict_proba(X[held])[:, 1]
 
 
-def score(rows: list[dict], y: np.ndarray, groups: list, flag_at: float, remedies: dict, seed: int = 0) -> dict:
+def score(rows: list[dict], y: np.ndarray, groups: list, flag_at: float, remedy, seed: int = 0) -> dict:
     """The audit block: per-feature AUCs and class summaries, the combined AUC, the flagged features."""
     names = sorted({k for r in rows for k in r})
     feats = []
@@ -135,7 +136,7 @@ def score(rows: list[dict], y: np.ndarray, groups: list, flag_at: float, remedie
     comb, how = combined_auc(design(rows, names), y, groups, seed)
     flagged = [f["name"] for f in feats if f["auc"] >= flag_at]
     return {"features": feats, "combined_auc": None if comb is None or math.isnan(comb) else round(comb, 4),
-            "combined_model": how, "flagged": flagged, "remedies": {n: remedies.get(n, GENERIC) for n in flagged}}
+            "combined_model": how, "flagged": flagged, "remedies": {n: remedy(n) or GENERIC for n in flagged}}
 
 
 GENERIC = "make this property alike in both classes (re-encode or collect matched data), or drop the files that differ"
