@@ -136,6 +136,12 @@ def test_stats_and_train_show_the_headline(png_jpeg):
     assert len(said) == 1 and said[0].startswith("warning: shortcut audit") and "jpeg_quality" in said[0]
     assert rec["n"] == read_manifest(shards)["splits"]["train"]  # the train split only
     assert "jpeg_quality" in rec["flagged"] and rec["combined_auc"] >= 0.9
+    from pipeline.report.html import render_html
+    from pipeline.report.text import summary_text
+    text = summary_text({}, {"shortcut_audit": rec})
+    assert "SHORTCUT AUDIT" in text and any("jpeg_quality" in x and "FLAG" in x for x in text.splitlines())
+    assert "<h2>Shortcut audit</h2>" in render_html("r", {}, {"shortcut_audit": rec}, {}, text)
+    assert "SHORTCUT AUDIT" not in summary_text({}, {})
 
 
 def test_long_vs_no_leading_silence_is_flagged(tmp_path):

@@ -31,20 +31,25 @@ def _reference_tables() -> np.ndarray:
 
 
 def jpeg_quality(quantization: dict) -> float:
+    return _quality(tuple(tuple(quantization[k]) for k in sorted(quantization)[:2]))
+
+
+@lru_cache(maxsize=256)  # a dataset has few distinct tables: one estimate each
+def _quality(tables: tuple) -> float:
     refs = _reference_tables()
-    lum = np.asarray(list(quantization[0]), np.float64)
-    dist = np.abs(refs[:, 0] - lum).sum(1)
-    if 1 in quantization:
-        dist += np.abs(refs[:, 1] - np.asarray(list(quantization[1]), np.float64)).sum(1)
+    dist = np.abs(refs[:, 0] - np.asarray(tables[0], np.float64)).sum(1)
+    if len(tables) > 1:
+        dist += np.abs(refs[:, 1] - np.asarray(tables[1], np.float64)).sum(1)
     return float(np.argmin(dist) + 1)
 
 
 def _has_metadata(im) -> int:
+    """EXIF, ICC, XMP or text in the headers PIL has read (PNG text after the pixel data is not seen: reading it
+    would decode the image)."""
     info = im.info
-    if info.get("exif") or info.get("icc_profile") or info.get("xmp") or "XML:com.adobe.xmp" in info:
-        return 1
-    text = getattr(im, "text", None) if im.format == "PNG" else None
-    return int(bool(text) or any(k in info for k in ("comment", "Comment", "parameters", "Software")))
+    keys = ("exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "comment", "Comment", "parameters", "Software",
+            "Description", "Title", "Author")
+    return int(any(info.get(k) for k in keys))
 
 
 def features(source, nbytes: int) -> dict:

@@ -90,7 +90,6 @@ def design(rows: list[dict], names: list[str]) -> np.ndarray:
 def combined_auc(X: np.ndarray, y: np.ndarray, groups: list, seed: int = 0) -> tuple[float | None, str]:
     """Out-of-fold AUC of a small gradient-boosted classifier over all features, folds by group (a group's
     samples are never split between fitting and scoring). None when there are too few groups per class."""
-    from sklearn.model_selection import StratifiedGroupKFold
     g = np.unique(np.asarray([str(v) for v in groups]), return_inverse=True)[1]
     per_class = min(len(np.unique(g[y == k])) for k in (0, 1))
     folds = min(5, per_class)
@@ -98,10 +97,35 @@ def combined_auc(X: np.ndarray, y: np.ndarray, groups: list, seed: int = 0) -> t
         return None, "too few groups per class to cross-validate"
     from threadpoolctl import threadpool_limits
     oof = np.zeros(len(y))
-    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    cv = _folds(folds, g, seed)
     with threadpool_limits(1):  # small fits: OpenMP threads only wait on each other (and on a loaded machine, long)
         _fit_folds(X, y, g, cv, oof, seed)
-    return _auc(y, oof), f"HistGradientBoosting, {folds}-fold StratifiedGroupKFold, out-of-fold AUC"
+    return _auc(y, oof), f"HistGradientBoosting, {folds}-fold {type(cv).__name__}, out-of-fold AUC"
+
+
+def _folds(folds: int, g: np.ndarray, seed: int):
+    """Stratified group folds; with one sample per group that is plain stratified folds, and with very many
+    groups GroupKFold (StratifiedGroupKFold's search grows with groups x folds; many groups balance anyway)."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
+    n_groups = int(g.max()) + 1 if len(g) else 0
+    if n_groups == len(g):
+        return _Ungrouped(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+    if n_groups > MAX_STRATIFIED_GROUPS:
+        return GroupKFold(n_splits=folds)
+    return StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+
+
+MAX_STRATIFIED_GROUPS = 2000
+
+
+class _Ungrouped:
+    """A splitter that ignores the groups argument (every group is one sample)."""
+
+    def __init__(self, cv):
+        self.cv = cv
+
+    def split(self, X, y, groups=None):
+        return self.cv.split(X, y)
 
 
 def _fit_folds(X, y, g, cv, oof, seed) -> None:
