@@ -250,6 +250,7 @@ def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
           group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)"),
           ff_compression: str = typer.Option("c23", help="as for dfp shard (raw input only)"),
           seed: int = typer.Option(0, help="seed for the per-class draw and the cross-validation (default 0)"),
+          workers: Optional[int] = typer.Option(None, help="header-reading processes (default: all cores)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Shortcut audit: properties that should not carry the label (format, JPEG quality, size, silence, sample
     rate, codec, ...), one AUC each real vs fake, and a grouped cross-validated classifier over all of them.
@@ -262,7 +263,7 @@ def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
                              "give a path outside it")
     _check_dataset_args(dataset, protocol, 0.1, ff_compression)
     v.choice("modality", modality, ("auto", *MODALITIES))
-    v.minimum(1, max_per_class=max_per_class)
+    v.minimum(1, max_per_class=max_per_class, workers=workers)
     v.minimum(0, seed=seed, group_depth=group_depth)
     if not 0.5 <= flag_at <= 1:
         raise UsageError(f"--flag-at must be in [0.5, 1], got {flag_at}")
@@ -275,7 +276,8 @@ def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
     from .shards import ShardParams
     params = ShardParams(class_map=class_map, dataset=dataset, protocol=str(protocol) if protocol else None,
                          modality=modality, group_depth=group_depth, ff_compression=ff_compression, seed=seed)
-    result = run_audit(path, params, max_per_class=max_per_class, flag_at=flag_at, seed=seed, progress=not quiet)
+    result = run_audit(path, params, max_per_class=max_per_class, flag_at=flag_at, seed=seed, progress=not quiet,
+                       workers=workers)
     from .atomic import write_bytes, write_json
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ FLAG_AT = 0.8
 DEFAULT_MAX_PER_CLASS = 2000
 STATS_MAX_PER_CLASS = 200  # dfp stats: the headline in bounded time
 TRAIN_MAX_PER_CLASS = 500  # dfp train: the train split, in bounded time
+PARALLEL_FROM = 400  # files: below this, starting worker processes costs more than it saves
 _STREAM = 11  # limit_per_class stream of the audit's draw (the packer and loader use others)
 
 _DEBIAS = "re-encode both classes alike: dfp shard --debias"
@@ -74,7 +75,7 @@ def _draw(labels: np.ndarray, max_per_class: int | None, seed: int) -> np.ndarra
 
 
 def _raw_items(path: Path, params, max_per_class, seed):
-    """(class, group, source, thunk -> features) of the planned candidates, drawn per class."""
+    """(class, group, source, job) of the planned candidates, drawn per class (`_extract` runs a job)."""
     from ..shards import _plan
     plan = _plan(path, replace(params, faces=False))
     cands = plan.cands
@@ -82,20 +83,39 @@ def _raw_items(path: Path, params, max_per_class, seed):
         raise InputError(f"{path}: not a dfp shard folder and no labelled files found (put files under real/ and fake/, "
                          f"or give --dataset/--protocol/--class-map)")
     labels = np.array([CLASSES.index(c.cls) for c in cands], np.int8)
-    feat = _file_features(plan.modality)
-    items = [(c.cls, c.group or c.source, c.source, (lambda p=c.path: feat(p))) for c in (cands[i] for i in _draw(labels, max_per_class, seed))]
+    items = [(c.cls, c.group or c.source, c.source, ("file", plan.modality, str(c.path)))
+             for c in (cands[i] for i in _draw(labels, max_per_class, seed))]
     return plan.modality, items, f"input {path} ({params.dataset})"
 
 
-def _file_features(modality: str):
+def _file_features(modality: str, path: str) -> dict:
     if modality == "image":
         from .image import features
-        return lambda p: features(p, os.path.getsize(p))
+        return features(path, os.path.getsize(path))
     if modality == "audio":
         from .audio import features_any
-        return features_any
+        return features_any(path)
     from .video import features
-    return features
+    return features(path)
+
+
+def _read_stored(modality: str, tar: str, comps: dict) -> tuple[dict, dict]:
+    with open(tar, "rb") as f:
+        data = {}
+        for ext, (off, size) in comps.items():
+            f.seek(off)
+            data[ext] = f.read(size)
+    meta = json.loads(data.get("json", b"{}"))
+    return meta, _stored_features(modality, data) | {"__source__": _source_features(modality, meta)}
+
+
+def _extract(job):
+    """Features of one raw file, or (KEY.json, features) of one stored sample; None when it cannot be read
+    (counted, not fatal: the packer would reject such a file too)."""
+    try:
+        return _file_features(*job[1:]) if job[0] == "file" else _read_stored(*job[1:])
+    except Exception:
+        return None
 
 
 _SOURCE_KEYS = {"image": ("width", "height", "orig_format"), "audio": ("orig_sample_rate", "channels", "duration"),
@@ -132,51 +152,51 @@ def _shard_items(path: Path, splits, max_per_class, seed):
         raise InputError(f"{path}: no samples in split(s) {', '.join(splits)}")
     labels = np.array([CLASSES.index(r["class"]) for r, _ in entries], np.int8)
 
-    def read(row, comps):
-        with open(path / row["path"], "rb") as f:
-            data = {}
-            for ext, (off, size) in comps.items():
-                f.seek(off)
-                data[ext] = f.read(size)
-        meta = json.loads(data.get("json", b"{}"))
-        return meta, _stored_features(modality, data) | {"__source__": _source_features(modality, meta)}
-
     items = []
     for i in _draw(labels, max_per_class, seed):
         row, comps = entries[i]
-        items.append((row["class"], None, f"{row['path']}#{i}", (lambda r=row, c=comps: read(r, c))))
+        items.append((row["class"], None, f"{row['path']}#{i}", ("shard", modality, str(path / row["path"]), comps)))
     return modality, items, f"shards {path} ({', '.join(splits)})", manifest
 
 
 # --------------------------------------------------------------------------- the audit
-def _collect(items, progress: bool, desc: str):
+def _collect(items, progress: bool, desc: str, workers: int = 1):
     rows, sources, labels, groups, failed = [], [], [], [], 0
     bar = None
     if progress and len(items) > 200:
         from tqdm import tqdm
         bar = tqdm(total=len(items), unit="file", desc=desc, dynamic_ncols=True)
-    for cls, group, name, thunk in items:
-        try:
-            got = thunk()
-        except Exception:  # an unreadable file is counted, not fatal: the packer would reject it too
-            failed += 1
-            got = None
+    pool = None
+    if workers > 1 and len(items) >= PARALLEL_FROM:
+        import multiprocessing as mp
+        pool = mp.get_context("fork").Pool(workers)
+    try:
+        jobs = (it[3] for it in items)
+        results = pool.imap(_extract, jobs, chunksize=32) if pool else map(_extract, jobs)
+        for (cls, group, name, _), got in zip(items, results):
+            failed += got is None
+            if bar:
+                bar.update(1)
+            if got is not None:
+                _add(got, cls, group, name, rows, sources, labels, groups)
+    finally:
+        if pool:
+            pool.terminate()
         if bar:
-            bar.update(1)
-        if got is None:
-            continue
-        if isinstance(got, tuple):  # shards: (KEY.json, features)
-            meta, feats = got
-            sources.append(feats.pop("__source__"))
-            group = meta.get("group") or meta.get("source") or name
-        else:
-            feats = got
-        rows.append(feats)
-        labels.append(CLASSES.index(cls))
-        groups.append(group)
-    if bar:
-        bar.close()
+            bar.close()
     return rows, sources, np.asarray(labels, np.int8), groups, failed
+
+
+def _add(got, cls, group, name, rows, sources, labels, groups) -> None:
+    if isinstance(got, tuple):  # shards: (KEY.json, features)
+        meta, feats = got
+        sources.append(feats.pop("__source__"))
+        group = meta.get("group") or meta.get("source") or name
+    else:
+        feats = got
+    rows.append(feats)
+    labels.append(CLASSES.index(cls))
+    groups.append(group)
 
 
 def _fixed(rows, y) -> dict:
@@ -190,8 +210,10 @@ def _block(rows, y, groups, flag_at, seed) -> dict:
 
 
 def run_audit(path: str | Path, params=None, max_per_class: int | None = DEFAULT_MAX_PER_CLASS,
-              flag_at: float = FLAG_AT, splits=("train", "val", "test"), seed: int = 0, progress: bool = True) -> dict:
-    """The audit of a shard folder or a raw input (`params`: the ShardParams that decide discovery and labels)."""
+              flag_at: float = FLAG_AT, splits=("train", "val", "test"), seed: int = 0, progress: bool = True,
+              workers: int | None = None) -> dict:
+    """The audit of a shard folder or a raw input (`params`: the ShardParams that decide discovery and labels).
+    `workers`: header-reading processes (default: all cores; 1 reads in this process)."""
     path = Path(path)
     t0 = time.time()
     if not path.is_dir():
@@ -202,7 +224,10 @@ def run_audit(path: str | Path, params=None, max_per_class: int | None = DEFAULT
     else:
         from ..shards import ShardParams
         modality, items, what = _raw_items(path, params or ShardParams(), max_per_class, seed)
-    rows, sources, y, groups, failed = _collect(items, progress, f"auditing {modality}")
+    if modality != "audio":
+        from .image import _reference_tables
+        _reference_tables()  # once, before any worker forks
+    rows, sources, y, groups, failed = _collect(items, progress, f"auditing {modality}", workers or os.cpu_count() or 1)
     n = {c: int((y == i).sum()) for i, c in enumerate(CLASSES)}
     if min(n.values()) == 0:
         have = [c for c in CLASSES if n[c]] or ["no"]
@@ -301,7 +326,8 @@ def train_audit(shards: str | Path, say=print, max_per_class: int = TRAIN_MAX_PE
     """The metadata audit of the train split, for `dfp train`: one warning line when anything is flagged.
     Never stops training: a failure is recorded as {"error": ...}."""
     try:
-        a = run_audit(shards, max_per_class=max_per_class, splits=("train",), seed=seed, progress=False)
+        # in this process: forking one that has set up CUDA or process groups is unsafe
+        a = run_audit(shards, max_per_class=max_per_class, splits=("train",), seed=seed, progress=False, workers=1)
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
     src = a.get("source_metadata") or {}

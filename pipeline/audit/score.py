@@ -100,7 +100,7 @@ def combined_auc(X: np.ndarray, y: np.ndarray, groups: list, seed: int = 0) -> t
     cv = _folds(folds, g, seed)
     with threadpool_limits(1):  # small fits: OpenMP threads only wait on each other (and on a loaded machine, long)
         _fit_folds(X, y, g, cv, oof, seed)
-    return _auc(y, oof), f"HistGradientBoosting, {folds}-fold {type(cv).__name__}, out-of-fold AUC"
+    return _auc(y, oof), f"HistGradientBoosting, {folds}-fold {type(getattr(cv, 'cv', cv)).__name__}, out-of-fold AUC"
 
 
 def _folds(folds: int, g: np.ndarray, seed: int):
