@@ -144,10 +144,17 @@ def test_stats_and_train_show_the_headline(png_jpeg):
     assert "SHORTCUT AUDIT" not in summary_text({}, {})
 
 
-def test_long_vs_no_leading_silence_is_flagged(tmp_path):
-    a = run_audit(silence_audio(tmp_path / "in"), progress=False)
-    auc = {f["name"]: f["auc"] for f in a["features"]}
-    assert auc["leading_silence"] >= 0.9 and "leading_silence" in a["flagged"] and a["combined_auc"] >= 0.9
+@pytest.mark.slow
+def test_long_vs_no_leading_silence_is_flagged_on_input_and_on_shards(tmp_path):
+    from pipeline.shards import ShardParams, build_shards
+    inp = silence_audio(tmp_path / "in")
+    build_shards(inp, tmp_path / "shards", ShardParams(), workers=1, progress=False)
+    for where in (inp, tmp_path / "shards"):  # the packer resamples and re-encodes, the silence stays
+        a = run_audit(where, progress=False)
+        auc = {f["name"]: f["auc"] for f in a["features"]}
+        assert auc["leading_silence"] >= 0.9 and "leading_silence" in a["flagged"] and a["combined_auc"] >= 0.9
+        assert auc["sample_rate"] == 0.5
+    assert "source_duration" in a["source_metadata"]["flagged"]  # the fakes are shorter by the silence
 
 
 @pytest.mark.parametrize("make", [alike_images, lambda root: silence_audio(root, differ=False)], ids=["image", "audio"])
