@@ -223,7 +223,8 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
         from .audit import stats_headline
         st["audit"] = stats_headline(path, ShardParams(class_map=class_map, dataset=dataset, modality=modality,
                                                        protocol=str(protocol) if protocol else None,
-                                                       group_depth=group_depth, ff_compression=ff_compression))
+                                                       group_depth=group_depth, ff_compression=ff_compression,
+                                                       seed=seed, max_samples_per_class=max_samples_per_class))
     if plot:
         from .atomic import write_bytes
         from .report import plot_dataset_stats, png_bytes
@@ -239,8 +240,8 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
 
 @app.command()
 def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a shard folder, or raw input as for dfp shard"),
-          max_per_class: Optional[int] = typer.Option(2000, help="audit at most N files per class (seeded draw; default 2000)"),
-          flag_at: float = typer.Option(0.8, help="flag features whose real-vs-fake AUC is at least this (default 0.8)"),
+          max_per_class: int = typer.Option(2000, help="audit at most N files per class (a seeded draw)"),
+          flag_at: float = typer.Option(0.8, help="flag features whose real-vs-fake AUC is at least this"),
           json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_OUT_HELP),
           plot: Optional[Path] = typer.Option(None, help="write a bar chart of the feature AUCs here (PNG; default: none)"),
           class_map: Optional[str] = typer.Option(None, help="as for dfp shard (raw input only)"),
@@ -249,7 +250,7 @@ def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
           modality: str = typer.Option("auto", help="as for dfp shard (raw input only)"),
           group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)"),
           ff_compression: str = typer.Option("c23", help="as for dfp shard (raw input only)"),
-          seed: int = typer.Option(0, help="seed for the per-class draw and the cross-validation (default 0)"),
+          seed: int = typer.Option(0, help="seed for the per-class draw and the cross-validation"),
           workers: Optional[int] = typer.Option(None, help="header-reading processes (default: all cores)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Shortcut audit: properties that should not carry the label (format, JPEG quality, size, silence, sample
