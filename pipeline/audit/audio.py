@@ -54,7 +54,6 @@ def features_any(path) -> dict:
         return features(path)
     except Exception:
         from ..media.audio import load_mono
-        import soundfile  # noqa: F401  (load_mono's reader)
         x, meta = load_mono(path, 16000)
         head = {"sample_rate": float(meta["orig_sample_rate"]), "channels": float(meta["channels"]),
                 "codec": "other", "bit_depth": "other", "duration": float(meta["duration"])}

@@ -16,8 +16,7 @@ MAX_CATEGORIES = 20  # one-hot columns per categorical feature in the combined c
 
 
 def _numeric(values) -> np.ndarray:
-    x = np.asarray([np.nan if v is None else float(v) for v in values], np.float64)
-    return x
+    return np.asarray([np.nan if v is None else float(v) for v in values], np.float64)
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:
