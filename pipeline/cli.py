@@ -196,7 +196,9 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
           modality: str = typer.Option("auto", help="as for dfp shard (raw input only)"),
           seed: int = typer.Option(0, help="as for dfp shard (raw input only)"),
           max_samples_per_class: Optional[int] = typer.Option(None, help="as for dfp shard (raw input only)"),
-          group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)")):
+          group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)"),
+          audit: bool = typer.Option(True, "--audit/--no-audit", help="also show the shortcut audit's headline, from at "
+                                     "most 200 files per class (default: on; dfp audit for the full table)")):
     """Counts per split, class and attack, imbalance ratio, severity and recommended techniques.
 
     On a raw INPUT: what `dfp shard` with the same options would pack, before packing (files that fail to
@@ -220,6 +222,12 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
                                                 val_fraction=val_fraction, ff_compression=ff_compression,
                                                 modality=modality, seed=seed, group_depth=group_depth,
                                                 max_samples_per_class=max_samples_per_class))
+    if audit:
+        from .audit import stats_headline
+        st["audit"] = stats_headline(path, ShardParams(class_map=class_map, dataset=dataset, modality=modality,
+                                                       protocol=str(protocol) if protocol else None,
+                                                       group_depth=group_depth, ff_compression=ff_compression,
+                                                       seed=seed, max_samples_per_class=max_samples_per_class))
     if plot:
         from .atomic import write_bytes
         from .report import plot_dataset_stats, png_bytes
@@ -231,6 +239,57 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
         typer.echo(format_stats(st))
         if plot:
             typer.echo(f"plot: {plot}")
+
+
+@app.command()
+def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a shard folder, or raw input as for dfp shard"),
+          max_per_class: int = typer.Option(2000, help="audit at most N files per class (a seeded draw)"),
+          flag_at: float = typer.Option(0.8, help="flag features whose real-vs-fake AUC is at least this"),
+          json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_OUT_HELP),
+          plot: Optional[Path] = typer.Option(None, help="write a bar chart of the feature AUCs here (PNG; default: none)"),
+          class_map: Optional[str] = typer.Option(None, help="as for dfp shard (raw input only)"),
+          dataset: str = typer.Option("folders", help="as for dfp shard (raw input only)"),
+          protocol: Optional[Path] = typer.Option(None, help="as for dfp shard (raw input only)"),
+          modality: str = typer.Option("auto", help="as for dfp shard (raw input only)"),
+          group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)"),
+          ff_compression: str = typer.Option("c23", help="as for dfp shard (raw input only)"),
+          seed: int = typer.Option(0, help="seed for the per-class draw and the cross-validation"),
+          workers: Optional[int] = typer.Option(None, help="header-reading processes (default: all cores)"),
+          quiet: bool = typer.Option(False, help="no progress bar")):
+    """Shortcut audit: properties that should not carry the label (format, JPEG quality, size, silence, sample
+    rate, codec, ...), one AUC each real vs fake, and a grouped cross-validated classifier over all of them.
+    Reads only: nothing is written into the audited folder."""
+    v.existing("SHARDS_OR_INPUT", path, "dir")
+    for label, out in (("--json", json_out), ("--plot", plot)):
+        v.output(label, out, "file")
+        if out is not None and path.resolve() in out.resolve().parents:
+            raise UsageError(f"{label} {out}: inside the audited folder {path}; dfp audit writes nothing there, "
+                             "give a path outside it")
+    _check_dataset_args(dataset, protocol, 0.1, ff_compression)
+    v.choice("modality", modality, ("auto", *MODALITIES))
+    v.minimum(1, max_per_class=max_per_class, workers=workers)
+    v.minimum(0, seed=seed, group_depth=group_depth)
+    if not 0.5 <= flag_at <= 1:
+        raise UsageError(f"--flag-at must be in [0.5, 1], got {flag_at}")
+    try:
+        from .sources import parse_class_map
+        parse_class_map(class_map)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+    from .audit import format_audit, plot_aucs, run_audit
+    from .shards import ShardParams
+    params = ShardParams(class_map=class_map, dataset=dataset, protocol=str(protocol) if protocol else None,
+                         modality=modality, group_depth=group_depth, ff_compression=ff_compression, seed=seed)
+    result = run_audit(path, params, max_per_class=max_per_class, flag_at=flag_at, seed=seed, progress=not quiet,
+                       workers=workers)
+    from .atomic import write_bytes, write_json
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(json_out, result)
+    if plot:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(plot, plot_aucs(result))
+    typer.echo(format_audit(result))
 
 
 # cli options whose TrainConfig field has another name

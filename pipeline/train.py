@@ -245,6 +245,9 @@ def _run(cfg: TrainConfig, device, d: Dist, log, given: set[str] | None) -> Path
     run.base_state["shards_digest"] = digest  # what a resume compares its shards with
     config_record = _config_record(cfg, decision, manifest, run)
     config_record["dataset"]["shards_digest"] = digest
+    if d.main:  # the metadata shortcut audit of the train split, bounded in time (pipeline/audit)
+        from .audit import train_audit
+        config_record["shortcut_audit"] = train_audit(cfg.shards, say, seed=cfg.seed)
     if ckpt is not None:  # carried in every later checkpoint, so the next resume extends it
         config_record["resumed"] = run.base_state["resumed"] = resume_log(ckpt, changed)
     if d.main:

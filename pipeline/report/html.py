@@ -103,6 +103,17 @@ def _dataset(counts: dict[str, dict[str, int]]) -> list[str]:
     return ["<h2>Dataset</h2>", _table(["Split", "Real", "Fake", "Total", "Imbalance ratio"], rows)]
 
 
+def _shortcut_audit(config: dict) -> list[str]:
+    from .text import audit_rows
+    a, rows = audit_rows(config)
+    if not rows:
+        return []
+    head = (f"<p>Train split, metadata only: combined AUC {_e(a.get('combined_auc'))}; flagged: "
+            f"{_e(', '.join(a.get('flagged') or []) or 'none')}. <code>dfp audit SHARDS</code> gives the full table.</p>")
+    return ["<h2>Shortcut audit</h2>", head,
+            _table(["Feature", "AUC", "Remedy (flagged)"], [[_e(n), f"{auc:.2f}", _e(fix)] for n, auc, fix in rows])]
+
+
 def _thresholds(metrics: dict) -> list[str]:
     chosen = metrics.get("chosen") or {}
     if not chosen:
@@ -161,6 +172,7 @@ def render_html(run_name: str, metrics: dict, config: dict, images: dict[str, by
              "<p>Labels: real = 0, fake = 1; fake is the positive class (precision, recall and F1 are the fake "
              "class's). A sample is called fake when score &gt;= threshold. " + _threshold_note(metrics) + "</p>"]
     parts += _warnings(metrics) + _setup(config) + _dataset(split_counts(config, metrics))
+    parts += _shortcut_audit(config or {})
     parts += _thresholds(metrics) + _results(metrics) + _plots(images)
     parts += [f"<h2>{_e(SUMMARY_FILE)}</h2>", f"<pre>{_e(summary)}</pre>", "</body></html>"]
     return "\n".join(parts) + "\n"

@@ -226,6 +226,31 @@ def _dataset_lines(counts: dict[str, dict[str, int]]) -> list[str]:
                     f"   Imbalance Ratio: {format_ratio(real, fake)}", ""]
 
 
+def audit_rows(config: dict, most: int = 8) -> tuple[dict, list[tuple[str, float, str]]]:
+    """The train-split shortcut audit dfp train recorded (config.json `shortcut_audit`) and its `most` highest
+    (feature, AUC, remedy if flagged) rows; ({}, []) when none was recorded."""
+    a = config.get("shortcut_audit") if isinstance(config, dict) else None
+    if not isinstance(a, dict) or not isinstance(a.get("features"), dict):
+        return {}, []
+    feats = sorted(a["features"].items(), key=lambda kv: (-kv[1], kv[0]))[:most]
+    flagged, remedies = set(a.get("flagged") or []), a.get("remedies") or {}
+    return a, [(n, auc, remedies.get(n, "") if n in flagged else "") for n, auc in feats]
+
+
+def shortcut_audit_lines(config: dict) -> list[str]:
+    a, rows = audit_rows(config)
+    if not rows:
+        return []
+    n = a.get("n") or {}
+    lines = ["SHORTCUT AUDIT (train split, metadata; dfp audit SHARDS for the full table)", THIN,
+             f"   {n.get('real', '?')} real, {n.get('fake', '?')} fake audited; combined AUC {a.get('combined_auc')}; "
+             f"flagged: {', '.join(a.get('flagged') or []) or 'none'}"]
+    lines += [f"   {name:<24}{auc:>6.2f}" + (f"   FLAG: {fix}" if fix else "") for name, auc, fix in rows]
+    if a.get("source_flagged"):
+        lines.append(f"   source files before packing flagged: {', '.join(a['source_flagged'])}")
+    return lines + [""]
+
+
 def threshold_heading(metrics: dict) -> tuple[str, str]:
     """(title, where the threshold comes from) for the threshold section; an evaluation applies the checkpoint's."""
     if isinstance(metrics.get("evaluation"), dict):
@@ -317,6 +342,7 @@ def summary_text(metrics: dict, config: dict) -> str:
     lines += [f"{label}: {value}" for label, value in setup_items(config)]
     lines.append("")
     lines += _dataset_lines(split_counts(config, metrics))
+    lines += shortcut_audit_lines(config)
     chosen = metrics.get("chosen") or {}
     lines += _threshold_lines(metrics)
     for name in SPLITS:
