@@ -110,7 +110,6 @@ def timm_backbone(name: str, pretrained: bool):
 
 
 def _offline(name: str, e: BaseException) -> ModelError:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    return ModelError(f"--pretrained: could not fetch timm weights for {name} ({type(e).__name__}: {first}); "
+    return ModelError(f"--pretrained: could not fetch timm weights for {name} ({type(e).__name__}; offline?); "
                       f"run once online to fill the Hugging Face cache (HF_HOME), or give --weights FILE "
                       f"(a timm state dict: .safetensors, .pth or .bin)")

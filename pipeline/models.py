@@ -24,6 +24,8 @@ a timm ``model.safetensors``; its classifier, of any number of classes, is ignor
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Callable
 from urllib.error import URLError
 
@@ -109,12 +111,38 @@ def _torchvision_net(name: str, arch: str, pretrained: bool) -> nn.Module:
         return torchvision.models.get_model(arch, weights=None)
     try:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
-        return torchvision.models.get_model(arch, weights=weights)
+        with _held_download_notice():
+            return torchvision.models.get_model(arch, weights=weights)
     except (URLError, OSError, RuntimeError) as e:
         label = name if name == arch else f"{name} ({arch})"
         raise ModelError(f"--pretrained: could not fetch torchvision weights for {label} (offline?); run once "
                          f"online to fill the torch hub cache (TORCH_HOME), or give --weights FILE, or drop "
                          f"--pretrained") from None
+
+
+class _HeldNotice:
+    """stdout that holds torch.hub's 'Downloading: ...' line back until the fetch succeeds, so a failed one leaves
+    only dfp's one-line error."""
+
+    def __init__(self, stream):
+        self.stream, self.held = stream, []
+
+    def write(self, text: str) -> int:
+        if self.held or text.startswith("Downloading: "):
+            self.held.append(text)
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _held_download_notice():
+    held = _HeldNotice(sys.stdout)
+    with contextlib.redirect_stdout(held):
+        yield
+    sys.stdout.write("".join(held.held))  # reached only when the fetch worked
 
 
 def _network(name: str, arch: str, pretrained: bool) -> tuple[nn.Module, int, tuple[str, ...]]:
