@@ -187,8 +187,10 @@ def test_train_predict_evaluate_with_a_timm_model(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(sys, "argv", ["dfp", "train", str(tmp_path / "s"), "--out", str(run), "--model",
                                       "timm:" + TINY, "--weights", str(weights), "--image-size", "32", "--epochs", "1",
                                       "--batch-size", "8", "--device", "cpu", "--backend", "torch", "--workers", "0",
-                                      "--no-progress", "--no-report"])
-    cli.main()
+                                      "--no-report"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 0, capsys.readouterr().err
     ckpt = checkpoint.load(run / "best_model.pth")
     pretrained = timm.models.get_pretrained_cfg(TINY)
     pre = ckpt["preprocess"]
