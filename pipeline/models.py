@@ -116,7 +116,7 @@ def _torchvision_net(name: str, arch: str, pretrained: bool) -> nn.Module:
     except (URLError, OSError, RuntimeError) as e:
         label = name if name == arch else f"{name} ({arch})"
         raise ModelError(f"--pretrained: could not fetch torchvision weights for {label} (offline?); run once "
-                         f"online to fill the torch hub cache (TORCH_HOME), or give --weights FILE, or drop "
+                         f"online to fill the torch hub cache (TORCH_HOME), or use --weights FILE or drop "
                          f"--pretrained") from None
 
 
