@@ -135,6 +135,9 @@ def test_both_loaders_normalise_with_the_given_mean_and_std(tmp_path, backend):
         out[name] = x, x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
     assert (out["imagenet"][0] - out["half"][0]).abs().max() > 0.1
     assert torch.allclose(out["imagenet"][1], out["half"][1], atol=1e-5)  # the same pixels, normalised two ways
+    opts = LoaderOptions(batch_size=8, train=False, image_size=32, workers=0, interpolation="bicubic")
+    cubic = torch.cat([b[0] for b in make_loader(tmp_path / "s", "train", backend, "cpu", opts)])
+    assert (cubic - out["imagenet"][0]).abs().mean() > 1e-3  # the resize follows the model's interpolation
 
 
 @pytest.mark.slow
