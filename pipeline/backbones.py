@@ -87,15 +87,22 @@ def _fetch_errors() -> tuple[type, ...]:
     return tuple(errors)
 
 
-def timm_backbone(name: str, pretrained: bool):
+def timm_backbone(name: str, pretrained: bool, image_size: int | None = None):
     """(network giving pooled (B, D) embeddings, D, the classifier's key prefixes in timm's own state dicts).
 
     `num_classes=0` leaves timm's classifier out (forward runs forward_features and the pooling of forward_head),
-    so dfp's one-logit head sits on the same embedding SMOTE reads."""
+    so dfp's one-logit head sits on the same embedding SMOTE reads. A model built for one input size (most ViTs)
+    is built for `image_size` instead when that differs (timm resamples pretrained position embeddings)."""
     import timm
     model_id = name[len(TIMM):]
+    kwargs = _size_kwargs(name, image_size)
     try:
-        net = timm.create_model(model_id, pretrained=pretrained, num_classes=0)
+        net = timm.create_model(model_id, pretrained=pretrained, num_classes=0, **kwargs)
+    except TypeError as e:
+        if not kwargs:
+            raise
+        raise ModelError(f"{name} takes only {input_config(name)['image_size']} px input ({e}); leave --image-size "
+                         f"out or give that size") from None
     except RuntimeError as e:
         if not pretrained or "pretrained" in str(e).lower() or "tag" in str(e).lower():
             raise ModelError(f"{name}: {' '.join(str(e).split())[:200]}") from None
@@ -107,6 +114,16 @@ def timm_backbone(name: str, pretrained: bool):
     cls = net.pretrained_cfg.get("classifier") or ()
     prefixes = tuple(c + "." for c in ((cls,) if isinstance(cls, str) else cls))
     return net, int(net.num_features), prefixes
+
+
+def _size_kwargs(name: str, image_size: int | None) -> dict:
+    from timm.models import get_pretrained_cfg
+    try:
+        cfg = get_pretrained_cfg(name[len(TIMM):])
+    except RuntimeError:
+        return {}
+    fixed = cfg is not None and cfg.fixed_input_size
+    return {"img_size": image_size} if fixed and image_size and image_size != cfg.input_size[-1] else {}
 
 
 def _offline(name: str, e: BaseException) -> ModelError:

@@ -145,12 +145,12 @@ def _held_download_notice():
     sys.stdout.write("".join(held.held))  # reached only when the fetch worked
 
 
-def _network(name: str, arch: str, pretrained: bool) -> tuple[nn.Module, int, tuple[str, ...]]:
+def _network(name: str, arch: str, pretrained: bool, image_size: int | None) -> tuple[nn.Module, int, tuple[str, ...]]:
     """The underlying network without its classifier, its embedding size, and the classifier's key prefixes in
     the library's own state dicts."""
     if is_timm(arch):
         from .backbones import timm_backbone
-        return timm_backbone(arch, pretrained)
+        return timm_backbone(arch, pretrained, image_size)
     net = _torchvision_net(name, arch, pretrained)
     final = _FINAL[arch]
     dim = _get(net, final).in_features
@@ -231,12 +231,13 @@ def _load_strict(module: nn.Module, sd: dict, path: str, name: str, ignore: tupl
 
 
 def build_model(name: str, modality: str, pretrained: bool = False, weights_file: str | None = None,
-                frame_backbone: str = "efficientnet_b0") -> Detector:
-    """A ``Detector`` with (B,) logits; see the module docstring for inputs and weights. Raises ModelError."""
+                frame_backbone: str = "efficientnet_b0", image_size: int | None = None) -> Detector:
+    """A ``Detector`` with (B,) logits; see the module docstring for inputs and weights. Raises ModelError.
+    image_size: the input side, for timm models built for one size (most ViTs); others take any size."""
     _check(name, modality, frame_backbone)
     arch = _arch(name, frame_backbone)
     sd, is_dfp = _read_weights(str(weights_file)) if weights_file else (None, False)
-    net, dim, classifier = _network(name, arch, pretrained)
+    net, dim, classifier = _network(name, arch, pretrained, image_size)
     if sd is not None and not is_dfp:
         # a plain torchvision / timm state dict of `arch`; its classifier (any number of classes) is not used
         _load_strict(net, sd, str(weights_file), name, ignore=classifier)

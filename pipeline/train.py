@@ -342,7 +342,8 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
                                             d.rank, d.world_size, manifest)
     from .losses import make_loss
     from .models import build_model
-    model = build_model(cfg.model, modality, cfg.pretrained, cfg.weights, cfg.frame_backbone).to(device)
+    model = build_model(cfg.model, modality, cfg.pretrained, cfg.weights, cfg.frame_backbone,
+                        image_size=cfg.image_size).to(device)
     if device.type == "cuda" and modality != "audio":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

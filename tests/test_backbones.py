@@ -64,6 +64,15 @@ def test_embeddings_are_timms_pooled_features_and_feed_the_one_logit_head():
         assert torch.equal(head(e).squeeze(-1), model(x)) and model(x).shape == (2,)
 
 
+def test_a_fixed_size_vit_is_built_for_the_run_image_size():
+    assert timm.models.get_pretrained_cfg("test_vit").fixed_input_size
+    vit = build_model("timm:test_vit", "image", image_size=32).eval()
+    assert tuple(vit.backbone.patch_embed.img_size) == (32, 32)
+    assert tuple(build_model("timm:test_vit", "image").backbone.patch_embed.img_size) == (160, 160)
+    with torch.no_grad():
+        assert vit(torch.randn(2, 3, 32, 32)).shape == (2,)
+
+
 def test_weights_that_do_not_fit_name_the_keys(tmp_path):
     path, sd = _timm_file(tmp_path, "safetensors", "test_efficientnet")
     with pytest.raises(ModelError) as e:
