@@ -321,7 +321,7 @@ def _decide(cfg: TrainConfig, manifest: dict, given: set[str], device_type: str,
                          + (" or timm:NAME" if modality == "image" else ""))
     cfg = replace(cfg, model=model_name, backend=resolve_backend(cfg.backend))
     size = input_config(input_arch(cfg.model, cfg.frame_backbone))["image_size"]
-    if size and "image_size" not in given:  # a timm model's own input size, unless --image-size says otherwise
+    if size and saved is None and "image_size" not in given:  # a timm model's own size, unless --image-size says so
         cfg = replace(cfg, image_size=size)
     decision["choices"].update({k: {"value": getattr(cfg, k), "by": b} for k, b in by.items()})
     return cfg, decision, train_counts

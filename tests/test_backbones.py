@@ -124,6 +124,8 @@ def test_the_model_decides_the_input_size_unless_image_size_is_given(tmp_path):
     assert pre["interpolation"] == pretrained.interpolation
     mine, _, _ = _decide(replace(cfg, image_size=48), manifest, {"model", "image_size"}, "cpu")
     assert mine.image_size == 48
+    resumed, _, _ = _decide(replace(cfg, image_size=48), manifest, set(), "cpu", {})  # a saved run's size stays
+    assert resumed.image_size == 48
     tv, _, _ = _decide(replace(cfg, model="resnet18"), manifest, {"model"}, "cpu")
     assert tv.image_size == 224 and _preprocess(tv, manifest)["mean"] == [0.485, 0.456, 0.406]
 
