@@ -82,7 +82,7 @@ class Loader:
         sr = index.manifest.get("sample_rate") or 16000
         self.cfg = LoaderConfig(self.modality, opts.image_size, AudioFeatures(sample_rate=sr, seconds=opts.audio_seconds),
                                 minority if (opts.train and opts.minority_augment) else (), opts.train,
-                                tuple(opts.mean), tuple(opts.std), opts.interpolation)
+                                mean=tuple(opts.mean), std=tuple(opts.std), interpolation=opts.interpolation)
         self.epoch, self.start_batch = 0, 0
         self.skipped = 0
         self.delivered = np.zeros(len(CLASSES), np.int64)
