@@ -155,15 +155,17 @@ def torch_image_train(img: torch.Tensor, aug: ImageAug, size: int) -> torch.Tens
     return t(img)
 
 
-def torch_image_eval(img: torch.Tensor, size: int) -> torch.Tensor:
+def torch_image_eval(img: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
     from torchvision.transforms import v2
-    return v2.functional.resize(img, [size, size], antialias=True)
+    mode = v2.InterpolationMode(interpolation)
+    return v2.functional.resize(img, [size, size], interpolation=mode, antialias=True)
 
 
-def normalize_images(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., C, H, W) on any device -> float normalised; done on the target device so uint8 travels."""
-    scale = torch.tensor([1.0 / (255.0 * s) for s in STD], device=x.device).view(3, 1, 1)
-    bias = torch.tensor([-m / s for m, s in zip(MEAN, STD)], device=x.device).view(3, 1, 1)
+def normalize_images(x: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
+    """uint8 (..., C, H, W) on any device -> float normalised; done on the target device so uint8 travels.
+    mean, std: the model's (the run's preprocess settings), ImageNet's by default."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device).view(3, 1, 1)
+    bias = torch.tensor([-m / s for m, s in zip(mean, std)], device=x.device).view(3, 1, 1)
     return x.to(torch.float32).mul_(scale).add_(bias)  # in place: one conversion, two passes, no temporaries
 
 

@@ -72,7 +72,8 @@ def _check_crcs(path: Path) -> None:
 def model_from_checkpoint(ckpt: dict, device: torch.device, path: str | os.PathLike = "the checkpoint"):
     from .models import build_model
     cfg = ckpt["config"]
-    model = build_model(cfg["model"], ckpt["modality"], frame_backbone=cfg.get("frame_backbone", "efficientnet_b0"))
+    model = build_model(cfg["model"], ckpt["modality"], frame_backbone=cfg.get("frame_backbone", "efficientnet_b0"),
+                        image_size=(ckpt.get("preprocess") or {}).get("image_size"))
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as e:  # torch lists every missing or misshapen tensor

@@ -32,7 +32,9 @@ SIZE = "<size>"  # --image-size: the side of a square input in pixels (synth als
 SIZE_HELP = "images and video frames: the side in pixels of the square they are resized and cropped to"
 JSON_OUT_HELP = "also write the results to this JSON file (default: text only)"
 MODEL_HELP = ("image: efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18; "
-              "video: frame_pool, r2plus1d_18 (default: per modality, efficientnet_b0, audio_resnet18 or frame_pool)")
+              "video: frame_pool, r2plus1d_18; image: also timm:NAME, any timm model, e.g. timm:xception41, whose "
+              "input size, mean/std and interpolation it brings (default: per modality, efficientnet_b0, "
+              "audio_resnet18 or frame_pool)")
 CKPT_HELP = "a run's best_model.pth, or the run folder holding it"
 EVAL_BACKEND_HELP = "loader: auto (the checkpoint's), dali or torch"
 
@@ -341,9 +343,9 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
           weight_decay: float = typer.Option(1e-4, help="AdamW weight decay"),
           seed: int = typer.Option(0, help="seed for initialisation, sampling and augmentation"),
           model: Optional[str] = typer.Option(None, help=MODEL_HELP + ". On a CPU without --model and --image-size, image and video runs use the CPU recipe: resnet18 (video: frame_pool over resnet18) at 64 px, lr 1e-3"),
-          frame_backbone: str = typer.Option("efficientnet_b0", help="video frame_pool: the per-frame 2D backbone"),
-          pretrained: bool = typer.Option(False, help="start from torchvision's ImageNet weights (needs network or a cached download)"),
-          weights: Optional[Path] = typer.Option(None, help="start from a local state dict or dfp checkpoint (default: none)"),
+          frame_backbone: str = typer.Option("efficientnet_b0", help="video frame_pool: the per-frame 2D backbone, an image model or timm:NAME"),
+          pretrained: bool = typer.Option(False, help="start from the library's pretrained weights: torchvision's ImageNet ones, or for timm:NAME the tag's through timm's hub (needs network or a cached download: the torch hub or Hugging Face cache)"),
+          weights: Optional[Path] = typer.Option(None, help="start from a local file: a dfp checkpoint or state dict, or the network's own state dict in its library's key layout (.safetensors, .pth or .bin; its classifier is left out) (default: none)"),
           strategy: str = typer.Option("auto", help="auto: the imbalance ratio chooses loss, sampling, minority augmentation and SMOTE, except those you set (a set flag always applies); manual: the flags and their defaults"),
           loss: str = typer.Option("focal", help="focal, weighted_bce or bce (unset: auto picks focal)"),
           focal_alpha: str = typer.Option("0.25", help="weight of the fake class in focal loss, or 'auto' (= real share)"),

@@ -161,11 +161,19 @@ def _write_history(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def _normalisation(cfg: TrainConfig) -> dict:
+    """mean, std and resize interpolation of the model's backbone (timm: its pretrained configuration)."""
+    from .backbones import input_arch, input_config
+    pre = input_config(input_arch(cfg.model, cfg.frame_backbone))
+    return {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]), "interpolation": pre["interpolation"]}
+
+
 def _preprocess(cfg: TrainConfig, manifest: dict) -> dict:
-    from .augment import MEAN, STD
+    norm = _normalisation(cfg)
     return {"image_size": cfg.image_size, "audio_seconds": cfg.audio_seconds,
             "sample_rate": manifest.get("sample_rate"), "frames": manifest.get("frames"),
-            "max_side": manifest["params"].get("max_side"), "mean": list(MEAN), "std": list(STD),
+            "max_side": manifest["params"].get("max_side"), "mean": list(norm["mean"]), "std": list(norm["std"]),
+            "interpolation": norm["interpolation"],
             "faces": manifest["params"].get("face_step")}
 
 
@@ -348,11 +356,15 @@ def _decide(cfg: TrainConfig, manifest: dict, given: set[str], device_type: str,
         by = {k: BY_USER if k in given else c["by"] for k, c in recorded.items() if k not in STRATEGY_FIELDS}
         decision["choices"].update({k: c for k, c in recorded.items() if k in STRATEGY_FIELDS})
     from .errors import ModelError
-    from .models import DEFAULT_MODEL, MODELS
+    from .backbones import DEFAULT_MODEL, MODELS, input_arch, input_config, takes
     model_name = cfg.model or DEFAULT_MODEL[modality]
-    if model_name not in MODELS[modality]:
-        raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}")
+    if not takes(model_name, modality):
+        raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}"
+                         + (" or timm:NAME" if modality == "image" else ""))
     cfg = replace(cfg, model=model_name, backend=resolve_backend(cfg.backend))
+    size = input_config(input_arch(cfg.model, cfg.frame_backbone))["image_size"]
+    if size and saved is None and "image_size" not in given:  # a timm model's own size, unless --image-size says so
+        cfg = replace(cfg, image_size=size)
     decision["choices"].update({k: {"value": getattr(cfg, k), "by": b} for k, b in by.items()})
     return cfg, decision, train_counts
 
@@ -364,7 +376,7 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
         from .sampling import parse_class_weights
         sampling = parse_class_weights(sampling)
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, image_size=cfg.image_size, audio_seconds=cfg.audio_seconds,
-                  workers=cfg.workers, max_samples_per_class=cfg.max_samples_per_class)
+                  workers=cfg.workers, max_samples_per_class=cfg.max_samples_per_class, **_normalisation(cfg))
     train_loader = make_loader(cfg.shards, "train", cfg.backend, device, LoaderOptions(
         train=True, sampling=sampling, epoch_len=cfg.epoch_len, minority_augment=cfg.minority_augment, **common),
         d.rank, d.world_size, manifest)
@@ -372,7 +384,8 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
                                             d.rank, d.world_size, manifest)
     from .losses import make_loss
     from .models import build_model
-    model = build_model(cfg.model, modality, cfg.pretrained, cfg.weights, cfg.frame_backbone).to(device)
+    model = build_model(cfg.model, modality, cfg.pretrained, cfg.weights, cfg.frame_backbone,
+                        image_size=cfg.image_size).to(device)
     if device.type == "cuda" and modality != "audio":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..augment import AUDIO, AudioFeatures, normalize_images, spec_masks, strong_mask, torch_log_mel
+from ..augment import AUDIO, MEAN, STD, AudioFeatures, normalize_images, spec_masks, strong_mask, torch_log_mel
 from ..errors import FormatError, InputError
 from ..formats import CLASSES, read_manifest
 from ..predictions import SampleMeta
@@ -44,6 +44,9 @@ class LoaderOptions:
     gpu_decode: bool = False  # torch backend: decode JPEGs with torchvision on the target device
     dali_threads: int | None = None  # DALI backend: CPU threads (default: this rank's share of the cores, plus one)
     hw_decoder_load: float | None = None  # DALI on a GPU: share of JPEGs for the hardware decoder (DALI's default)
+    mean: tuple[float, ...] = MEAN  # images and video frames: the model's normalisation (backbones.input_config)
+    std: tuple[float, ...] = STD
+    interpolation: str = "bilinear"  # of the evaluation resize
 
 
 class Chunks:
@@ -78,7 +81,8 @@ class Loader:
             minority = (lo,) if counts[CLASSES[lo]] < counts[CLASSES[1 - lo]] else ()
         sr = index.manifest.get("sample_rate") or 16000
         self.cfg = LoaderConfig(self.modality, opts.image_size, AudioFeatures(sample_rate=sr, seconds=opts.audio_seconds),
-                                minority if (opts.train and opts.minority_augment) else (), opts.train)
+                                minority if (opts.train and opts.minority_augment) else (), opts.train,
+                                mean=tuple(opts.mean), std=tuple(opts.std), interpolation=opts.interpolation)
         self.epoch, self.start_batch = 0, 0
         self.skipped = 0
         self.delivered = np.zeros(len(CLASSES), np.int64)
@@ -173,7 +177,7 @@ class Loader:
                 x = spec_masks(x, [AUDIO["strong" if s else "standard"] for s in strong], rng)
             return x
         if x.dtype == torch.uint8:
-            x = normalize_images(x)
+            x = normalize_images(x, self.cfg.mean, self.cfg.std)
         if self.device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -22,7 +22,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from ..augment import (AUDIO_DRAWS, AUDIO_FIELDS, IMAGE, IMAGE_DRAWS, IMAGE_FIELDS, MEAN, STD, draw_audio,
+from ..augment import (AUDIO_DRAWS, AUDIO_FIELDS, IMAGE, IMAGE_DRAWS, IMAGE_FIELDS, draw_audio,
                        draw_image, keyed_uniforms, strong_mask)
 from ..errors import LoaderError
 from .decode import Decodability, decodes
@@ -87,10 +87,11 @@ def _colour(img, strong, params, finish=None):
     return finish(img) if finish else img
 
 
-def image_eval_graph(jpegs, size: int, decode):
+def image_eval_graph(jpegs, size: int, decode, interpolation: str = "bilinear"):
     from nvidia.dali import fn, types
     img = fn.decoders.image(jpegs, **_decoder(decode), output_type=types.RGB)
-    return fn.resize(img, resize_x=size, resize_y=size, antialias=True)
+    interp = {"bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC, "nearest": types.INTERP_NN}[interpolation]
+    return fn.resize(img, resize_x=size, resize_y=size, antialias=True, interp_type=interp)
 
 
 def audio_graph(flac, params, feat, on_gpu: bool):
@@ -156,14 +157,15 @@ def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payl
             # Images are normalised where DALI runs (the GPU, or DALI's threads on a CPU) rather than on
             # the training process's main thread; the colour step then writes float straight into it.
             normalize = lambda x: fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW",
-                                                           mean=[255.0 * m for m in MEAN], std=[255.0 * s for s in STD])
+                                                           mean=[255.0 * m for m in cfg.mean],
+                                                           std=[255.0 * s for s in cfg.std])
             if params:
                 return image_train_graph(payload[0], params, cfg.image_size, decode, finish=normalize)
-            return normalize(image_eval_graph(payload[0], cfg.image_size, decode))
+            return normalize(image_eval_graph(payload[0], cfg.image_size, decode, cfg.interpolation))
         if params:  # one draw per clip: every frame gets the same crop, flip, rotation and colour
             frames = [image_train_graph(p, params, cfg.image_size, decode) for p in payload]
         else:
-            frames = [image_eval_graph(p, cfg.image_size, decode) for p in payload]
+            frames = [image_eval_graph(p, cfg.image_size, decode, cfg.interpolation) for p in payload]
         return fn.transpose(fn.stack(*frames), perm=[0, 3, 1, 2])
 
     p = pipe()

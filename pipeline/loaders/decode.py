@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..augment import (AUDIO, IMAGE, AudioFeatures, audio_wave_aug, crop_or_pad, strong_mask, torch_image_eval,
+from ..augment import (AUDIO, IMAGE, MEAN, STD, AudioFeatures, audio_wave_aug, crop_or_pad, strong_mask, torch_image_eval,
                        torch_image_train)
 from ..media.image import ends_with_eoi, jpeg_check
 
@@ -27,6 +27,9 @@ class LoaderConfig:
     audio: AudioFeatures = field(default_factory=AudioFeatures)
     minority: tuple[int, ...] = ()  # class indices that get the strong recipe
     augment: bool = True  # False: evaluation transforms (no randomness)
+    mean: tuple[float, ...] = MEAN  # the model's normalisation and eval-resize interpolation (run's preprocess)
+    std: tuple[float, ...] = STD
+    interpolation: str = "bilinear"
 
 
 def _decode_jpeg(b: bytes) -> torch.Tensor | None:
@@ -111,7 +114,7 @@ def visual_sample(comps: list[bytes], cfg: LoaderConfig, strong: bool) -> torch.
     x = frames[0] if cfg.modality == "image" else torch.stack(frames)
     if cfg.augment:
         return torch_image_train(x, IMAGE["strong" if strong else "standard"], cfg.image_size)
-    return torch_image_eval(x, cfg.image_size)
+    return torch_image_eval(x, cfg.image_size, cfg.interpolation)
 
 
 def audio_sample(comps: list[bytes], cfg: LoaderConfig, strong: bool, rng: np.random.Generator) -> np.ndarray | None:

@@ -89,4 +89,4 @@ def _augment(frames, cfg, strong):
     x = frames[0] if cfg.modality == "image" else torch.stack(frames)
     if cfg.augment:
         return torch_image_train(x, IMAGE["strong" if strong else "standard"], cfg.image_size)
-    return torch_image_eval(x, cfg.image_size)
+    return torch_image_eval(x, cfg.image_size, cfg.interpolation)
