@@ -286,7 +286,7 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
           focal_gamma: float = typer.Option(2.0, help="focal loss: how much easy samples are down-weighted (0: none)"),
           sampling: str = typer.Option("inverse", help="manual: inverse, sqrt or natural"),
           class_weights: Optional[str] = typer.Option(None, help="manual: per-sample class weights, e.g. real=1,fake=3 (default: none)"),
-          minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment", help="manual: stronger augmentation for the smaller class"),
+          minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment", help="manual: the strong augmentation recipe for half of all training samples, both classes alike, so the minority's repeats get varied views"),
           smote: bool = typer.Option(False, "--smote/--no-smote", help="manual: refit the head on SMOTE-balanced embeddings"),
           amp: str = typer.Option("auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or off"),
           no_amp: bool = typer.Option(False, "--no-amp", help="fp32 everywhere (same as --amp off)"),
