@@ -82,11 +82,10 @@ def test_default_minority_augmentation_leaves_no_trace_in_training_batches(contr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("modality,feature", [("image", "saturation"), ("audio", "masked_frames")])
+@pytest.mark.parametrize("modality,feature", [("image", "saturation"), ("audio", "noise_floor")])
 def test_the_trace_audit_finds_a_nuisance_that_tells_the_classes(tmp_path, modality, feature):
     shards = control_shards(tmp_path, modality, nuisance=True, n_real=40, n_fake=10)
     got = augmentation_trace(shards, backend="torch", device="cpu", batches=6, batch_size=32, seed=0,
                              options=OPTIONS, baseline=True)
     assert got["trace_auc"] >= 0.9 and got["baseline_auc"] >= 0.9
-    auc = {f["name"]: f["auc"] for f in got["features"]}
-    assert auc[feature] >= 0.9, got["features"][:4]
+    assert got["features"][0]["name"].startswith(feature), got["features"][:4]  # audio: the added noise fills the gap: a raised floor
