@@ -76,7 +76,8 @@ def image_features(x) -> dict[str, np.ndarray]:
     """Normalised (B, 3, H, W) images or (B, T, 3, H, W) clips -> per-sample features (a clip's frames averaged)."""
     import torch
     from ..augment import MEAN, STD
-    px = x * torch.tensor([255.0 * s for s in STD]).view(3, 1, 1) + torch.tensor([255.0 * m for m in MEAN]).view(3, 1, 1)
+    scale, bias = (torch.tensor([255.0 * v for v in stat]).view(3, 1, 1) for stat in (STD, MEAN))
+    px = x * scale + bias
     clip = px.dim() == 5
     if clip:
         b, t = px.shape[:2]
@@ -85,7 +86,8 @@ def image_features(x) -> dict[str, np.ndarray]:
     near = (px[:, None] - corners[..., None, None]).abs().amax(dim=2) < _FILL_TOL  # (N, 4, H, W)
     luma = 0.299 * px[:, 0] + 0.587 * px[:, 1] + 0.114 * px[:, 2]
     chroma = px.amax(dim=1) - px.amin(dim=1)
-    edges = (luma[:, 1:, :] - luma[:, :-1, :]).abs().mean((1, 2)) + (luma[:, :, 1:] - luma[:, :, :-1]).abs().mean((1, 2))
+    edges = ((luma[:, 1:, :] - luma[:, :-1, :]).abs().mean((1, 2))
+             + (luma[:, :, 1:] - luma[:, :, :-1]).abs().mean((1, 2)))
     f = {"fill_share": near.float().mean((2, 3)).amax(1), "saturation": chroma.mean((1, 2)),
          "saturation_std": chroma.std((1, 2)), "brightness": luma.mean((1, 2)), "contrast": luma.std((1, 2)),
          "sharpness": edges / (luma.std((1, 2)) + 1.0)}

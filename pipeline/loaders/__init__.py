@@ -78,8 +78,8 @@ class Loader:
             minority = (lo,) if counts[CLASSES[lo]] < counts[CLASSES[1 - lo]] else ()
         sr = index.manifest.get("sample_rate") or 16000
         share = STRONG_SHARE if (opts.train and opts.minority_augment and minority) else 0.0
-        self.cfg = LoaderConfig(self.modality, opts.image_size, AudioFeatures(sample_rate=sr, seconds=opts.audio_seconds),
-                                share, opts.train)
+        feat = AudioFeatures(sample_rate=sr, seconds=opts.audio_seconds)
+        self.cfg = LoaderConfig(self.modality, opts.image_size, feat, share, opts.train)
         self.epoch, self.start_batch = 0, 0
         self.skipped = 0
         self.delivered = np.zeros(len(CLASSES), np.int64)

@@ -8,8 +8,8 @@ where DALI runs; video frames stay uint8 and torch normalises them on the device
 
 Every random choice (crop window, flip, angle, colour factors; audio crop, gain and noise) is drawn
 in numpy from the sample's key (seed, epoch, plan position) with the sample's recipe (standard, or
-strong for a keyed share of either class, see `augment`) and fed beside the bytes, so a rebuilt or resumed pipeline replays
-exactly the same augmentations; the graph itself draws nothing.
+strong for a keyed share of either class: see `augment`) and fed beside the bytes, so a rebuilt or
+resumed pipeline replays exactly the same augmentations; the graph itself draws nothing.
 """
 from __future__ import annotations
 

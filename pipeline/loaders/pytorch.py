@@ -41,7 +41,10 @@ class Producer:
 
     def run(self, batches: list[np.ndarray]):
         ld = self.loader
-        strong = ld.strong_views(ld.plan_positions(0, len(batches))) if ld.cfg.augment else None
+        strong = None
+        if ld.cfg.augment:
+            pos = ld.plan_positions(0, len(batches))
+            strong = ld.strong_views(pos.ravel()).reshape(pos.shape)
         ds = _Batches(ld.index, batches, ld.cfg, (ld.opts.seed, ld.epoch, ld.rank), self.raw, ld.start_batch, strong)
         workers = ld.opts.workers
         dl = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
