@@ -352,7 +352,7 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
           focal_gamma: float = typer.Option(2.0, help="focal loss: how much easy samples are down-weighted (0: none)"),
           sampling: str = typer.Option("inverse", help="inverse, sqrt or natural (unset: auto picks from the imbalance)"),
           class_weights: Optional[str] = typer.Option(None, help="per-sample class weights instead of --sampling, e.g. real=1,fake=3 (default: none)"),
-          minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment", help="stronger augmentation for the minority class (unset: auto, on unless the imbalance is mild)"),
+          minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment", help="the strong augmentation recipe for half of all training samples, both classes alike, so the minority's repeats get varied views (unset: auto, on unless the imbalance is mild)"),
           smote: bool = typer.Option(False, "--smote/--no-smote", help="refit the head on SMOTE-balanced embeddings (unset: auto, on for severe imbalance)"),
           amp: str = typer.Option("auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or off"),
           no_amp: bool = typer.Option(False, "--no-amp", help="fp32 everywhere (same as --amp off)"),

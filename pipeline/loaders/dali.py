@@ -8,8 +8,8 @@ where DALI runs; video frames stay uint8 and torch normalises them on the device
 
 Every random choice (crop window, flip, angle, colour factors; audio crop, gain and noise) is drawn
 in numpy from the sample's key (seed, epoch, plan position) with the sample's recipe (standard, or
-strong for the minority class) and fed beside the bytes, so a rebuilt or resumed pipeline replays
-exactly the same augmentations; the graph itself draws nothing.
+strong for a keyed share of either class: see `augment`) and fed beside the bytes, so a rebuilt or
+resumed pipeline replays exactly the same augmentations; the graph itself draws nothing.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..augment import (AUDIO_DRAWS, AUDIO_FIELDS, IMAGE, IMAGE_DRAWS, IMAGE_FIELDS, draw_audio,
-                       draw_image, keyed_uniforms, strong_mask)
+                       draw_image, keyed_uniforms)
 from ..errors import LoaderError
 from .decode import Decodability, decodes
 
@@ -71,7 +71,7 @@ def _crop_warp(jpegs, geometry, size: int, decode):
 
 def _colour(img, strong, params, finish=None):
     """Brightness and contrast for every sample; saturation only where the recipe asks for it, i.e.
-    for strong samples, through a DALI conditional so the others skip the cost.
+    for samples drawn to the strong recipe, through a DALI conditional so the others skip the cost.
 
     With `finish` (normalisation to float CHW) the colour ops write float into it, so pixel values are
     not clipped to [0, 255] before normalising. Writing uint8 costs a round-and-clamp per element:
@@ -212,13 +212,13 @@ class Producer:
         if not ld.cfg.augment:
             return tuple(cols)
         fed = ok if ok.any() else np.arange(len(idx)) == 0  # the stand-in takes the first slot
-        return (*cols, *self._aug_columns(ld.sample_keys(b)[fed], idx[fed]))
+        return (*cols, *self._aug_columns(ld.sample_keys(b)[fed]))
 
-    def _aug_columns(self, positions: np.ndarray, idx: np.ndarray) -> list:
+    def _aug_columns(self, positions: np.ndarray) -> list:
         """The random parameters of the fed samples, each keyed by its own plan position (a skipped sample
-        must not shift its neighbours' draws)."""
+        must not shift its neighbours' draws); the recipe too, so it says nothing of the sample's class."""
         ld = self.loader
-        strong = strong_mask(ld.index.labels[idx], ld.cfg.minority)
+        strong = ld.strong_views(positions)
         audio = ld.modality == "audio"
         u = keyed_uniforms(ld.opts.seed, ld.epoch, positions, AUDIO_DRAWS if audio else IMAGE_DRAWS)
         d = draw_audio(u, strong, ld.cfg.audio.samples) if audio else draw_image(u, strong)

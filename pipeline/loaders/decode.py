@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..augment import (AUDIO, IMAGE, MEAN, STD, AudioFeatures, audio_wave_aug, crop_or_pad, strong_mask, torch_image_eval,
+from ..augment import (AUDIO, IMAGE, MEAN, STD, AudioFeatures, audio_wave_aug, crop_or_pad, torch_image_eval,
                        torch_image_train)
 from ..media.image import ends_with_eoi, jpeg_check
 
@@ -25,7 +25,7 @@ class LoaderConfig:
     modality: str
     image_size: int = 224
     audio: AudioFeatures = field(default_factory=AudioFeatures)
-    minority: tuple[int, ...] = ()  # class indices that get the strong recipe
+    strong_share: float = 0.0  # share of training samples (either class) drawn to the strong recipe
     augment: bool = True  # False: evaluation transforms (no randomness)
     mean: tuple[float, ...] = MEAN  # the model's normalisation and eval-resize interpolation (run's preprocess)
     std: tuple[float, ...] = STD
@@ -128,8 +128,9 @@ def audio_sample(comps: list[bytes], cfg: LoaderConfig, strong: bool, rng: np.ra
     return x
 
 
-def decode_batch(read, indices: np.ndarray, labels: np.ndarray, cfg: LoaderConfig, seed: tuple[int, ...]):
-    """Decode one batch. `read(i)` gives sample i's payload components (or None).
+def decode_batch(read, indices: np.ndarray, strong: np.ndarray, cfg: LoaderConfig, seed: tuple[int, ...]):
+    """Decode one batch. `read(i)` gives sample i's payload components (or None); `strong`: per sample,
+    whether it gets the strong recipe (`Loader.strong_views`).
 
     Returns (data, ok): data is a uint8 tensor (B,...) for images/video or a float32 (B, samples)
     waveform tensor for audio, holding only the samples that decoded; ok is a bool mask over indices.
@@ -137,7 +138,6 @@ def decode_batch(read, indices: np.ndarray, labels: np.ndarray, cfg: LoaderConfi
     """
     rng = np.random.default_rng(list(seed))
     torch.manual_seed(int(rng.integers(2**62)))
-    strong = strong_mask(labels, cfg.minority)
     out, ok = [], np.zeros(len(indices), bool)
     for j, i in enumerate(indices):
         comps = read(int(i))
