@@ -20,8 +20,22 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as e:
+        cause = _unnamed_os_error(e)
+        if cause is None:
+            raise
+        # a full disk seen through a file object (or torch's wrapper of it) names no file: name the target
+        raise OSError(cause.errno, cause.strerror, str(path)) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _unnamed_os_error(e: BaseException | None) -> OSError | None:
+    while e is not None:
+        if isinstance(e, OSError):
+            return e if e.filename is None and e.errno else None
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -1,8 +1,15 @@
-"""Augmentation recipes, standard and minority-class ("strong"), shared by both loader backends.
+"""Augmentation recipes, standard and "strong", shared by both loader backends.
 
 The numbers live here once; `loaders/dali.py` builds a DALI graph from them and the torch
-functions below apply them with torchvision v2 / torchaudio. A sample gets the strong recipe
-when its class is one of the minority classes.
+functions below apply them with torchvision v2 / torchaudio.
+
+Minority augmentation: the sampler repeats the minority class's samples, and each repeat is its
+own keyed draw, so widening the distribution those draws come from diversifies the minority's
+views most. Which recipe a sample gets never depends on its class: with minority augmentation on
+(and the split imbalanced) every training sample of either class gets the strong recipe with
+probability `STRONG_SHARE` (a keyed draw), the standard one otherwise. A recipe chosen by class
+would mark the class in the very batches the model learns from (mask widths, black rotation
+corners, saturation): a shortcut absent at test time. `audit.augmentation` measures such traces.
 """
 from __future__ import annotations
 
@@ -36,11 +43,13 @@ class AudioAug:
 
 
 # Saturation needs a colour-space round trip per pixel (the most expensive colour step on a CPU), so
-# the standard recipe leaves it out and only the strong recipe pays for it.
+# the standard recipe leaves it out and only samples drawn to the strong recipe pay for it.
 IMAGE = {"standard": ImageAug(scale=(0.6, 1.0), rotate=5.0, brightness=0.1, contrast=0.1, saturation=0.0),
          "strong": ImageAug(scale=(0.35, 1.0), rotate=15.0, brightness=0.3, contrast=0.3, saturation=0.3)}
 AUDIO = {"standard": AudioAug(gain_db=3.0, noise=0.002, mask_time=8, mask_freq=4),
          "strong": AudioAug(gain_db=6.0, noise=0.01, mask_time=24, mask_freq=10)}
+# Share of training samples, of both classes alike, that get the strong recipe under minority augmentation.
+STRONG_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,11 +86,13 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def keyed_uniforms(seed: int, epoch: int, positions: np.ndarray, k: int) -> np.ndarray:
-    """(len(positions), k) uniforms in [0, 1), a pure function of (seed, epoch, position, column)."""
-    assert k <= _SLOTS
+def keyed_uniforms(seed: int, epoch: int, positions: np.ndarray, k: int, first: int = 0) -> np.ndarray:
+    """(len(positions), k) uniforms in [0, 1), a pure function of (seed, epoch, position, column);
+    columns first..first+k-1 of the position's slots."""
+    assert first + k <= _SLOTS
     key = _mix(_mix(np.array([seed], np.uint64)) ^ np.array([epoch], np.uint64))
-    cells = np.asarray(positions, np.uint64)[:, None] * np.uint64(_SLOTS) + np.arange(k, dtype=np.uint64)
+    cells = (np.asarray(positions, np.uint64)[:, None] * np.uint64(_SLOTS)
+             + np.arange(first, first + k, dtype=np.uint64))
     return (_mix(cells ^ key) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
 
@@ -137,9 +148,12 @@ def draw_audio(u: np.ndarray, strong: np.ndarray, samples: int, recipes: dict = 
             "noise": np.stack([table[o:o + samples] for o in off])}
 
 
-def strong_mask(labels: np.ndarray, minority: tuple[int, ...]) -> np.ndarray:
-    """Which samples get the minority-class (strong) recipe: those whose label is in `minority`."""
-    return np.isin(labels, np.asarray(minority, dtype=labels.dtype)) if minority else np.zeros(len(labels), bool)
+def strong_views(seed: int, epoch: int, positions: np.ndarray, share: float) -> np.ndarray:
+    """Which plan positions get the strong recipe: a keyed draw at rate `share`, blind to the sample's class.
+    It uses the last of a position's slots, which the parameter draws above never reach."""
+    if share <= 0.0:
+        return np.zeros(len(positions), bool)
+    return keyed_uniforms(seed, epoch, positions, 1, first=_SLOTS - 1)[:, 0] < share
 
 
 # ---------------------------------------------------------------- torch implementations
@@ -155,15 +169,17 @@ def torch_image_train(img: torch.Tensor, aug: ImageAug, size: int) -> torch.Tens
     return t(img)
 
 
-def torch_image_eval(img: torch.Tensor, size: int) -> torch.Tensor:
+def torch_image_eval(img: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
     from torchvision.transforms import v2
-    return v2.functional.resize(img, [size, size], antialias=True)
+    mode = v2.InterpolationMode(interpolation)
+    return v2.functional.resize(img, [size, size], interpolation=mode, antialias=True)
 
 
-def normalize_images(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., C, H, W) on any device -> float normalised; done on the target device so uint8 travels."""
-    scale = torch.tensor([1.0 / (255.0 * s) for s in STD], device=x.device).view(3, 1, 1)
-    bias = torch.tensor([-m / s for m, s in zip(MEAN, STD)], device=x.device).view(3, 1, 1)
+def normalize_images(x: torch.Tensor, mean=MEAN, std=STD) -> torch.Tensor:
+    """uint8 (..., C, H, W) on any device -> float normalised; done on the target device so uint8 travels.
+    mean, std: the model's (the run's preprocess settings), ImageNet's by default."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device).view(3, 1, 1)
+    bias = torch.tensor([-m / s for m, s in zip(mean, std)], device=x.device).view(3, 1, 1)
     return x.to(torch.float32).mul_(scale).add_(bias)  # in place: one conversion, two passes, no temporaries
 
 

@@ -32,7 +32,9 @@ SIZE = "<size>"  # --image-size: the side of a square input in pixels (synth als
 SIZE_HELP = "images and video frames: the side in pixels of the square they are resized and cropped to"
 JSON_OUT_HELP = "also write the results to this JSON file (default: text only)"
 MODEL_HELP = ("image: efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18; "
-              "video: frame_pool, r2plus1d_18 (default: per modality, efficientnet_b0, audio_resnet18 or frame_pool)")
+              "video: frame_pool, r2plus1d_18; image: also timm:NAME, any timm model, e.g. timm:xception41, whose "
+              "input size, mean/std and interpolation it brings (default: per modality, efficientnet_b0, "
+              "audio_resnet18 or frame_pool)")
 CKPT_HELP = "a run's best_model.pth, or the run folder holding it"
 EVAL_BACKEND_HELP = "loader: auto (the checkpoint's), dali or torch"
 
@@ -133,6 +135,8 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                                                       "loudest; 20 ms margin) (default: off; on with --debias)"),
           fps: Optional[float] = typer.Option(None, help="video: take --frames frames at this rate from the middle "
                                               "of each clip (default: spread over the clip; 8 with --debias)"),
+          max_pixels: int = typer.Option(100_000_000, help="pictures and video frames over this many pixels are rejected from their header, before decoding (0: no limit)"),
+          max_seconds: float = typer.Option(3600.0, help="audio and video longer than this are rejected from their header (0: no limit)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
     _check_shard_args(input_dir, out, modality, split, class_map, check)
@@ -143,6 +147,7 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
               max_samples_per_class=max_samples_per_class)
     v.minimum(0, seed=seed, group_depth=group_depth)
     v.minimum(16, max_side=max_side)
+    v.minimum(0, max_pixels=max_pixels, max_seconds=max_seconds)
     from .shards import ShardParams, build_shards, format_summary
     params = ShardParams(modality=modality, split=split, seed=seed, max_count=max_count, max_size=max_size,
                          max_samples_per_class=max_samples_per_class, class_map=class_map, group_depth=group_depth,
@@ -151,7 +156,7 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                          ff_compression=ff_compression, faces=faces, face_margin=face_margin, face_size=face_size,
                          face_quality=face_quality, debias=debias, reencode=reencode, jpeg_quality=jpeg_quality,
                          chroma=chroma, resize_rule=resize_rule, image_codec=image_codec, trim_silence=trim_silence,
-                         fps=fps)
+                         fps=fps, max_pixels=max_pixels, max_seconds=max_seconds)
     summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
     typer.echo(format_summary(summary))
     typer.echo(f"shards: {out}")
@@ -236,7 +241,9 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
           modality: str = typer.Option("auto", help="as for dfp shard (raw input only)"),
           seed: int = typer.Option(0, help="as for dfp shard (raw input only)"),
           max_samples_per_class: Optional[int] = typer.Option(None, help="as for dfp shard (raw input only)"),
-          group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)")):
+          group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)"),
+          audit: bool = typer.Option(True, "--audit/--no-audit", help="also show the shortcut audit's headline, from at "
+                                     "most 200 files per class (default: on; dfp audit for the full table)")):
     """Counts per split, class and attack, imbalance ratio, severity and recommended techniques.
 
     On a raw INPUT: what `dfp shard` with the same options would pack, before packing (files that fail to
@@ -260,6 +267,12 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
                                                 val_fraction=val_fraction, ff_compression=ff_compression,
                                                 modality=modality, seed=seed, group_depth=group_depth,
                                                 max_samples_per_class=max_samples_per_class))
+    if audit:
+        from .audit import stats_headline
+        st["audit"] = stats_headline(path, ShardParams(class_map=class_map, dataset=dataset, modality=modality,
+                                                       protocol=str(protocol) if protocol else None,
+                                                       group_depth=group_depth, ff_compression=ff_compression,
+                                                       seed=seed, max_samples_per_class=max_samples_per_class))
     if plot:
         from .atomic import write_bytes
         from .report import plot_dataset_stats, png_bytes
@@ -271,6 +284,57 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
         typer.echo(format_stats(st))
         if plot:
             typer.echo(f"plot: {plot}")
+
+
+@app.command()
+def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a shard folder, or raw input as for dfp shard"),
+          max_per_class: int = typer.Option(2000, help="audit at most N files per class (a seeded draw)"),
+          flag_at: float = typer.Option(0.8, help="flag features whose real-vs-fake AUC is at least this"),
+          json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_OUT_HELP),
+          plot: Optional[Path] = typer.Option(None, help="write a bar chart of the feature AUCs here (PNG; default: none)"),
+          class_map: Optional[str] = typer.Option(None, help="as for dfp shard (raw input only)"),
+          dataset: str = typer.Option("folders", help="as for dfp shard (raw input only)"),
+          protocol: Optional[Path] = typer.Option(None, help="as for dfp shard (raw input only)"),
+          modality: str = typer.Option("auto", help="as for dfp shard (raw input only)"),
+          group_depth: int = typer.Option(0, help="as for dfp shard (raw input only)"),
+          ff_compression: str = typer.Option("c23", help="as for dfp shard (raw input only)"),
+          seed: int = typer.Option(0, help="seed for the per-class draw and the cross-validation"),
+          workers: Optional[int] = typer.Option(None, help="header-reading processes (default: all cores)"),
+          quiet: bool = typer.Option(False, help="no progress bar")):
+    """Shortcut audit: properties that should not carry the label (format, JPEG quality, size, silence, sample
+    rate, codec, ...), one AUC each real vs fake, and a grouped cross-validated classifier over all of them.
+    Reads only: nothing is written into the audited folder."""
+    v.existing("SHARDS_OR_INPUT", path, "dir")
+    for label, out in (("--json", json_out), ("--plot", plot)):
+        v.output(label, out, "file")
+        if out is not None and path.resolve() in out.resolve().parents:
+            raise UsageError(f"{label} {out}: inside the audited folder {path}; dfp audit writes nothing there, "
+                             "give a path outside it")
+    _check_dataset_args(dataset, protocol, 0.1, ff_compression)
+    v.choice("modality", modality, ("auto", *MODALITIES))
+    v.minimum(1, max_per_class=max_per_class, workers=workers)
+    v.minimum(0, seed=seed, group_depth=group_depth)
+    if not 0.5 <= flag_at <= 1:
+        raise UsageError(f"--flag-at must be in [0.5, 1], got {flag_at}")
+    try:
+        from .sources import parse_class_map
+        parse_class_map(class_map)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+    from .audit import format_audit, plot_aucs, run_audit
+    from .shards import ShardParams
+    params = ShardParams(class_map=class_map, dataset=dataset, protocol=str(protocol) if protocol else None,
+                         modality=modality, group_depth=group_depth, ff_compression=ff_compression, seed=seed)
+    result = run_audit(path, params, max_per_class=max_per_class, flag_at=flag_at, seed=seed, progress=not quiet,
+                       workers=workers)
+    from .atomic import write_bytes, write_json
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(json_out, result)
+    if plot:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(plot, plot_aucs(result))
+    typer.echo(format_audit(result))
 
 
 # cli options whose TrainConfig field has another name
@@ -304,6 +368,8 @@ def _check_train(a: dict) -> None:
     v.shards(a["shards"])
     v.existing("--weights", a["weights"], "file")
     v.output("--out", a["out"], "dir")
+    if a["overwrite"] and a["resume"]:
+        raise UsageError("--overwrite starts a new run; --resume continues one: give one of them")
     v.device(a["device"])
     v.model_name(a["model"])
     v.model_name(a["frame_backbone"], ("image",), "frame_backbone")
@@ -316,31 +382,33 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
           backend: str = typer.Option("auto", help="loader backend: auto (dali if installed), dali or torch"),
           epochs: int = typer.Option(10, help="passes over the train split (see --epoch-len)"),
           batch_size: int = typer.Option(32, help=BATCH_HELP + " (per process under torchrun)"),
-          lr: float = typer.Option(3e-4, help="AdamW learning rate"),
+          lr: float = typer.Option(3e-4, help="AdamW peak learning rate (the CPU recipe, see --model, uses 1e-3)"),
           weight_decay: float = typer.Option(1e-4, help="AdamW weight decay"),
           seed: int = typer.Option(0, help="seed for initialisation, sampling and augmentation"),
-          model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-          frame_backbone: str = typer.Option("efficientnet_b0", help="video frame_pool: the per-frame 2D backbone"),
-          pretrained: bool = typer.Option(False, help="start from torchvision's ImageNet weights (needs network or a cached download)"),
-          weights: Optional[Path] = typer.Option(None, help="start from a local state dict or dfp checkpoint (default: none)"),
-          strategy: str = typer.Option("auto", help="auto: choose techniques from the imbalance ratio; manual: use the options below"),
-          loss: str = typer.Option("focal", help="manual: focal, weighted_bce or bce"),
+          model: Optional[str] = typer.Option(None, help=MODEL_HELP + ". On a CPU without --model and --image-size, image and video runs use the CPU recipe: resnet18 (video: frame_pool over resnet18) at 64 px, lr 1e-3"),
+          frame_backbone: str = typer.Option("efficientnet_b0", help="video frame_pool: the per-frame 2D backbone, an image model or timm:NAME"),
+          pretrained: bool = typer.Option(False, help="start from the library's pretrained weights: torchvision's ImageNet ones, or for timm:NAME the tag's through timm's hub (needs network or a cached download: the torch hub or Hugging Face cache)"),
+          weights: Optional[Path] = typer.Option(None, help="start from a local file: a dfp checkpoint or state dict, or the network's own state dict in its library's key layout (.safetensors, .pth or .bin; its classifier is left out) (default: none)"),
+          strategy: str = typer.Option("auto", help="auto: the imbalance ratio chooses loss, sampling, minority augmentation and SMOTE, except those you set (a set flag always applies); manual: the flags and their defaults"),
+          loss: str = typer.Option("focal", help="focal, weighted_bce or bce (unset: auto picks focal)"),
           focal_alpha: str = typer.Option("0.25", help="weight of the fake class in focal loss, or 'auto' (= real share)"),
           focal_gamma: float = typer.Option(2.0, help="focal loss: how much easy samples are down-weighted (0: none)"),
-          sampling: str = typer.Option("inverse", help="manual: inverse, sqrt or natural"),
-          class_weights: Optional[str] = typer.Option(None, help="manual: per-sample class weights, e.g. real=1,fake=3 (default: none)"),
-          minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment", help="manual: stronger augmentation for the smaller class"),
-          smote: bool = typer.Option(False, "--smote/--no-smote", help="manual: refit the head on SMOTE-balanced embeddings"),
+          sampling: str = typer.Option("inverse", help="inverse, sqrt or natural (unset: auto picks from the imbalance)"),
+          class_weights: Optional[str] = typer.Option(None, help="per-sample class weights instead of --sampling, e.g. real=1,fake=3 (default: none)"),
+          minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment", help="the strong augmentation recipe for half of all training samples, both classes alike, so the minority's repeats get varied views (unset: auto, on unless the imbalance is mild)"),
+          smote: bool = typer.Option(False, "--smote/--no-smote", help="refit the head on SMOTE-balanced embeddings (unset: auto, on for severe imbalance)"),
           amp: str = typer.Option("auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or off"),
           no_amp: bool = typer.Option(False, "--no-amp", help="fp32 everywhere (same as --amp off)"),
           compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
           workers: int = typer.Option(2, help="loader worker processes (torch backend)"),
-          image_size: int = typer.Option(224, metavar=SIZE, help=SIZE_HELP),
+          image_size: int = typer.Option(224, metavar=SIZE, help=SIZE_HELP + " (the CPU recipe, see --model, uses 64)"),
           audio_seconds: float = typer.Option(4.0, help="audio: clip length in seconds"),
           max_samples_per_class: Optional[int] = typer.Option(None, help="use at most N samples per class of each split (seeded; default: all)"), epoch_len: Optional[int] = typer.Option(None, help="samples drawn per epoch (default: train split size)"),
           patience: int = typer.Option(5, help="early stopping: epochs without val F1 improvement (0: off)"),
           threshold_method: str = typer.Option("f1", help="f1, youden, eer, precision:P or recall:R"),
           resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its last.pth (default: a new run)"),
+          overwrite: bool = typer.Option(False, "--overwrite", help="--out holds a run: move it aside to "
+                                         "OUT.old-TIME (printed) and start a new one there (default: refuse)"),
           save_every: int = typer.Option(0, help="also write last.pth every N steps, for mid-epoch resume (0: epoch ends only)"),
           tensorboard: bool = typer.Option(False, "--tensorboard", help="also log each epoch's losses, val F1 and speed to RUN/tb for TensorBoard"),
           no_report: bool = typer.Option(False, "--no-report", help="skip plots and report.html"),
@@ -359,7 +427,7 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
                       max_samples_per_class=max_samples_per_class, epoch_len=epoch_len, patience=patience,
                       threshold_method=threshold_method, resume=str(resume) if resume else None, save_every=save_every,
                       tensorboard=tensorboard, progress=not quiet, report=not no_report)
-    run_training(cfg, given=_given(ctx))
+    run_training(cfg, given=_given(ctx), overwrite=overwrite)
 
 
 def _check_model_run(ckpt: Path, shards: Path, device: str, backend: str, batch_size: int) -> Path:
@@ -374,18 +442,30 @@ def _check_model_run(ckpt: Path, shards: Path, device: str, backend: str, batch_
 
 @app.command()
 def evaluate(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
-             shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder"),
+             shards: List[Path] = typer.Argument(..., metavar="SHARDS", help="shard folder(s); several give a "
+                                                 "cross-dataset table at the checkpoint's threshold"),
              split: str = typer.Option("test", help="train, val or test"),
-             out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/eval_SPLIT)"),
+             out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/eval/SET-SPLIT beside the "
+                                                "checkpoint, SET being the shard folder's name; SET-HASH-SPLIT "
+                                                "when that folder holds another evaluation); with several SHARDS "
+                                                "OUT/SET-SPLIT each and OUT/cross_dataset.json and .md (default: "
+                                                "RUN/eval/cross_dataset-SPLIT.json and .md)"),
              device: str = typer.Option("auto", help=DEVICE_HELP),
              backend: str = typer.Option("auto", help=EVAL_BACKEND_HELP),
              batch_size: int = typer.Option(64, help=BATCH_HELP)):
-    """Metrics at 0.5 and at the stored threshold, predictions and plots for a saved model."""
+    """Metrics at 0.5 and at the stored threshold, predictions, plots and a report naming the checkpoint, the
+    shard set and the split; several shard sets also give one cross-dataset table. Re-running the same
+    evaluation replaces its own folder, never another's."""
     v.choice("split", split, SPLITS)
     v.output("--out", out, "dir")
-    ckpt = _check_model_run(ckpt, shards, device, backend, batch_size)
+    ckpt = _check_model_run(ckpt, shards[0], device, backend, batch_size)
+    v.shard_sets(shards)
+    if len(shards) > 1:
+        from .crossdata import cross_evaluate
+        cross_evaluate(ckpt, shards, split, out, device, backend, batch_size)
+        return
     from .evaluate import evaluate as run
-    run(ckpt, shards, split, out, device, backend, batch_size)
+    run(ckpt, shards[0], split, out, device, backend, batch_size)
 
 
 @app.command()
@@ -395,11 +475,15 @@ def tune(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
          device: str = typer.Option("auto", help=DEVICE_HELP),
          backend: str = typer.Option("auto", help=EVAL_BACKEND_HELP),
          batch_size: int = typer.Option(64, help=BATCH_HELP)):
-    """Re-tune the decision threshold on the val split and store it in the checkpoint."""
+    """Re-tune the decision threshold on the val split and store it in the checkpoint (the previous one goes
+    to its threshold_history); the run's metrics.json, training_results.txt, report.html and plots, and its
+    RUN/eval/* folders, follow; prints the test split's metrics at the new threshold."""
     v.threshold_method(method, "method")
     ckpt = _check_model_run(ckpt, shards, device, backend, batch_size)
     from .evaluate import tune as run
-    run(ckpt, shards, method, device, backend, batch_size)
+    from .lock import held
+    with held(ckpt.parent, "the folder of CKPT"):  # tune rewrites the checkpoint; a run may be writing it
+        run(ckpt, shards, method, device, backend, batch_size)
 
 
 @app.command()
@@ -409,7 +493,9 @@ def report(run: Path = typer.Argument(..., metavar="RUN", help="run directory"))
     from .report import render_report
     if not any((run / f).exists() for f in ("metrics.json", "predictions_val.csv", "history.csv")):
         raise UsageError(f"{run} has no metrics.json, predictions or history.csv: is it a dfp run directory?")
-    written = render_report(run)
+    from .lock import held
+    with held(run, "RUN"):
+        written = render_report(run)
     typer.echo(f"wrote {len(written)} files; open {run / 'report.html'}")
 
 
@@ -450,7 +536,9 @@ def predict(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
             out: Path = typer.Option(Path("preds.csv"), help="CSV: path,score,label,error"),
             device: str = typer.Option("auto", help=DEVICE_HELP), batch_size: int = typer.Option(32, help=BATCH_HELP),
             backend: str = typer.Option("auto", help="loader: auto (the checkpoint's, as evaluate uses), dali or torch"),
-            workers: int = typer.Option(2, help="loader worker processes (torch backend)")):
+            workers: int = typer.Option(2, help="loader worker processes (torch backend)"),
+            max_pixels: int = typer.Option(100_000_000, help="pictures and video frames over this many pixels get an error row, undecoded (0: no limit)"),
+            max_seconds: float = typer.Option(3600.0, help="audio and video longer than this get an error row, undecoded (0: no limit)")):
     """Score raw files with the stored threshold; unreadable files get a row with an error."""
     v.minimum(1, batch_size=batch_size)
     ckpt = v.checkpoint(ckpt)
@@ -459,9 +547,9 @@ def predict(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
     v.output("--out", out, "file")
     v.device(device)
     v.choice("backend", backend, BACKENDS)
-    v.minimum(0, workers=workers)
+    v.minimum(0, workers=workers, max_pixels=max_pixels, max_seconds=max_seconds)
     from .predict import predict_files
-    predict_files(ckpt, paths, out, device, batch_size, backend, workers)
+    predict_files(ckpt, paths, out, device, batch_size, backend, workers, max_pixels=max_pixels, max_seconds=max_seconds)
 
 
 @bench_app.command("shard")
@@ -603,11 +691,35 @@ def main() -> None:
         _echo_err("interrupted")
         sys.exit(130)
     except Exception as e:
-        code = exit_code(e)
+        code, msg = exit_code(e), str(e)
+        if code is None:
+            code, msg = _disk_error(e)
         if code is None:
             raise
-        _echo_err(str(e))
+        _echo_err(msg)
         sys.exit(code)
+
+
+def _disk_error(e: BaseException) -> tuple[Optional[int], str]:
+    """A folder that cannot be written (exit 2) or a full disk (exit 1), also when torch wrapped the OSError
+    into its own error: one line naming the file. Anything else is a bug and keeps its traceback."""
+    import errno
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return 2, f"{_target(e)}: {e.strerror}; make the folder writable or choose another one"
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return 1, (f"{_target(e)}: {e.strerror}; free some space and run again (a run continues with --resume; "
+                       "nothing half-written was left)")
+        e = e.__cause__ or e.__context__
+    return None, ""
+
+
+def _target(e: OSError) -> str:
+    """The file an OSError names, as the user knows it (not its temporary name)."""
+    name = str(e.filename) if e.filename else "writing"
+    return name.removesuffix(".partial")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,16 @@
-"""`dfp evaluate` and `dfp tune`: a saved model on a split of shards."""
+"""`dfp evaluate` and `dfp tune`: a saved model on a split of shards.
+
+Evaluations live beside the run, one folder per (checkpoint, shard set, split): `RUN/eval/<set>-<split>/`
+(`RUN/eval/<ckpt>-<set>-<split>/` for a checkpoint other than best_model.pth). Each folder's metrics.json
+records what it evaluated ("evaluation": checkpoint, shards, set, split, time); a folder recording another
+evaluation is never written over: the set's name then gets a short hash of its resolved path.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +18,10 @@ import numpy as np
 from . import atomic, checkpoint
 from .engine import amp_setup, predict
 from .errors import InputError
+from .formats import SPLITS
 from .loaders import LoaderOptions, make_loader, resolve_backend, resolve_device
+
+EVAL_DIR = "eval"
 
 
 def eval_backend(ckpt: dict, backend: str = "auto") -> str:
@@ -20,20 +33,30 @@ def eval_backend(ckpt: dict, backend: str = "auto") -> str:
 
 def eval_options(ckpt: dict, batch_size: int, workers: int = 2) -> LoaderOptions:
     pre = ckpt["preprocess"]
+    norm = {k: tuple(pre[k]) if k != "interpolation" else pre[k] for k in ("mean", "std", "interpolation") if pre.get(k)}
     return LoaderOptions(batch_size=batch_size, train=False, image_size=pre["image_size"],
-                         audio_seconds=pre["audio_seconds"], workers=workers)
+                         audio_seconds=pre["audio_seconds"], workers=workers, **norm)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _split_size(shards, split: str) -> int:
+    from .formats import read_manifest
+    return sum(read_manifest(shards)["splits"].get(split, {}).values())
 
 
 def _predict_split(ckpt_path, shards, split, device, backend, batch_size, workers=2):
     device = resolve_device(device)
-    ckpt = checkpoint.load(ckpt_path, map_location=device)
+    ckpt = checkpoint.load(ckpt_path, map_location=device, need=checkpoint.MODEL)
     from .formats import read_manifest
     manifest = read_manifest(shards)
     if manifest["modality"] != ckpt["modality"]:
         raise InputError(f"{ckpt_path} is a {ckpt['modality']} model but {shards} holds {manifest['modality']} shards")
     if split not in manifest["splits"] or sum(manifest["splits"][split].values()) == 0:
         raise InputError(f"{shards}: split '{split}' is empty")
-    model = checkpoint.model_from_checkpoint(ckpt, device)
+    model = checkpoint.model_from_checkpoint(ckpt, device, ckpt_path)
     loader = make_loader(shards, split, eval_backend(ckpt, backend), device, eval_options(ckpt, batch_size, workers),
                          manifest=manifest)
     amp_dtype, _ = amp_setup(device, "auto")
@@ -43,48 +66,118 @@ def _predict_split(ckpt_path, shards, split, device, backend, batch_size, worker
     return ckpt, loader, keys, labels, scores
 
 
+def evaluation_record(ckpt_path, shards, split: str) -> dict:
+    """What an evaluation folder holds, by resolved paths: the key that tells one evaluation from another."""
+    shards = Path(shards).resolve()
+    return {"checkpoint": str(Path(ckpt_path).resolve()), "shards": str(shards), "set": shards.name,
+            "split": split, "time": _now()}
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "shards"
+
+
+def _recorded(folder: Path) -> dict | None:
+    """The "evaluation" record of a folder's metrics.json; None when there is none."""
+    try:
+        rec = json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("evaluation")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _same_evaluation(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("checkpoint", "shards", "split"))
+
+
+def _free_for(folder: Path, record: dict) -> bool:
+    """Absent, empty, or holding this very evaluation (which a re-run may replace)."""
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return True
+    rec = _recorded(folder)
+    return rec is not None and _same_evaluation(rec, record)
+
+
+def shards_digest(shards: str) -> str:
+    """The first 8 hex digits of sha256(resolved shard path): tells apart sets with one folder name."""
+    return hashlib.sha256(shards.encode("utf-8")).hexdigest()[:8]
+
+
+def eval_folder(record: dict, root: Path | None = None, taken: frozenset = frozenset()) -> Path:
+    """ROOT/[CKPT-]SET-SPLIT (ROOT defaults to RUN/eval), or with SET-HASH when that folder holds another
+    evaluation (another set with the same folder name, say) or is in `taken` (planned for another set of the
+    same command); HASH is `shards_digest`, so the same set lands in the same folder again."""
+    ckpt = Path(record["checkpoint"])
+    prefix = "" if ckpt.name == "best_model.pth" else f"{_safe_name(ckpt.stem)}-"
+    name = _safe_name(record["set"])
+    digest = shards_digest(record["shards"])
+    root = Path(root) if root is not None else ckpt.parent / EVAL_DIR
+    candidates = [root / f"{prefix}{name}-{record['split']}", root / f"{prefix}{name}-{digest}-{record['split']}"]
+    for folder in candidates:
+        if folder not in taken and _free_for(folder, record):
+            return folder
+    raise InputError(f"{candidates[0]} and {candidates[1]} hold other evaluations; give an output folder with --out")
+
+
+def _eval_config(ckpt: dict, record: dict, counts: dict) -> dict:
+    """config.json of an evaluation: what was evaluated, the evaluated split's counts, and the training config
+    under its own key (its `shards` is the training set, not the evaluated one)."""
+    return {"evaluation": record,
+            "dataset": {"shards": record["shards"], "set": record["set"], "modality": ckpt["modality"],
+                        "splits": {record["split"]: counts}},
+            "training": ckpt["config"]}
+
+
 def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="auto", batch_size=64, log=print) -> dict:
-    from .metrics import split_report
+    from .formats import read_manifest
+    from .calibration import Calibration
+    from .metrics import usable_groups, split_report
     from .report import render_report
-    from .predictions import attack_names, write_predictions
+    from .predictions import attack_names, group_names, write_predictions
     ckpt, loader, keys, labels, scores = _predict_split(ckpt_path, shards, split, device, backend, batch_size)
     thr = ckpt.get("threshold") or {"method": "default", "value": 0.5}
     meta = loader.sample_meta(keys)
-    rep = split_report(labels, scores, 0.5, thr["value"], attack_names(keys, meta))
-    out = Path(out) if out else Path(ckpt_path).parent / f"eval_{split}"
+    warnings: list[str] = []
+    groups = usable_groups(split, labels, group_names(keys, meta), warnings)
+    rep = split_report(labels, scores, 0.5, thr["value"], attack_names(keys, meta), groups,
+                       Calibration.from_dict(ckpt.get("calibration")))
+    for w in warnings:
+        log(f"warning: {w}")
+    record = evaluation_record(ckpt_path, shards, split)
+    out = Path(out) if out else eval_folder(record)
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, meta)
-    metrics = {"val": rep if split == "val" else None, "test": rep if split != "val" else None,
-               "thresholds": {thr["method"]: thr["value"]},
+    metrics = {split: rep, "thresholds": {thr["method"]: thr["value"]},
                "chosen": {("threshold" if k == "value" else k): v for k, v in thr.items()},
-               "evaluated_split": split}
+               "evaluation": record}
     atomic.write_json(out / "metrics.json", metrics, default=str)
-    cfg = dict(ckpt["config"])
-    from .formats import read_manifest
-    cfg["dataset"] = {"shards": str(shards), "modality": ckpt["modality"], "splits": read_manifest(shards)["splits"]}
-    atomic.write_json(out / "config.json", cfg, default=str)
-    if split in ("val", "test"):
-        render_report(out)
-    _log_results(log, split, labels, rep, thr)
+    counts = read_manifest(shards)["splits"][split]
+    atomic.write_json(out / "config.json", _eval_config(ckpt, record, counts), default=str)
+    render_report(out)
+    _log_results(log, f"{record['set']} {split}", labels, rep, thr)
     log(f"written: {out}")
     return metrics
 
 
-def _log_results(log, split: str, labels: np.ndarray, rep: dict, thr: dict) -> None:
+def _log_results(log, title: str, labels: np.ndarray, rep: dict, thr: dict) -> None:
     from .report import console_summary
     chosen = {**thr, "threshold": thr["value"]}
-    log(console_summary(f"{split}: {len(labels)} samples ({int((labels == 0).sum())} real, {int(labels.sum())} fake)",
+    log(console_summary(f"{title}: {len(labels)} samples ({int((labels == 0).sum())} real, {int(labels.sum())} fake)",
                         rep, chosen))
 
 
 def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_size=64, log=print) -> float:
+    """Tune on the val split of `shards`, store it in the checkpoint (the one it replaces goes to the
+    checkpoint's threshold_history), bring the run's and its evaluations' metrics.json and reports to it, and
+    print the test split's metrics at it."""
     from .metrics import metric_dict
     from .thresholds import ThresholdUndefined, all_thresholds, canonical_method, parse_method, tune as tune_threshold
     try:
         parse_method(method)
     except ValueError as e:
         raise InputError(f"--method: {e}") from None
-    _, _, _, labels, scores = _predict_split(ckpt_path, shards, "val", device, backend, batch_size)
+    fresh = {"val": _predict_split(ckpt_path, shards, "val", device, backend, batch_size)[1:]}
+    _, _, labels, scores = fresh["val"]
     try:
         t = tune_threshold(labels, scores, method)
         table = all_thresholds(labels, scores, [method] if ":" in method else [])
@@ -93,6 +186,89 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
     for name, value in table.items():
         m = metric_dict(labels, scores, value)
         log(f"  {name:>16s}: threshold {value:.4f}  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}")
-    checkpoint.set_threshold(ckpt_path, canonical_method(method), t)
-    log(f"stored threshold {t:.4f} ({canonical_method(method)}) in {ckpt_path}")
+    if _split_size(shards, "test"):
+        fresh["test"] = _predict_split(ckpt_path, shards, "test", device, backend, batch_size)[1:]
+    method = canonical_method(method)
+    ckpt = checkpoint.set_threshold(ckpt_path, method, t)
+    log(f"stored threshold {t:.4f} ({method}) in {ckpt_path}")
+    chosen = {"method": method, "threshold": float(t), "tuned_on": str(Path(shards).resolve()), "tuned_at": _now()}
+    for folder in _folders_of(ckpt_path):
+        same_set = _shards_of(folder) == chosen["tuned_on"]
+        _retarget(folder, chosen, {**table, method: float(t)}, ckpt.get("threshold_history", []),
+                  fresh if same_set else {}, log)
+    from .crossdata import refresh_tables
+    refresh_tables(ckpt_path, log)
+    if "test" in fresh:
+        _log_test(Path(shards).name, fresh["test"], chosen, log)
     return t
+
+
+def _log_test(name: str, predicted, chosen: dict, log) -> None:
+    from .metrics import split_report
+    from .predictions import attack_names
+    loader, keys, labels, scores = predicted
+    rep = split_report(labels, scores, 0.5, chosen["threshold"], attack_names(keys, loader.sample_meta(keys)))
+    _log_results(log, f"{name} test at the new threshold", labels, rep,
+                 {"method": chosen["method"], "value": chosen["threshold"]})
+
+
+def _folders_of(ckpt_path) -> list[Path]:
+    """The folders whose metrics follow this checkpoint's threshold: its run (for best_model.pth, which the run's
+    metrics.json describes) and every RUN/eval/* folder that evaluated it."""
+    ckpt = Path(ckpt_path).resolve()
+    run = ckpt.parent
+    folders = [run] if ckpt.name == "best_model.pth" and (run / "metrics.json").is_file() else []
+    evals = sorted(p for p in (run / EVAL_DIR).glob("*") if p.is_dir()) if (run / EVAL_DIR).is_dir() else []
+    return folders + [p for p in evals if (_recorded(p) or {}).get("checkpoint") == str(ckpt)]
+
+
+def _shards_of(folder: Path) -> str | None:
+    """The resolved shard set a folder's predictions came from: an evaluation's record, or the run's config."""
+    rec = _recorded(folder)
+    if rec is not None:
+        return rec.get("shards")
+    try:
+        return str(Path(json.loads((folder / "config.json").read_text(encoding="utf-8"))["shards"]).resolve())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _retarget(folder: Path, chosen: dict, tuned: dict, history: list, fresh: dict, log) -> None:
+    """metrics.json's tuned results (and per-attack recall) at the new threshold, then the report. `fresh` holds
+    tune's own predictions of the set this folder was made from: they replace the saved ones, since a score
+    recomputed at another batch size may differ in its last bits and fall on the other side of a threshold
+    that is one of them. A folder whose metrics or predictions cannot be read is left as it is, with a warning."""
+    from .report import render_report
+    try:
+        metrics = _retargeted_metrics(folder, chosen["threshold"], fresh)
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        log(f"warning: {folder / 'metrics.json'} still shows the old threshold: {type(e).__name__}: {e}")
+        return
+    if "evaluation" in metrics:
+        thresholds = {chosen["method"]: chosen["threshold"]}
+    else:  # the run's table of val thresholds; tuned again when tune read the run's own val
+        thresholds = {**(metrics.get("thresholds") or {}), **(tuned if "val" in fresh else {}),
+                      chosen["method"]: chosen["threshold"]}
+    metrics.update(thresholds=thresholds, chosen=chosen, threshold_history=history)
+    atomic.write_json(folder / "metrics.json", metrics, default=str)
+    render_report(folder)
+    log(f"updated: {folder / 'metrics.json'} and its report")
+
+
+def _retargeted_metrics(folder: Path, threshold: float, fresh: dict) -> dict:
+    """metrics.json with every split block's tuned metrics and by_attack at `threshold`, from the predictions."""
+    from .metrics import split_report
+    from .predictions import read_prediction_table, write_predictions
+    from .thresholds import DEFAULT_THRESHOLD
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    for split in SPLITS:
+        if not isinstance(metrics.get(split), dict):
+            continue
+        path = folder / f"predictions_{split}.csv"
+        if split in fresh:
+            loader, keys, labels, scores = fresh[split]
+            write_predictions(path, keys, labels, scores, loader.sample_meta(keys))
+        table = read_prediction_table(path)
+        metrics[split] = {**metrics[split], **split_report(table.labels, table.scores, DEFAULT_THRESHOLD,
+                                                            threshold, table.attacks)}
+    return metrics

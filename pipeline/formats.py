@@ -33,7 +33,22 @@ def frame_ext(i: int, ext: str = "jpg") -> str:
 
 def sample_key(source: str) -> str:
     """A stable, dot-free key derived from the source path (webdataset splits names at the first dot)."""
-    return hashlib.sha1(source.encode("utf-8")).hexdigest()[:20]
+    return hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+def is_utf8_name(rel: str) -> bool:
+    """False for a path whose bytes are not UTF-8 (Python holds them as lone surrogates)."""
+    try:
+        rel.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def source_text(rel: str) -> str:
+    """A path as rejects.jsonl and CSVs write it: UTF-8 text, each byte of the name that is not UTF-8 written as
+    `\\xHH` (b"caf\\xe9.jpg" -> "caf\\\\xe9.jpg"), so the file stays valid UTF-8 JSON and the name stays readable."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def encode_sample(key: str, source: str, cls: str, payload: dict[str, bytes], meta: dict | None = None) -> dict:

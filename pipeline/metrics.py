@@ -202,7 +202,7 @@ def val_calibration(vy: np.ndarray, vs: np.ndarray, costs: CostModel = DEFAULT_C
     return fit_calibration(vy, vs, costs, fitted_on="val")
 
 
-def _usable_groups(split: str, labels, groups, warnings: list[str]):
+def usable_groups(split: str, labels, groups, warnings: list[str]):
     """`groups` where they can be videos; None, with a warning, where a group holds both labels (speakers,
     identities: groups that keep splits apart, not frames of one video)."""
     if groups is None:
@@ -283,7 +283,7 @@ def build_metrics(val, test=None, method: str = "f1", extra_methods=(), attacks=
     attacks, groups = attacks or {}, groups or {}
     cal = val_calibration(vy, vs, costs)
     block = lambda split, y, s: split_report(y, s, DEFAULT_THRESHOLD, chosen["threshold"], attacks.get(split),
-                                             _usable_groups(split, y, groups.get(split), warnings), cal, costs)
+                                             usable_groups(split, y, groups.get(split), warnings), cal, costs)
     doc = {
         "val": block("val", vy, vs),
         "test": block("test", ty, ts) if ty is not None else None,

@@ -1,25 +1,31 @@
-"""Image / audio / video backbones from torchvision with a one-logit head (fake = positive, logit > 0 ~ fake).
+"""Image / audio / video backbones from torchvision and timm with a one-logit head (fake = positive, logit > 0 ~ fake).
 
 Every model is a ``Detector``: ``backbone`` maps an input batch to an embedding (B, D) (the torchvision network with
-its final Linear removed), ``head`` is ``nn.Linear(D, 1)``, and ``forward`` returns logits of shape (B,).
-State-dict keys are therefore ``backbone.<torchvision key>`` and ``head.weight`` / ``head.bias``.
+its final Linear removed; a timm model built with ``num_classes=0``, i.e. its features after timm's own pooling),
+``head`` is ``nn.Linear(D, 1)``, and ``forward`` returns logits of shape (B,).
+State-dict keys are therefore ``backbone.<torchvision or timm key>`` and ``head.weight`` / ``head.bias``.
 
 Inputs:
-  image  (B, 3, H, W)                   efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large
+  image  (B, 3, H, W)                   efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large,
+                                        timm:NAME (any timm model, see backbones.py)
   audio  (B, 1, n_mels, T) log-mel      audio_resnet18: ResNet-18 whose first conv takes 1 channel
   video  (B, T, 3, H, W)                frame_pool: a 2D image backbone per frame, mean over time;
                                         r2plus1d_18: torchvision's (2+1)D ResNet (permutes to (B, 3, T, H, W) inside)
 All work with ``channels_last`` (4-D) / ``channels_last_3d`` (r2plus1d_18) memory formats.
 
 Weights: ``pretrained=True`` loads torchvision's default weights (ImageNet; Kinetics-400 for r2plus1d_18; for
-audio_resnet18 the ImageNet ResNet-18 with its first conv summed over RGB). ``weights_file`` is read with
-``torch.load(weights_only=True)`` and may hold: a dfp model state dict, a dfp checkpoint (a dict with ``"model"``),
-or a plain torchvision state dict of the underlying network (e.g. a downloaded ``resnet18-f37072fd.pth``; its
-1000-class classifier is ignored), the offline replacement for ``--pretrained``. ``module.`` (DDP) and
+audio_resnet18 the ImageNet ResNet-18 with its first conv summed over RGB), or for timm the tag's weights through
+timm's hub (the Hugging Face cache is used offline). ``weights_file`` (``.safetensors``, else read with
+``torch.load(weights_only=True)``) may hold: a dfp model state dict, a dfp checkpoint (a dict with ``"model"``),
+or a plain torchvision / timm state dict of the underlying network (e.g. a downloaded ``resnet18-f37072fd.pth`` or
+a timm ``model.safetensors``; its classifier, of any number of classes, is ignored), the offline replacement for
+``--pretrained``. ``module.`` (DDP) and
 ``_orig_mod.`` (torch.compile) key prefixes are accepted.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Callable
 from urllib.error import URLError
 
@@ -29,11 +35,7 @@ from torch import nn
 
 from .errors import ModelError
 
-IMAGE_MODELS = ("efficientnet_b0", "efficientnet_b4", "resnet18", "resnet50", "mobilenet_v3_large")
-AUDIO_MODELS = ("audio_resnet18",)
-VIDEO_MODELS = ("frame_pool", "r2plus1d_18")
-MODELS = {"image": IMAGE_MODELS, "audio": AUDIO_MODELS, "video": VIDEO_MODELS}
-DEFAULT_MODEL = {"image": "efficientnet_b0", "audio": "audio_resnet18", "video": "frame_pool"}
+from .backbones import AUDIO_MODELS, DEFAULT_MODEL, IMAGE_MODELS, MODELS, VIDEO_MODELS, is_timm, takes  # noqa: F401
 
 # torchvision attribute path of the final Linear of each underlying network
 _FINAL = {"efficientnet_b0": "classifier.1", "efficientnet_b4": "classifier.1", "resnet18": "fc", "resnet50": "fc",
@@ -93,14 +95,15 @@ def _arch(name: str, frame_backbone: str) -> str:
 def _check(name: str, modality: str, frame_backbone: str) -> None:
     if modality not in MODELS:
         raise ModelError(f"unknown modality {modality!r}; choose one of: {', '.join(MODELS)}")
-    owner = next((m for m, names in MODELS.items() if name in names), None)
+    owner = next((m for m in MODELS if takes(name, m)), None)
     if owner is None:
         raise ModelError(f"unknown model {name!r}; {modality} models: {', '.join(MODELS[modality])}")
     if owner != modality:
         raise ModelError(f"model {name!r} is for {owner}, not {modality}; {modality} models: "
                          f"{', '.join(MODELS[modality])}")
-    if name == "frame_pool" and frame_backbone not in IMAGE_MODELS:
-        raise ModelError(f"unknown frame backbone {frame_backbone!r}; choose one of: {', '.join(IMAGE_MODELS)}")
+    if name == "frame_pool" and not takes(frame_backbone, "image"):
+        raise ModelError(f"unknown frame backbone {frame_backbone!r}; choose one of: {', '.join(IMAGE_MODELS)} "
+                         f"or timm:NAME")
 
 
 def _torchvision_net(name: str, arch: str, pretrained: bool) -> nn.Module:
@@ -108,11 +111,51 @@ def _torchvision_net(name: str, arch: str, pretrained: bool) -> nn.Module:
         return torchvision.models.get_model(arch, weights=None)
     try:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
-        return torchvision.models.get_model(arch, weights=weights)
+        with _held_download_notice():
+            return torchvision.models.get_model(arch, weights=weights)
     except (URLError, OSError, RuntimeError) as e:
         label = name if name == arch else f"{name} ({arch})"
-        raise ModelError(f"--pretrained: could not fetch torchvision weights for {label} (offline?); "
-                         f"use --weights FILE or drop --pretrained") from e
+        raise ModelError(f"--pretrained: could not fetch torchvision weights for {label} (offline?); run once "
+                         f"online to fill the torch hub cache (TORCH_HOME), or use --weights FILE or drop "
+                         f"--pretrained") from None
+
+
+class _HeldNotice:
+    """stdout that holds torch.hub's 'Downloading: ...' line back until the fetch succeeds, so a failed one leaves
+    only dfp's one-line error."""
+
+    def __init__(self, stream):
+        self.stream, self.held = stream, []
+
+    def write(self, text: str) -> int:
+        if self.held or text.startswith("Downloading: "):
+            self.held.append(text)
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _held_download_notice():
+    held = _HeldNotice(sys.stdout)
+    with contextlib.redirect_stdout(held):
+        yield
+    sys.stdout.write("".join(held.held))  # reached only when the fetch worked
+
+
+def _network(name: str, arch: str, pretrained: bool, image_size: int | None) -> tuple[nn.Module, int, tuple[str, ...]]:
+    """The underlying network without its classifier, its embedding size, and the classifier's key prefixes in
+    the library's own state dicts."""
+    if is_timm(arch):
+        from .backbones import timm_backbone
+        return timm_backbone(arch, pretrained, image_size)
+    net = _torchvision_net(name, arch, pretrained)
+    final = _FINAL[arch]
+    dim = _get(net, final).in_features
+    _set(net, final, nn.Identity())
+    return net, dim, (final + ".",)
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
@@ -140,10 +183,17 @@ def _strip_prefixes(sd: dict) -> dict:
     return out
 
 
+def _load_file(path: str):
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path, device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _read_weights(path: str) -> tuple[dict, bool]:
-    """State dict from a file, and whether it is a dfp Detector's (else a plain torchvision network's)."""
+    """State dict from a file, and whether it is a dfp Detector's (else a plain torchvision / timm network's)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _load_file(path)
     except FileNotFoundError:
         raise ModelError(f"--weights {path}: file not found") from None
     except Exception as e:  # unpickling refusal, truncated file, not a torch file ...
@@ -168,9 +218,9 @@ def _load_strict(module: nn.Module, sd: dict, path: str, name: str, ignore: tupl
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
         raise ModelError(f"--weights {path}: does not fit model {name}: {', '.join(parts)}")
     try:
         module.load_state_dict(sd, strict=False)
@@ -181,18 +231,16 @@ def _load_strict(module: nn.Module, sd: dict, path: str, name: str, ignore: tupl
 
 
 def build_model(name: str, modality: str, pretrained: bool = False, weights_file: str | None = None,
-                frame_backbone: str = "efficientnet_b0") -> Detector:
-    """A ``Detector`` with (B,) logits; see the module docstring for inputs and weights. Raises ModelError."""
+                frame_backbone: str = "efficientnet_b0", image_size: int | None = None) -> Detector:
+    """A ``Detector`` with (B,) logits; see the module docstring for inputs and weights. Raises ModelError.
+    image_size: the input side, for timm models built for one size (most ViTs); others take any size."""
     _check(name, modality, frame_backbone)
     arch = _arch(name, frame_backbone)
-    net = _torchvision_net(name, arch, pretrained)
     sd, is_dfp = _read_weights(str(weights_file)) if weights_file else (None, False)
-    final = _FINAL[arch]
+    net, dim, classifier = _network(name, arch, pretrained, image_size)
     if sd is not None and not is_dfp:
-        # a plain torchvision state dict of `arch`; its classifier (any number of classes) is not used
-        _load_strict(net, sd, str(weights_file), name, ignore=(final + ".",))
-    dim = _get(net, final).in_features
-    _set(net, final, nn.Identity())
+        # a plain torchvision / timm state dict of `arch`; its classifier (any number of classes) is not used
+        _load_strict(net, sd, str(weights_file), name, ignore=classifier)
     if name == "audio_resnet18":
         old = net.conv1
         net.conv1 = nn.Conv2d(1, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)

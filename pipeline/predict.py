@@ -13,7 +13,7 @@ from . import atomic, checkpoint
 from .engine import amp_setup, predict
 from .errors import InputError
 from .evaluate import eval_backend, eval_options
-from .formats import payload_exts
+from .formats import payload_exts, source_text
 from .loaders import make_loader, resolve_device
 from .loaders.memory import MemoryIndex
 from .media import MediaError, encoding, prepare
@@ -43,16 +43,18 @@ def collect_files(paths: list[Path]) -> list[tuple[Path, str]]:
 class _Scorer:
     """One checkpoint's model, backend and preparation settings, applied to chunks of files."""
 
-    def __init__(self, ckpt: dict, device, backend: str, batch_size: int, workers: int):
+    def __init__(self, ckpt: dict, device, backend: str, batch_size: int, workers: int, limits: dict | None = None,
+                 path="the checkpoint"):
         pre = ckpt["preprocess"]
         self.modality, self.device = ckpt["modality"], device
         self.backend = eval_backend(ckpt, backend)
         self.opts = eval_options(ckpt, batch_size, workers)
-        self.model = checkpoint.model_from_checkpoint(ckpt, device)
+        self.model = checkpoint.model_from_checkpoint(ckpt, device, path)
         self.amp_dtype, _ = amp_setup(device, "auto")
         # the shard builder's defaults stand in for values a checkpoint may lack
         self.params = {"max_side": pre.get("max_side") or 512, "sample_rate": pre.get("sample_rate") or 16000,
-                       "frames": pre.get("frames") or 16, "faces": pre.get("faces"), **storage_controls(pre)}
+                       "frames": pre.get("frames") or 16, "faces": pre.get("faces"), **storage_controls(pre),
+                       **(limits or {})}
         self.exts = payload_exts(self.modality, self.params["frames"], encoding(self.params, self.modality).ext)
 
     def _prepare(self, path: Path) -> list[bytes]:
@@ -71,6 +73,8 @@ class _Scorer:
                 where.append(j)
             except MediaError as e:
                 out[j] = (None, str(e))
+            except Exception as e:  # a decoder bug on one odd file must not cost the other files their rows
+                out[j] = (None, f"corrupt: {type(e).__name__}: {e}".strip().splitlines()[0])
             on_file()
         if samples:
             index = MemoryIndex(samples, self.modality, self.exts, self.params["sample_rate"])
@@ -88,19 +92,22 @@ def _write_csv(out: Path, rows: list[tuple[str, str, str, str]]) -> None:
     with atomic.replacing(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "score", "label", "error"])
-        w.writerows(rows)
+        w.writerows([source_text(cell) for cell in row] for row in rows)  # a name that is not UTF-8, escaped
 
 
 def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_size=32, backend="auto",
-                  workers=2, chunk=CHUNK, log=print) -> dict:
+                  workers=2, chunk=CHUNK, log=print, max_pixels: int | None = None,
+                  max_seconds: float | None = None) -> dict:
+    """max_pixels, max_seconds: bounds on what is decoded (None: the defaults, as `dfp shard`'s; 0: none)."""
     device = resolve_device(device)
-    ckpt = checkpoint.load(ckpt_path, map_location=device)
+    ckpt = checkpoint.load(ckpt_path, map_location=device, need=checkpoint.MODEL)
     thr = (ckpt.get("threshold") or {}).get("value", 0.5)
     found = collect_files(paths)
     files = [f for f, why in found if not why]
     if not found:
         raise InputError("no files found under " + ", ".join(str(p) for p in paths))
-    scorer = _Scorer(ckpt, device, backend, batch_size, workers)
+    limits = {k: v for k, v in (("max_pixels", max_pixels), ("max_seconds", max_seconds)) if v is not None}
+    scorer = _Scorer(ckpt, device, backend, batch_size, workers, limits, ckpt_path)
     from tqdm import tqdm
     scored: dict[Path, tuple[str, str, str]] = {}
     with tqdm(total=len(files), unit="file", desc="predict", dynamic_ncols=True) as bar:

@@ -8,6 +8,8 @@ value is fine either way.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -71,10 +73,9 @@ def merge_config(saved: dict, cfg, given: set[str] | None, cls):
         new, old = getattr(cfg, name), getattr(base, name)
         if new == old:
             continue
-        if name == "shards":
+        if name == "shards":  # another path to the same shards is fine; their content is checked by the caller
             if Path(new).resolve() == Path(old).resolve():
                 continue
-            _same_shards(Path(old), Path(new))
         elif name not in CHANGEABLE:
             raise InputError(f"--{name.replace('_', '-')} {new}: a resumed run keeps the value it started with "
                              f"({old}); start a new run (--out) to change it")
@@ -84,17 +85,30 @@ def merge_config(saved: dict, cfg, given: set[str] | None, cls):
     return merged, changed
 
 
-def _same_shards(old: Path, new: Path) -> None:
-    """Shards moved or copied elsewhere are fine; other shards are another experiment."""
+def shards_digest(manifest: dict) -> str:
+    """One checksum of a shard folder's content: every shard's path and sha256, as its manifest records them.
+    Re-packing with another --seed or --split changes it; moving or copying the folder does not."""
+    rows = sorted((r["path"], r["sha256"]) for r in manifest["shards"])
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def check_same_shards(ckpt: dict, digest: str, shards: str) -> None:
+    """A resumed run trains on the shards it started with, wherever they are now; other shards (or the same
+    folder re-packed) would mix former val/test samples into training."""
+    want = ckpt.get("shards_digest")
+    if want is None:  # a checkpoint from before digests were recorded: compare with the folder it names
+        want = _digest_at(Path(ckpt["config"]["shards"]))
+    if digest != want:
+        raise InputError(f"SHARDS {shards}: the run was trained on other shards, or on this folder before it was "
+                         "re-packed (the shards differ); resume with the same shards, or start a new run")
+
+
+def _digest_at(folder: Path) -> str | None:
     from .formats import read_manifest
-    digest = lambda m: sorted((r["path"], r["sha256"]) for r in m["shards"])
     try:
-        same = digest(read_manifest(old)) == digest(read_manifest(new))
+        return shards_digest(read_manifest(folder))
     except Exception:
-        same = False
-    if not same:
-        raise InputError(f"SHARDS {new}: the run was trained on {old}, whose shards differ (or are gone); "
-                         "resume with the same shards, or start a new run")
+        return None
 
 
 def resume_log(ckpt: dict, changed: dict) -> list[dict]:

@@ -3,13 +3,15 @@
 Media preparation runs in a process pool; writing happens in the main process in a fixed
 order (split, class, source), so the bytes do not depend on worker count or timing.
 The build happens under OUT/.building and is moved into place at the end; the manifest is
-written last, so a folder without a manifest is never mistaken for a complete one.
+written last, so a folder without a manifest is never mistaken for a complete one. OUT must be empty, new
+or dfp's own output, and one build at a time holds its lock (lock.py).
 """
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -18,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, atomic
+from . import __version__, atomic, lock
 from .errors import InputError
-from .formats import (CLASSES, FORMAT, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
+from .lock import LOCK_FILE
+from .formats import (CLASSES, FORMAT, MANIFEST, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
                       read_manifest, read_shard, sample_key, write_manifest)
 from .tarwriter import ShardWriter
 from .media import MediaError, prepare
@@ -64,6 +67,8 @@ class ShardParams:
     image_codec: str = "jpeg"  # or "png": images and frames stored losslessly
     trim_silence: bool | None = None  # audio: cut leading and trailing silence (media/audio.py `silence_bounds`)
     fps: float | None = None  # video: frames taken at this rate (media/video.py `rate_indices`); None: spread uniformly
+    max_pixels: int = 100_000_000  # larger pictures and frames are rejected from their header (0: no limit)
+    max_seconds: float = 3600.0  # longer audio and video are rejected from their header (0: no limit)
 
 
 # --debias: what each storage control left unset becomes (video frames: "square"); OFF is the old packing
@@ -95,30 +100,18 @@ def _resolve_controls(params: ShardParams, modality: str) -> dict:
     return out
 
 
-def _prepare_one(args, in_worker: bool = False):
+def _prepare_one(args):
+    """(payload, meta, None) or (None, None, reason). The payload holds the very bytes that were checked
+    (a kept JPEG's come back from the worker rather than being read again), so a file rewritten while
+    packing can only be packed as it was when checked."""
     path, modality, media_params = args
     try:
         payload, meta = prepare(path, modality, media_params)
-        if in_worker and meta.get("kept_bytes"):
-            payload = None  # the writer reads the file itself: cheaper than sending its bytes back
         return payload, meta, None
     except MediaError as e:
         return None, None, str(e)
     except Exception as e:  # a decoder bug on one odd file must not stop the run
         return None, None, f"corrupt: {type(e).__name__}: {e}"
-
-
-def _prepare_in_worker(args):
-    return _prepare_one(args, in_worker=True)
-
-
-def _kept_payload(path: Path, size: int) -> dict[str, bytes] | None:
-    """The original bytes of a file the worker checked and kept as it is (images only)."""
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    return {"jpg": raw} if len(raw) == size else None
 
 
 def _limit_per_class(cands: list[Candidate], limit: int | None, seed: int) -> tuple[list[Candidate], list[dict]]:
@@ -134,13 +127,53 @@ def _limit_per_class(cands: list[Candidate], limit: int | None, seed: int) -> tu
 
 
 def _check_paths(inp: Path, out: Path) -> None:
+    """OUT is empty, absent or a previous dfp build: nothing of the user's is replaced by shards."""
     if not inp.exists():
         raise InputError(f"INPUT {inp} does not exist")
     ri, ro = inp.resolve(), out.resolve()
     if ro == ri or ri in ro.parents:
         raise InputError(f"OUT {out} is inside INPUT {inp}: choose an output folder outside the input")
+    if ro in ri.parents:
+        raise InputError(f"OUT {out} contains INPUT {inp}: a build would replace the input; "
+                         "choose an output folder outside the input")
     if out.exists() and not out.is_dir():
         raise InputError(f"OUT {out} exists and is not a folder")
+    if out.is_dir():
+        foreign = _foreign_entry(out)
+        if foreign is not None:
+            raise InputError(f"OUT {out} holds {foreign}, which dfp shard did not write: give an empty or new "
+                             "folder, or a previous dfp shard output")
+
+
+# what a build leaves in OUT (a kill -9 may leave the atomic writes' temporary files too)
+_OWN_FILES = {MANIFEST, REJECTS, f"{MANIFEST}.partial", f"{REJECTS}.partial", BUILD_DIR, LOCK_FILE}
+_SHARD_FILE = re.compile(r"^(real|fake)-\d{6}\.(tar|idx)(\.partial)?$")
+
+
+def _foreign_entry(out: Path) -> str | None:
+    """The first entry of OUT that is not dfp's own output, or None."""
+    names = set(os.listdir(out))
+    other = sorted(names - _OWN_FILES - set(SPLITS))
+    if other:
+        return str(out / other[0])
+    manifest = out / MANIFEST
+    if manifest.exists():
+        try:
+            ours = json.loads(manifest.read_text(encoding="utf-8")).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            return f"{manifest} (not a {FORMAT} manifest)"
+    elif REJECTS in names and BUILD_DIR not in names:
+        return str(out / REJECTS)
+    for s in sorted(names & set(SPLITS)):
+        d = out / s
+        if d.is_symlink() or not d.is_dir():
+            return str(d)
+        for entry in sorted(d.iterdir()):
+            if not (_SHARD_FILE.match(entry.name) and entry.is_file() and not entry.is_symlink()):
+                return str(entry)
+    return None
 
 
 def _face_settings(params: ShardParams, modality: str) -> dict | None:
@@ -158,6 +191,12 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     manifest last, so OUT never holds a manifest that disagrees with the shards beside it."""
     inp, out = Path(input_dir), Path(out_dir)
     _check_paths(inp, out)
+    with lock.held(out, "OUT", create=True):
+        _check_paths(inp, out)  # again, now that no other build can change OUT
+        return _build(inp, out, params, workers, progress)
+
+
+def _build(inp: Path, out: Path, params: ShardParams, workers: int | None, progress: bool) -> dict:
     t0 = time.time()
     plan = _plan(inp, params)
     build = out / BUILD_DIR
@@ -166,11 +205,14 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
     _move_into_place(build, out)
     atomic.write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     write_manifest(out, _manifest(inp, params, plan, shard_rows, counts, len(rejects)))
+    # removed after the manifest: until then a rerun sees an interrupted build (.building), not foreign files
+    shutil.rmtree(build, ignore_errors=True)
     seconds = time.time() - t0
     packed = sum(sum(v.values()) for v in counts.values())
     return {"packed": packed, "rejected": len(rejects), "reasons": dict(Counter(_reason_kind(r["reason"]) for r in rejects)),
             "shards": len(shard_rows), "bytes": sum(r["bytes"] for r in shard_rows), "seconds": seconds,
-            "splits": counts, "files_per_s": (packed + len(rejects)) / max(seconds, 1e-9), "modality": plan.modality,
+            "splits": counts, "read": len(plan.cands), "modality": plan.modality,
+            "files_per_s": len(plan.cands) / max(seconds, 1e-9),  # files opened: not rejects found before packing
             "warnings": empty_class_warnings(counts, plan.fractions, plan.presplit, plan.cands,
                                              any(c.group for c in plan.cands))}
 
@@ -195,6 +237,7 @@ def _plan(inp: Path, params: ShardParams) -> _Plan:
     modality = disc.modality
     media_params = {"max_side": params.max_side or DEFAULT_MAX_SIDE[modality], "sample_rate": params.sample_rate,
                     "frames": params.frames, "check": params.check, "faces": _face_settings(params, modality),
+                    "max_pixels": params.max_pixels, "max_seconds": params.max_seconds,
                     **_resolve_controls(params, modality)}
     cands, over = _limit_per_class(disc.candidates, params.max_samples_per_class, params.seed)
     plan = _Plan(modality, media_params, cands, disc.rejects + over, fractions, params.val_fraction, params.seed)
@@ -220,35 +263,37 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
     sink = _ShardSink(build, params)
     workers = max(1, workers or os.cpu_count() or 1)
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
-    failed = []
+    failed, done = [], False
     bar = None
     try:
         if plan.presplit is None:
             results = _faces_first(plan, build / SPILL_DIR, pool, progress, failed)
         else:
             jobs = ((c.path, plan.modality, plan.media_params) for c in plan.cands)
-            results = pool.imap(_prepare_in_worker, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
+            results = pool.imap(_prepare_one, jobs, chunksize=8) if pool else map(_prepare_one, jobs)
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=len(plan.cands), unit="file", desc=f"packing {plan.modality}", dynamic_ncols=True)
         for c, (payload, meta, err) in zip(plan.cands, results):
             if bar:
                 bar.update(1)
-            kept_bytes = meta.pop("kept_bytes", None) if err is None else None
-            if err is None and payload is None:
-                payload = _kept_payload(c.path, kept_bytes)
-                err = None if payload is not None else "unreadable: the file changed while packing"
             if err is not None:
                 failed.append({"source": c.source, "reason": err})
                 continue
             sink.write(c, payload, meta)
         sink.close()
+        done = True
+    except OSError as e:  # _prepare_one catches its read errors: this one is writing under OUT (or spilling crops)
+        raise InputError(f"cannot write the shards under {build.parent} ({e.strerror or e}); "
+                         "free some space or choose another OUT, then run dfp shard again") from None
     finally:
-        sink.abort()  # after an error: the shard stays a .partial under .building
+        sink.abort()
         if bar:
             bar.close()
         if pool:
             pool.terminate()
+        if not done:  # nothing of an unfinished build is reused (the next build starts afresh): free its space
+            shutil.rmtree(build, ignore_errors=True)
     order = {s: i for i, s in enumerate(SPLITS)}
     sink.rows.sort(key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
     return sink.rows, sink.counts, failed
@@ -343,7 +388,6 @@ def _move_into_place(build: Path, out: Path) -> None:
         if old.exists():
             shutil.rmtree(old)
         os.replace(build / s, old)
-    shutil.rmtree(build, ignore_errors=True)
 
 
 def _manifest(inp: Path, params: ShardParams, plan: _Plan, shard_rows: list, counts: dict, rejected: int) -> dict:
@@ -388,7 +432,7 @@ def _reason_kind(reason: str) -> str:
 
 def format_summary(s: dict) -> str:
     lines = [f"packed {s['packed']} {s['modality']} samples into {s['shards']} shards "
-             f"({s['bytes'] / 1e6:.1f} MB) in {s['seconds']:.1f}s ({s['files_per_s']:.0f} files/s)"]
+             f"({s['bytes'] / 1e6:.1f} MB) in {s['seconds']:.1f}s ({s['files_per_s']:.0f} files read/s)"]
     for split, c in s["splits"].items():
         lines.append(f"  {split:5s}: real {c['real']:>7d}  fake {c['fake']:>7d}")
     if s["rejected"]:
@@ -402,13 +446,18 @@ def format_summary(s: dict) -> str:
 
 # ---------------------------------------------------------------- verify
 def _decode_check(modality: str, sample: dict[str, bytes], exts: list[str]) -> str | None:
+    """The loaders' test of each member (`jpeg_check` for JPEGs), so verify lists what they skip."""
     from .media.audio import decode_flac
-    from .media.image import decode_jpeg
+    from .media.image import decode_jpeg, jpeg_check
     try:
         for ext in exts:
             if ext not in sample:
                 return f"missing member .{ext}"
-            if ext.endswith(("jpg", "png")):
+            if ext.endswith("jpg"):
+                err = jpeg_check(sample[ext])
+                if err:
+                    return f"decode failed: .{ext}: {err}"
+            elif ext.endswith("png"):  # --image-codec png: PIL reads them in both loaders
                 arr = decode_jpeg(sample[ext])
                 if arr.ndim != 3 or arr.shape[2] != 3:
                     return f".{ext} decodes to shape {arr.shape}"

@@ -102,6 +102,9 @@ def format_stats(st: dict) -> str:
                  f"severity: {st['severity']}")
     lines.append("Recommended: " + " + ".join(st["recommended"]))
     lines += st.get("warnings", [])
+    if "audit" in st:
+        a = st["audit"]
+        lines.append(a["line"] if "line" in a else f"Shortcut audit: skipped ({a['skipped']})")
     return "\n".join(lines)
 
 

@@ -118,7 +118,10 @@ class ShardWriter:
     def abort(self) -> None:
         """Close without calling `post`: the partial file stays under its temporary name."""
         if self.f is not None:
-            self.f.close()
+            try:
+                self.f.close()
+            except OSError:
+                pass  # flushing the buffer fails again on a full disk; the error being handled says why
             self.f = None
         self.pending, self.backlog = [], deque()
         self.hasher.shutdown(cancel_futures=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from .errors import InputError, TrainingError
 from .formats import CLASSES, read_manifest
 from .loaders import LoaderOptions, make_loader, resolve_backend, resolve_device
 from .predictions import write_predictions
-from .resume import Position, resume_log
+from .resume import Position, check_same_shards, resume_log, shards_digest
 from .stats import RECOMMENDED, imbalance_ratio, severity
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_f1", "val_auc", "lr", "samples_per_s",
@@ -75,20 +76,73 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- strategy
-def decide_strategy(cfg: TrainConfig, train_counts: dict[str, int]) -> tuple[TrainConfig, dict]:
-    """--strategy auto: the seed's table, from the train split's imbalance ratio."""
+# The techniques --strategy auto decides. A flag the user set is applied as given; auto fills in only the rest.
+STRATEGY_FIELDS = ("loss", "sampling", "minority_augment", "smote")
+# On a CPU the GPU defaults (efficientnet_b0 at 224 px) train at a few samples/s: without --model and --image-size,
+# image and video runs take the settings `dfp demo` learns with in minutes (README: Commands, CPU recipe).
+CPU_RECIPE = {"image": {"model": "resnet18", "image_size": 64, "lr": 1e-3},
+              "video": {"frame_backbone": "resnet18", "image_size": 64, "lr": 1e-3}}
+# what decides a setting, as config.json's "choices" records it
+BY_USER, BY_STRATEGY, BY_DEFAULT, BY_CPU_RECIPE = "user", "strategy", "default", "cpu_recipe"
+
+
+def given_fields(cfg: TrainConfig, given: set[str] | None) -> set[str]:
+    """The fields the user set; from Python (`given=None`), every field that differs from the dataclass default."""
+    if given is not None:
+        return set(given)
+    return {k for k, f in TrainConfig.__dataclass_fields__.items() if getattr(cfg, k) != f.default}
+
+
+def decide_strategy(cfg: TrainConfig, train_counts: dict[str, int],
+                    given: set[str] = frozenset()) -> tuple[TrainConfig, dict]:
+    """--strategy auto: the seed's table, from the train split's imbalance ratio, for each technique not in `given`
+    (--class-weights counts as setting the sampling); --strategy manual: the flags and their defaults."""
+    if cfg.strategy not in ("auto", "manual"):
+        raise InputError(f"--strategy {cfg.strategy!r}: choose auto or manual")
     ratio = imbalance_ratio(train_counts)
     sev = severity(ratio)
+    user = {k for k in STRATEGY_FIELDS if k in given} | ({"sampling"} if "class_weights" in given else set())
     if cfg.strategy == "auto":
-        cfg = replace(cfg, loss="focal", sampling="natural" if sev == "mild" else "inverse",
-                      minority_augment=sev != "mild", smote=sev == "severe", class_weights=None)
-    elif cfg.strategy != "manual":
-        raise InputError(f"--strategy {cfg.strategy!r}: choose auto or manual")
+        table = {"loss": "focal", "sampling": "natural" if sev == "mild" else "inverse",
+                 "minority_augment": sev != "mild", "smote": sev == "severe"}
+        cfg = replace(cfg, **{k: v for k, v in table.items() if k not in user})
     sampling = cfg.class_weights or cfg.sampling
+    unset = BY_STRATEGY if cfg.strategy == "auto" else BY_DEFAULT
+    choices = {k: {"value": sampling if k == "sampling" else getattr(cfg, k), "by": BY_USER if k in user else unset}
+               for k in STRATEGY_FIELDS}
     decision = {"mode": cfg.strategy, "imbalance_ratio": None if math.isinf(ratio) else round(ratio, 4),
                 "severity": sev, "recommended": RECOMMENDED[sev], "loss": cfg.loss, "sampling": sampling,
-                "minority_augment": cfg.minority_augment, "smote": cfg.smote, "threshold_tuning": cfg.threshold_method}
+                "minority_augment": cfg.minority_augment, "smote": cfg.smote, "threshold_tuning": cfg.threshold_method,
+                "choices": choices}
     return cfg, decision
+
+
+def decide_recipe(cfg: TrainConfig, modality: str, device_type: str, given: set[str]) -> tuple[TrainConfig, dict]:
+    """Model, input size and learning rate: the user's; else, on a CPU when neither --model nor --image-size was set
+    (nor --weights, whose file fixes the architecture, nor for video --frame-backbone), the CPU recipe; else the
+    defaults. Returns the config and who chose each."""
+    recipe = CPU_RECIPE.get(modality, {})
+    apply = device_type == "cpu" and bool(recipe) and not ({"model", "image_size", "weights", "frame_backbone"} & given)
+    fields = ("model", "image_size", "lr") + (("frame_backbone",) if modality == "video" else ())
+    by = {k: BY_USER if k in given else (BY_CPU_RECIPE if apply and k in recipe else BY_DEFAULT) for k in fields}
+    return replace(cfg, **{k: v for k, v in recipe.items() if by[k] == BY_CPU_RECIPE}), by
+
+
+def recipe_record(choices: dict) -> dict | None:
+    """config.json's "recipe": the settings the CPU recipe chose, or None where it did not apply."""
+    settings = {k: c["value"] for k, c in choices.items() if c["by"] == BY_CPU_RECIPE}
+    return {"name": "cpu", "settings": settings, "why": "a CPU run without --model and --image-size"} if settings \
+        else None
+
+
+def describe_choices(decision: dict) -> str:
+    """The console's strategy line: each technique with who chose it."""
+    c = decision["choices"]
+    tag = lambda k: {BY_USER: "you", BY_STRATEGY: "auto"}.get(c[k]["by"], c[k]["by"])
+    onoff = lambda k: "on" if c[k]["value"] else "off"
+    return (f"strategy {decision['mode']}: loss {c['loss']['value']} ({tag('loss')}), sampling "
+            f"{c['sampling']['value']} ({tag('sampling')}), minority augmentation {onoff('minority_augment')} "
+            f"({tag('minority_augment')}), SMOTE {onoff('smote')} ({tag('smote')})")
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -107,12 +161,20 @@ def _write_history(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def _normalisation(cfg: TrainConfig) -> dict:
+    """mean, std and resize interpolation of the model's backbone (timm: its pretrained configuration)."""
+    from .backbones import input_arch, input_config
+    pre = input_config(input_arch(cfg.model, cfg.frame_backbone))
+    return {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]), "interpolation": pre["interpolation"]}
+
+
 def _preprocess(cfg: TrainConfig, manifest: dict) -> dict:
-    from .augment import MEAN, STD
     from .shards import storage_controls
+    norm = _normalisation(cfg)
     return {"image_size": cfg.image_size, "audio_seconds": cfg.audio_seconds,
             "sample_rate": manifest.get("sample_rate"), "frames": manifest.get("frames"),
-            "max_side": manifest["params"].get("max_side"), "mean": list(MEAN), "std": list(STD),
+            "max_side": manifest["params"].get("max_side"), "mean": list(norm["mean"]), "std": list(norm["std"]),
+            "interpolation": norm["interpolation"],
             "faces": manifest["params"].get("face_step"), **storage_controls(manifest["params"])}
 
 
@@ -130,10 +192,45 @@ def _check_splits(manifest: dict, shards: str, limit: int | None) -> dict[str, i
     return train
 
 
-def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> Path:
-    """`given`: the options set on the command line; on --resume they are applied or refused (see resume.py)."""
+def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None, overwrite: bool = False) -> Path:
+    """`given`: the options set on the command line; on --resume they are applied or refused (see resume.py).
+    `overwrite`: a run already in `cfg.out` is moved aside (to RUN.old-TIME) instead of refused."""
     device, d = _setup_device(cfg.device)
+    with _run_dir(cfg, d, overwrite, log):
+        return _run(cfg, device, d, log, given)
+
+
+@contextmanager
+def _run_dir(cfg: TrainConfig, d: Dist, overwrite: bool, log):
+    """The run directory, locked for the whole run by rank 0 (the rank that writes); every rank learns whether
+    it got it, so a refused run ends on all ranks alike instead of leaving the others at a collective."""
+    from . import rundir
+    held, err = None, None
+    if d.main:
+        try:
+            held = rundir.claim(Path(cfg.resume or cfg.out), bool(cfg.resume), overwrite, log, Path(cfg.shards))
+        except Exception as e:
+            err = e
+    refused = all_gather_objects(None if err is None else str(err), d)[0] if d.enabled else err
+    if refused is not None:
+        if d.enabled:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+        raise err if err is not None else InputError(refused)
+    try:
+        yield
+    except BaseException:
+        if held is not None:
+            held.release(failed=True)  # a run that failed before writing anything leaves no empty folder
+        raise
+    if held is not None:
+        held.release()
+
+
+def _run(cfg: TrainConfig, device, d: Dist, log, given: set[str] | None) -> Path:
     say = log if d.main else (lambda *a, **k: None)
+    given = given_fields(cfg, given)
+    writer = _tensorboard_writer() if (cfg.tensorboard and d.main) else None  # fails before the run folder exists
     ckpt, changed = None, {}
     if cfg.resume:
         from .resume import merge_config
@@ -141,25 +238,31 @@ def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None) -> 
         cfg, changed = merge_config(ckpt["config"], cfg, given, TrainConfig)
     out = Path(cfg.out)
     manifest = read_manifest(cfg.shards)
-    cfg, decision, train_counts = _decide(cfg, manifest)
+    digest = shards_digest(manifest)
+    if ckpt is not None:
+        check_same_shards(ckpt, digest, cfg.shards)
+    cfg, decision, train_counts = _decide(cfg, manifest, set(changed) if ckpt else given, device.type, ckpt)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     say(f"device: {device}{f' x{d.world_size} ranks' if d.enabled else ''}, backend: {cfg.backend}, model: {cfg.model}, "
         f"modality: {manifest['modality']}")
-    say(f"train: real {train_counts['real']}, fake {train_counts['fake']}; imbalance {decision['imbalance_ratio']}:1 "
-        f"({decision['severity']}); strategy {decision['mode']}: loss {cfg.loss}, sampling {decision['sampling']}, "
-        f"minority augmentation {'on' if cfg.minority_augment else 'off'}, SMOTE {'on' if cfg.smote else 'off'}")
+    _say_decisions(cfg, decision, train_counts, manifest, say)
     run = _build(cfg, manifest, decision, train_counts, device, d)
     say(f"precision: {run.amp_dtype or 'fp32'}{' + GradScaler' if run.scaler else ''}; "
         f"{run.steps_per_epoch} steps/epoch/rank")
     pos = _restore(run, ckpt, changed, say) if ckpt else Position(world_size=d.world_size, batch_size=cfg.batch_size)
+    run.base_state["shards_digest"] = digest  # what a resume compares its shards with
     config_record = _config_record(cfg, decision, manifest, run)
+    config_record["dataset"]["shards_digest"] = digest
+    if d.main:  # the metadata shortcut audit of the train split, bounded in time (pipeline/audit)
+        from .audit import train_audit
+        config_record["shortcut_audit"] = train_audit(cfg.shards, say, seed=cfg.seed)
     if ckpt is not None:  # carried in every later checkpoint, so the next resume extends it
         config_record["resumed"] = run.base_state["resumed"] = resume_log(ckpt, changed)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_json(out / "config.json", config_record, default=str)
-    tb = _tensorboard(out) if (cfg.tensorboard and d.main) else None
+    tb = writer(str(out / "tb")) if writer else None
     best_state = None
     while pos.epoch < cfg.epochs:
         row = _fit_epoch(run, pos)
@@ -213,6 +316,23 @@ class _Run:
         return len(self.train_loader.sampler)
 
 
+def _say_decisions(cfg: TrainConfig, decision: dict, train_counts: dict, manifest: dict, say) -> None:
+    """The console lines on what the run was set to: strategy (and who chose each part), CPU recipe, small val."""
+    say(f"train: real {train_counts['real']}, fake {train_counts['fake']}; imbalance {decision['imbalance_ratio']}:1 "
+        f"({decision['severity']}); {describe_choices(decision)}")
+    recipe = recipe_record(decision["choices"])
+    if recipe:
+        say("CPU recipe (a CPU run without --model and --image-size): "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in recipe["settings"].items())
+            + "; the GPU default, efficientnet_b0 at 224 px, trains many times slower on a CPU; set --model or "
+              "--image-size to choose")
+    from .report.text import small_val_note
+    limit = cfg.max_samples_per_class or 10**18
+    note = small_val_note({c: min(manifest["splits"]["val"].get(c, 0), limit) for c in CLASSES})
+    if note:
+        say(f"warning: {note}")
+
+
 def _setup_device(name: str) -> tuple[torch.device, Dist]:
     device = resolve_device(name)
     d = init_distributed(device.type)
@@ -221,17 +341,33 @@ def _setup_device(name: str) -> tuple[torch.device, Dist]:
     return device, d
 
 
-def _decide(cfg: TrainConfig, manifest: dict):
-    """Strategy from the train split's imbalance; backend and model resolved to names."""
+def _decide(cfg: TrainConfig, manifest: dict, given: set[str], device_type: str, saved: dict | None = None):
+    """Strategy and recipe (decide_strategy, decide_recipe); backend and model resolved to names.
+    `saved`: a resumed run's last.pth, whose config is already decided: it is kept, with its record of who chose
+    what (a checkpoint without one was decided by the table alone, as the table decides again here)."""
     modality = manifest["modality"]
     train_counts = _check_splits(manifest, cfg.shards, cfg.max_samples_per_class)
-    cfg, decision = decide_strategy(cfg, train_counts)
+    if saved is None:
+        cfg, decision = decide_strategy(cfg, train_counts, given)
+        cfg, by = decide_recipe(cfg, modality, device_type, given)
+    else:
+        recorded = saved.get("choices") or {}
+        keep = {*STRATEGY_FIELDS, "class_weights"} if recorded else set()
+        cfg, decision = decide_strategy(cfg, train_counts, keep)
+        by = {k: BY_USER if k in given else c["by"] for k, c in recorded.items() if k not in STRATEGY_FIELDS}
+        decision["choices"].update({k: c for k, c in recorded.items() if k in STRATEGY_FIELDS})
     from .errors import ModelError
-    from .models import DEFAULT_MODEL, MODELS
+    from .backbones import DEFAULT_MODEL, MODELS, input_arch, input_config, takes
     model_name = cfg.model or DEFAULT_MODEL[modality]
-    if model_name not in MODELS[modality]:
-        raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}")
-    return replace(cfg, model=model_name, backend=resolve_backend(cfg.backend)), decision, train_counts
+    if not takes(model_name, modality):
+        raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}"
+                         + (" or timm:NAME" if modality == "image" else ""))
+    cfg = replace(cfg, model=model_name, backend=resolve_backend(cfg.backend))
+    size = input_config(input_arch(cfg.model, cfg.frame_backbone))["image_size"]
+    if size and saved is None and "image_size" not in given:  # a timm model's own size, unless --image-size says so
+        cfg = replace(cfg, image_size=size)
+    decision["choices"].update({k: {"value": getattr(cfg, k), "by": b} for k, b in by.items()})
+    return cfg, decision, train_counts
 
 
 def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict, device, d: Dist) -> _Run:
@@ -241,7 +377,7 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
         from .sampling import parse_class_weights
         sampling = parse_class_weights(sampling)
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, image_size=cfg.image_size, audio_seconds=cfg.audio_seconds,
-                  workers=cfg.workers, max_samples_per_class=cfg.max_samples_per_class)
+                  workers=cfg.workers, max_samples_per_class=cfg.max_samples_per_class, **_normalisation(cfg))
     train_loader = make_loader(cfg.shards, "train", cfg.backend, device, LoaderOptions(
         train=True, sampling=sampling, epoch_len=cfg.epoch_len, minority_augment=cfg.minority_augment, **common),
         d.rank, d.world_size, manifest)
@@ -249,7 +385,8 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
                                             d.rank, d.world_size, manifest)
     from .losses import make_loss
     from .models import build_model
-    model = build_model(cfg.model, modality, cfg.pretrained, cfg.weights, cfg.frame_backbone).to(device)
+    model = build_model(cfg.model, modality, cfg.pretrained, cfg.weights, cfg.frame_backbone,
+                        image_size=cfg.image_size).to(device)
     if device.type == "cuda" and modality != "audio":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -262,7 +399,9 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
-    base_state = {"config": asdict(cfg), "modality": modality, "classes": list(CLASSES), "preprocess": _preprocess(cfg, manifest)}
+    # "choices" travels in every checkpoint: a resumed run keeps the record of who chose what
+    base_state = {"config": asdict(cfg), "modality": modality, "classes": list(CLASSES), "preprocess": _preprocess(cfg, manifest),
+                  "choices": decision["choices"]}
     return _Run(cfg, device, d, Path(cfg.out), modality, model, net,
                 make_loss(cfg.loss, train_counts, cfg.focal_alpha, cfg.focal_gamma).to(device), optimizer, scheduler,
                 amp_dtype, scaler, train_loader, eval_loader("val"), eval_loader, base_state)
@@ -402,7 +541,10 @@ def _save_epoch(run: _Run, pos: Position, row: dict, best: dict | None, tb, say)
 
 
 def _config_record(cfg, decision, manifest, run: _Run) -> dict:
-    return {**asdict(cfg), "strategy_decision": decision,
+    """config.json: the resolved settings; "choices" says of each automatic setting whether the user, the strategy,
+    the CPU recipe or the default chose it."""
+    return {**asdict(cfg), "choices": decision["choices"], "recipe": recipe_record(decision["choices"]),
+            "strategy_decision": {k: v for k, v in decision.items() if k != "choices"},
             "dataset": {"shards": str(Path(cfg.shards).resolve()), "modality": manifest["modality"],
                         "splits": manifest["splits"]},
             "world_size": run.d.world_size, "precision": str(run.amp_dtype or "fp32"), "device": str(run.device),
@@ -423,12 +565,20 @@ def _teardown(run: _Run, d: Dist) -> None:
     dist.destroy_process_group()
 
 
-def _tensorboard(out: Path):
+def _tensorboard_writer():
+    """torch's SummaryWriter class, tried once in a scratch folder: a missing or broken tensorboard fails the run
+    before its folder exists, not after set-up."""
+    import tempfile
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise InputError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(str(out / "tb"))
+        with tempfile.TemporaryDirectory() as tmp:
+            w = SummaryWriter(tmp)
+            w.add_scalar("check", 0.0, 0)
+            w.close()
+    except Exception as e:  # an old protobuf breaks the import with a TypeError, not an ImportError
+        raise InputError(f"--tensorboard: tensorboard does not work here ({type(e).__name__}: {e}); it is a "
+                         "dependency of dfp: reinstall with `make venv`, or leave --tensorboard out") from None
+    return SummaryWriter
 
 
 def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loader, best_state, config_record, log=print):
@@ -464,8 +614,10 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
                                       (test[1], test[2]) if test else None, cfg.threshold_method,
                                       attacks={s: attack_names(p[0], p[3]) for s, p in preds.items()},
                                       groups={s: group_names(p[0], p[3]) for s, p in preds.items()})
-    for w in warnings:
-        log(f"warning: {w}")
+    from .report.text import small_val_note, val_counts
+    for w in [*warnings, small_val_note(val_counts(metrics["val"]) or {})]:
+        if w:
+            log(f"warning: {w}")
     # samples that could not be decoded are not in the predictions: say how many, per split
     metrics["skipped_samples"] = {s: int(v[0]) for s, v in lost.items()}
     metrics["rescued_batches"] = {s: int(v[1]) for s, v in lost.items()}
@@ -474,6 +626,8 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
     best.pop("format", None)
     # the checkpoint names the threshold "value"; the other keys (requested, fallback_reason too) as in metrics.json
     best["threshold"] = {("value" if k == "threshold" else k): v for k, v in chosen.items()}
+    # the LLR calibration fitted on val travels with the threshold, so `dfp evaluate` on other shards applies both
+    best["calibration"] = metrics["val"].get("llr")
     checkpoint.save(out / "best_model.pth", best)
     if smote_info:
         config_record["smote"] = smote_info
@@ -483,8 +637,11 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
         render_report(out)
     log("")
     log(final_summary(metrics))
-    log(f"summary: {out / 'training_results.txt'}")
-    log(f"report:  {out / 'report.html'}")
+    if cfg.report:
+        log(f"summary: {out / 'training_results.txt'}")
+        log(f"report:  {out / 'report.html'}")
+    else:
+        log(f"report:  not written (--no-report); `dfp report {out}` renders it from the saved files")
     log(f"model:  {out / 'best_model.pth'} (threshold {chosen['threshold']:.4f}, {chosen['method']})")
 
 

@@ -98,6 +98,16 @@ def shards(path: Path, label: str = "SHARDS") -> None:
         raise UsageError(f"{label}: {e}") from None
 
 
+def shard_sets(paths: Iterable[Path], label: str = "SHARDS") -> None:
+    """Every path a shard folder (`shards`), and none given twice (compared by resolved path)."""
+    seen: dict = {}
+    for path in paths:
+        shards(path, label)
+        if path.resolve() in seen:
+            raise UsageError(f"{label}: {path} is given twice (as {seen[path.resolve()]}); give each set once")
+        seen[path.resolve()] = path
+
+
 def _blocking_ancestor(path: Path) -> Optional[Path]:
     """The nearest existing ancestor when it is not a folder (so nothing can be created below it)."""
     for parent in path.absolute().parents:
@@ -155,13 +165,25 @@ def class_weights(value: Optional[str]) -> None:
 
 def model_name(value: Optional[str], modalities: Iterable[str] = ("image", "audio", "video"),
                name: str = "model") -> None:
-    """A known model; imports torch (through models.py), so call it after the cheap checks."""
+    """A known model: dfp's own names (torch-free), or `timm:NAME` for images, whose name timm's registry is asked
+    about (that imports timm and torch, so call this after the cheap checks)."""
     if value is None:
         return
-    from .models import MODELS
+    from .backbones import MODELS, TIMM, check_timm_name, is_timm, takes
+    modalities = tuple(modalities)
+    if is_timm(value) and "image" in modalities:
+        if not takes(value, "image"):
+            raise UsageError(f"{flag(name)} {value!r}: give a timm model name after timm:, e.g. timm:resnet18")
+        from .errors import ModelError
+        try:
+            check_timm_name(value, flag(name))
+        except ModelError as e:
+            raise UsageError(str(e)) from None
+        return
     names = [m for mod in modalities for m in MODELS[mod]]
     if value not in names:
-        raise UsageError(f"{flag(name)} {value!r}: choose {_or(names)}")
+        extra = " or timm:NAME (images)" if "image" in modalities else ""
+        raise UsageError(f"{flag(name)} {value!r}: choose {_or(names)}{extra}")
 
 
 def image_size_wxh(value: Optional[str], modality: str) -> Optional[tuple[int, int]]:

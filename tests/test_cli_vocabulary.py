@@ -149,7 +149,7 @@ def test_a_run_folder_stands_for_its_best_model(command, shards, tmp_path, monke
     seen = []
     target = {"evaluate": (pipeline.evaluate, "evaluate"), "tune": (pipeline.evaluate, "tune"),
               "predict": (pipeline.predict, "predict_files")}[command]
-    monkeypatch.setattr(*target, lambda ckpt, *a: seen.append(ckpt))
+    monkeypatch.setattr(*target, lambda ckpt, *a, **k: seen.append(ckpt))
     argv = [command, run, shards if command != "predict" else tmp_path, "--device", "cpu"]
 
     code, err = _main(argv, monkeypatch, capsys)

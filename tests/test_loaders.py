@@ -111,8 +111,9 @@ class _NoDecode:
             yield torch.zeros(len(idx), 3, 2, 2, dtype=torch.uint8), np.ones(len(idx), bool), idx
 
 
-def test_minority_augmentation_reaches_only_minority_samples(image_shards, monkeypatch):
+def test_minority_augmentation_picks_recipes_by_plan_position_not_class(image_shards, monkeypatch):
     import pipeline.loaders.decode as dec
+    from pipeline.augment import IMAGE, STRONG_SHARE, strong_views
     seen = []
     real = dec.torch_image_train
 
@@ -121,23 +122,26 @@ def test_minority_augmentation_reaches_only_minority_samples(image_shards, monke
         return real(img, aug, size)
 
     monkeypatch.setattr(dec, "torch_image_train", spy)
-    ld = make_loader(image_shards, "train", "torch", "cpu", opts(batch_size=8))
-    assert ld.cfg.minority == (1,)  # fake is the smaller class here
+    o = opts(batch_size=8, epoch_len=64)
+    ld = make_loader(image_shards, "train", "torch", "cpu", o)
+    assert ld.cfg.strong_share == STRONG_SHARE  # the split is imbalanced: minority augmentation is on
     labels = []
     for _, y, _ in ld:
         labels += y.int().tolist()
-    from pipeline.augment import IMAGE
-    assert [a is IMAGE["strong"] for a in seen] == [l == 1 for l in labels]
-    # the DALI feed marks exactly the minority samples as strong
-    dl = make_loader(image_shards, "train", "dali", "cpu", opts(batch_size=8))
+    expect = strong_views(0, 0, np.arange(len(labels)), STRONG_SHARE)
+    assert [a is IMAGE["strong"] for a in seen] == expect.tolist()
+    both = [{bool(s) for s, l in zip(expect, labels) if l == c} for c in (0, 1)]
+    assert both == [{False, True}, {False, True}]  # each class gets both recipes
+    # the DALI feed draws the same choices from the same keys
+    dl = make_loader(image_shards, "train", "dali", "cpu", o)
     from pipeline.loaders.dali import aug_fields
     dl.producer._iter = enumerate(dl.batches())
     cols = dl.producer._source()
     fed = dict(zip(aug_fields("image"), cols[len(dl.index.exts):]))
     _, idx, ok = dl.producer.fed[0]
-    assert [float(s) for s in fed["strong"]] == [float(l == 1) for l in dl.index.labels[idx[ok]]]
+    assert [bool(s) for s in fed["strong"]] == expect[:8][ok].tolist()
     off = make_loader(image_shards, "train", "torch", "cpu", opts(minority_augment=False))
-    assert off.cfg.minority == ()
+    assert off.cfg.strong_share == 0.0
 
 
 def corrupt_copy(image_shards, dest):

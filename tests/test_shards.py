@@ -433,15 +433,6 @@ def test_structure_check_packs_the_same_and_still_rejects_truncated(tmp_path):
     assert payloads("decode") == payloads("structure")
 
 
-def test_kept_jpeg_read_by_the_writer_must_be_the_checked_file(tmp_path):
-    from pipeline.shards import _kept_payload
-    f = tmp_path / "a.jpg"
-    f.write_bytes(b"\xff\xd8abc\xff\xd9")
-    assert _kept_payload(f, 7) == {"jpg": b"\xff\xd8abc\xff\xd9"}
-    assert _kept_payload(f, 9) is None  # changed since the worker checked it
-    assert _kept_payload(tmp_path / "gone.jpg", 7) is None
-
-
 def test_unlistable_folder_is_a_clear_error_not_a_silent_loss(tmp_path, monkeypatch):
     import os
     from pipeline import sources

@@ -144,6 +144,7 @@ def test_dfp_tune_refuses_an_unreachable_target_and_keeps_the_stored_threshold(t
     y = np.array([0, 1, 0, 1, 0, 1])
     s = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
     monkeypatch.setattr(evaluate, "_predict_split", lambda *a, **k: (None, None, None, y, s))
+    monkeypatch.setattr(evaluate, "_split_size", lambda shards, split: 0)  # no manifest here: no test split
     path = tmp_path / "best_model.pth"
     stored = {"method": "f1", "value": 0.123456789012345}
     checkpoint.save(path, {"threshold": stored})
@@ -153,4 +154,6 @@ def test_dfp_tune_refuses_an_unreachable_target_and_keeps_the_stored_threshold(t
         evaluate.tune(path, "shards", "precision:0.99", log=lambda *a: None)
     assert path.read_bytes() == before and checkpoint.load(path)["threshold"] == stored
     evaluate.tune(path, "shards", "youden", log=lambda *a: None)
-    assert checkpoint.load(path)["threshold"] == {"method": "youden", "value": tune(y, s, "youden")}
+    ckpt = checkpoint.load(path)
+    assert ckpt["threshold"] == {"method": "youden", "value": tune(y, s, "youden")}
+    assert [{k: v for k, v in h.items() if k != "replaced_at"} for h in ckpt["threshold_history"]] == [stored]

@@ -375,7 +375,8 @@ def test_metrics_json_is_recomputable_from_the_predictions(image_shards, tmp_pat
     chosen = metrics["chosen"]
     ckpt = torch.load(out / "best_model.pth", weights_only=True)
     assert ckpt["threshold"] == {("value" if k == "threshold" else k): v for k, v in chosen.items()}
-    warnings = [line for line in lines if str(line).startswith("warning:")]
+    # the small-val warning (printed at the start and beside the results) is another test's subject
+    warnings = [line for line in lines if str(line).startswith("warning:") and "fewer than 30" not in str(line)]
     if not fallback:
         assert chosen == {"method": "f1", "threshold": metrics["thresholds"]["f1"]}
         return

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..formats import is_utf8_name, source_text
 from ..sources import DEFAULT_CLASS_MAP, Discovery, select, walk_input
 
 # --dataset name -> module
@@ -46,4 +47,13 @@ def discover_dataset(name: str, root, modality: str = "auto", opts: DatasetOptio
     cands, more = mod.candidates(root, files, opts)
     also = getattr(mod, "ALSO_READS", {}).get(modality, frozenset())
     modality, kept, unsupported = select(root, files, cands, modality, also)
-    return Discovery(modality, kept, rejects + more + unsupported)
+    named = [c for c in kept if is_utf8_name(c.source)]
+    badly_named = [{"source": c.source, "reason": "unsupported name: not valid UTF-8; rename the file"}
+                   for c in kept if not is_utf8_name(c.source)]
+    return Discovery(modality, named, [_printable(r) for r in rejects + more + unsupported + badly_named])
+
+
+def _printable(reject: dict) -> dict:
+    """rejects.jsonl is UTF-8 JSON: a name that is not UTF-8 (as source, or inside a reason) is written in
+    `source_text`'s escaped form."""
+    return {k: source_text(v) if isinstance(v, str) else v for k, v in reject.items()}

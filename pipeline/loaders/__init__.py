@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..augment import AUDIO, AudioFeatures, normalize_images, spec_masks, strong_mask, torch_log_mel
+from ..augment import (AUDIO, MEAN, STD, STRONG_SHARE, AudioFeatures, normalize_images, spec_masks, strong_views,
+                       torch_log_mel)
+from ..errors import FormatError, InputError
 from ..formats import CLASSES, read_manifest
 from ..predictions import SampleMeta
 from ..sampling import EpochSampler, eval_indices, rank_slice
@@ -36,13 +38,16 @@ class LoaderOptions:
     seed: int = 0
     image_size: int = 224
     audio_seconds: float = 4.0
-    minority_augment: bool = True
-    minority: tuple[str, ...] | None = None  # default: the split's smaller class
+    minority_augment: bool = True  # strong recipe for STRONG_SHARE of the samples, both classes alike
+    minority: tuple[str, ...] | None = None  # whose repeats call for it; default: the split's smaller class
     workers: int = 2
     max_samples_per_class: int | None = None
     gpu_decode: bool = False  # torch backend: decode JPEGs with torchvision on the target device
     dali_threads: int | None = None  # DALI backend: CPU threads (default: this rank's share of the cores, plus one)
     hw_decoder_load: float | None = None  # DALI on a GPU: share of JPEGs for the hardware decoder (DALI's default)
+    mean: tuple[float, ...] = MEAN  # images and video frames: the model's normalisation (backbones.input_config)
+    std: tuple[float, ...] = STD
+    interpolation: str = "bilinear"  # of the evaluation resize
 
 
 class Chunks:
@@ -76,14 +81,16 @@ class Loader:
             lo = min(range(len(CLASSES)), key=lambda c: (counts[CLASSES[c]], c))
             minority = (lo,) if counts[CLASSES[lo]] < counts[CLASSES[1 - lo]] else ()
         sr = index.manifest.get("sample_rate") or 16000
-        self.cfg = LoaderConfig(self.modality, opts.image_size, AudioFeatures(sample_rate=sr, seconds=opts.audio_seconds),
-                                minority if (opts.train and opts.minority_augment) else (), opts.train)
+        share = STRONG_SHARE if (opts.train and opts.minority_augment and minority) else 0.0
+        feat = AudioFeatures(sample_rate=sr, seconds=opts.audio_seconds)
+        self.cfg = LoaderConfig(self.modality, opts.image_size, feat, share, opts.train,
+                                mean=tuple(opts.mean), std=tuple(opts.std), interpolation=opts.interpolation)
         self.epoch, self.start_batch = 0, 0
         self.skipped = 0
         self.delivered = np.zeros(len(CLASSES), np.int64)
         if opts.train:
             if len(index) == 0:
-                raise ValueError(f"split '{index.split}' of {index.root} is empty")
+                raise InputError(f"split '{index.split}' of {index.root} is empty")
             self.sampler = EpochSampler(index.labels, opts.sampling, opts.epoch_len or len(index), opts.seed,
                                         rank, world_size, opts.batch_size)
         else:
@@ -112,9 +119,17 @@ class Loader:
     def sample_keys(self, b: int) -> np.ndarray:
         """Plan positions of this iteration's batch b: each sample's augmentation is keyed by (seed, epoch, position),
         so a resumed epoch replays the same randomness whatever the backend's state."""
+        return self.plan_positions(b, 1)[0]
+
+    def plan_positions(self, b: int, n: int) -> np.ndarray:
+        """(n, batch size) plan positions of this iteration's batches b..b+n-1."""
         a = self.start_batch + b
         bs, w = self.sampler.batch_size, self.world_size
-        return (np.arange(bs, dtype=np.int64) + a * bs) * w + self.rank
+        return (np.arange(n * bs, dtype=np.int64).reshape(n, bs) + a * bs) * w + self.rank
+
+    def strong_views(self, positions: np.ndarray) -> np.ndarray:
+        """Which of these plan positions get the strong recipe (keyed, the same for either class)."""
+        return strong_views(self.opts.seed, self.epoch, positions, self.cfg.strong_share)
 
     @property
     def rescued_batches(self) -> int:
@@ -124,22 +139,23 @@ class Loader:
     # ------------------------------------------------------------------ iteration
     def __iter__(self):
         skipped_before = self.skipped
-        for b, (data, ok, idx) in enumerate(self.producer.run(self.batches())):
+        for b, (data, ok, idx) in enumerate(self._produce()):
             bad = int((~ok).sum())
             self.skipped += bad
             if not ok.any():
                 if self.sampler is not None:
-                    raise RuntimeError(f"a whole batch of {len(idx)} samples failed to decode in {self.index.root}; "
+                    raise FormatError(f"a whole batch of {len(idx)} samples failed to decode in {self.index.root}; "
                                        "run `dfp verify` on the shards")
                 continue
             good = idx[ok]
+            pos = self.sample_keys(b)[ok] if self.sampler is not None else None
             if bad and self.sampler is not None:
                 # keep the batch shape: refill failed slots with samples of the same batch
                 rep = np.arange(len(idx)) % len(good)
-                data, good = data[torch.from_numpy(rep)], good[rep]
+                data, good, pos = data[torch.from_numpy(rep)], good[rep], pos[rep]
             labels = self.index.labels[good]
             self.delivered += np.bincount(labels, minlength=len(CLASSES))
-            x = self._finish(data, labels, b)
+            x = self._finish(data, pos, b)
             y = torch.from_numpy(labels.astype(np.float32)).to(self.device, non_blocking=True)
             yield x, y, [self.index.key(i) for i in good]
         if self.skipped > skipped_before:
@@ -147,8 +163,20 @@ class Loader:
                   f"split {self.index.split} this epoch", file=sys.stderr)
         self.start_batch = 0
 
-    def _finish(self, data: torch.Tensor, labels: np.ndarray, b: int) -> torch.Tensor:
-        """Device transfer and the last, cheap steps on the device: normalisation, log-mel, masks."""
+    def _produce(self):
+        """The backend's batches. A shard deleted after start-up fails deep inside a backend (a worker process,
+        DALI's reader thread), so any failure there is first explained by the shard files, in one line."""
+        try:
+            yield from self.producer.run(self.batches())
+        except Exception:
+            check = getattr(self.index, "check_files", None)
+            if check is not None:
+                check()
+            raise
+
+    def _finish(self, data: torch.Tensor, positions: np.ndarray | None, b: int) -> torch.Tensor:
+        """Device transfer and the last, cheap steps on the device: normalisation, log-mel, masks
+        (`positions`: the rows' plan positions in training, which choose their recipes)."""
         x = data.to(self.device, non_blocking=True)
         if self.modality == "audio":
             if x.dim() == 2:  # waveforms from the torch backend
@@ -156,12 +184,12 @@ class Loader:
             elif x.dim() == 3:
                 x = x.unsqueeze(1)
             if self.cfg.augment:
-                strong = strong_mask(labels, self.cfg.minority)
+                strong = self.strong_views(positions)
                 rng = np.random.default_rng([self.opts.seed, self.epoch, self.rank, self.start_batch + b, 1])
                 x = spec_masks(x, [AUDIO["strong" if s else "standard"] for s in strong], rng)
             return x
         if x.dtype == torch.uint8:
-            x = normalize_images(x)
+            x = normalize_images(x, self.cfg.mean, self.cfg.std)
         if self.device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

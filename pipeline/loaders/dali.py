@@ -8,8 +8,8 @@ where DALI runs; video frames stay uint8 and torch normalises them on the device
 
 Every random choice (crop window, flip, angle, colour factors; audio crop, gain and noise) is drawn
 in numpy from the sample's key (seed, epoch, plan position) with the sample's recipe (standard, or
-strong for the minority class) and fed beside the bytes, so a rebuilt or resumed pipeline replays
-exactly the same augmentations; the graph itself draws nothing.
+strong for a keyed share of either class: see `augment`) and fed beside the bytes, so a rebuilt or
+resumed pipeline replays exactly the same augmentations; the graph itself draws nothing.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from collections import deque
 import numpy as np
 import torch
 
-from ..augment import (AUDIO_DRAWS, AUDIO_FIELDS, IMAGE, IMAGE_DRAWS, IMAGE_FIELDS, MEAN, STD, draw_audio,
-                       draw_image, keyed_uniforms, strong_mask)
+from ..augment import (AUDIO_DRAWS, AUDIO_FIELDS, IMAGE, IMAGE_DRAWS, IMAGE_FIELDS, draw_audio,
+                       draw_image, keyed_uniforms)
 from ..errors import LoaderError
-from .decode import decodes
+from .decode import Decodability, decodes
 
 _MAX_THREADS = 8
 _fork_guarded = False
@@ -71,7 +71,7 @@ def _crop_warp(jpegs, geometry, size: int, decode):
 
 def _colour(img, strong, params, finish=None):
     """Brightness and contrast for every sample; saturation only where the recipe asks for it, i.e.
-    for strong samples, through a DALI conditional so the others skip the cost.
+    for samples drawn to the strong recipe, through a DALI conditional so the others skip the cost.
 
     With `finish` (normalisation to float CHW) the colour ops write float into it, so pixel values are
     not clipped to [0, 255] before normalising. Writing uint8 costs a round-and-clamp per element:
@@ -87,10 +87,11 @@ def _colour(img, strong, params, finish=None):
     return finish(img) if finish else img
 
 
-def image_eval_graph(jpegs, size: int, decode):
+def image_eval_graph(jpegs, size: int, decode, interpolation: str = "bilinear"):
     from nvidia.dali import fn, types
     img = fn.decoders.image(jpegs, **_decoder(decode), output_type=types.RGB)
-    return fn.resize(img, resize_x=size, resize_y=size, antialias=True)
+    interp = {"bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC, "nearest": types.INTERP_NN}[interpolation]
+    return fn.resize(img, resize_x=size, resize_y=size, antialias=True, interp_type=interp)
 
 
 def audio_graph(flac, params, feat, on_gpu: bool):
@@ -156,14 +157,15 @@ def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payl
             # Images are normalised where DALI runs (the GPU, or DALI's threads on a CPU) rather than on
             # the training process's main thread; the colour step then writes float straight into it.
             normalize = lambda x: fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW",
-                                                           mean=[255.0 * m for m in MEAN], std=[255.0 * s for s in STD])
+                                                           mean=[255.0 * m for m in cfg.mean],
+                                                           std=[255.0 * s for s in cfg.std])
             if params:
                 return image_train_graph(payload[0], params, cfg.image_size, decode, finish=normalize)
-            return normalize(image_eval_graph(payload[0], cfg.image_size, decode))
+            return normalize(image_eval_graph(payload[0], cfg.image_size, decode, cfg.interpolation))
         if params:  # one draw per clip: every frame gets the same crop, flip, rotation and colour
             frames = [image_train_graph(p, params, cfg.image_size, decode) for p in payload]
         else:
-            frames = [image_eval_graph(p, cfg.image_size, decode) for p in payload]
+            frames = [image_eval_graph(p, cfg.image_size, decode, cfg.interpolation) for p in payload]
         return fn.transpose(fn.stack(*frames), perm=[0, 3, 1, 2])
 
     p = pipe()
@@ -188,6 +190,9 @@ class Producer:
         self._iter = iter(())
         self.bad: set[int] = set()  # sample indices found undecodable: never fed again
         self.rescued_batches = 0
+        # DALI decodes damaged JPEGs into partly grey pictures without an error: where the shards do not
+        # settle which samples decode, each is checked once as the torch backend and `dfp verify` check it
+        self.decodable = Decodability(loader.index)
 
     def _source(self):
         b, idx = next(self._iter)  # StopIteration here is how DALI learns that the epoch is over
@@ -195,7 +200,7 @@ class Producer:
         comps, ok = [], np.ones(len(idx), bool)
         for j, i in enumerate(idx):
             c = None if int(i) in self.bad else ld.index.read(int(i))
-            if c is None or not all(_plausible(x, ld.modality) for x in c):
+            if c is None or not all(_plausible(x, ld.modality) for x in c) or not self.decodable(int(i), c):
                 ok[j] = False
             else:
                 comps.append(c)
@@ -207,13 +212,13 @@ class Producer:
         if not ld.cfg.augment:
             return tuple(cols)
         fed = ok if ok.any() else np.arange(len(idx)) == 0  # the stand-in takes the first slot
-        return (*cols, *self._aug_columns(ld.sample_keys(b)[fed], idx[fed]))
+        return (*cols, *self._aug_columns(ld.sample_keys(b)[fed]))
 
-    def _aug_columns(self, positions: np.ndarray, idx: np.ndarray) -> list:
+    def _aug_columns(self, positions: np.ndarray) -> list:
         """The random parameters of the fed samples, each keyed by its own plan position (a skipped sample
-        must not shift its neighbours' draws)."""
+        must not shift its neighbours' draws); the recipe too, so it says nothing of the sample's class."""
         ld = self.loader
-        strong = strong_mask(ld.index.labels[idx], ld.cfg.minority)
+        strong = ld.strong_views(positions)
         audio = ld.modality == "audio"
         u = keyed_uniforms(ld.opts.seed, ld.epoch, positions, AUDIO_DRAWS if audio else IMAGE_DRAWS)
         d = draw_audio(u, strong, ld.cfg.audio.samples) if audio else draw_image(u, strong)
@@ -298,9 +303,9 @@ def _stand_in(modality: str) -> np.ndarray:
 
 
 def _plausible(b: bytes, modality: str) -> bool:
-    """Cheap checks that catch truncated payloads before they reach a decoder."""
+    """A cheap check of the format's magic before a payload reaches a decoder; a JPEG's end is `Decodability`'s."""
     if modality == "audio":
         return b[:4] == b"fLaC"
     if b[:8] == b"\x89PNG\r\n\x1a\n":  # --image-codec png: the IEND chunk closes a whole file
         return b[-12:-8] == b"\0\0\0\0" and b[-8:-4] == b"IEND"
-    return b[:2] == b"\xff\xd8" and b.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    return b[:2] == b"\xff\xd8"

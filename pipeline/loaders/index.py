@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import FormatError
 from ..formats import CLASSES, read_index_entries, read_manifest
 from ..sampling import limit_per_class
 
@@ -37,9 +38,10 @@ class ShardIndex:
         for si, r in enumerate(rows):
             label = CLASSES.index(r["class"])
             idx_path = self.root / r["path"][:-4]
-            entries = read_index_entries(str(idx_path) + ".idx")
+            entries = _index_entries(Path(str(idx_path) + ".idx"))
             if len(entries) != r["samples"]:
-                raise ValueError(f"{idx_path}.idx: {len(entries)} samples, manifest says {r['samples']}; run `dfp verify`")
+                raise FormatError(f"{idx_path}.idx: {len(entries)} samples, manifest says {r['samples']}; "
+                                  "run `dfp verify`")
             for name, comp in entries:
                 for j, ext in enumerate(cols):
                     self.offsets[pos, j], self.sizes[pos, j] = comp.get(ext, (-1, 0))
@@ -63,8 +65,20 @@ class ShardIndex:
     def _fd(self, shard: int) -> int:
         fd = self._fds.get(shard)
         if fd is None:
-            fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+            try:
+                fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+            except OSError as e:
+                raise _vanished(self.paths[shard], e) from None
         return fd
+
+    def check_files(self) -> None:
+        """Raise a one-line FormatError naming the first shard of the split that can no longer be opened (deleted
+        or made unreadable after the run started): what a failure deep inside a loader is explained by."""
+        for path in self.paths:
+            try:
+                os.close(os.open(path, os.O_RDONLY))
+            except OSError as e:
+                raise _vanished(path, e) from None
 
     def read(self, i: int) -> list[bytes] | None:
         """The payload components of sample i, or None when they cannot be read whole."""
@@ -100,3 +114,16 @@ class ShardIndex:
         state = dict(self.__dict__)
         state["_fds"] = {}
         return state
+
+
+def _index_entries(idx_path: Path) -> list:
+    try:
+        return read_index_entries(idx_path)
+    except (OSError, ValueError, IndexError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise FormatError(f"{idx_path}: unreadable shard index ({why}); run `dfp verify` or rebuild the shards") from None
+
+
+def _vanished(path: str, e: OSError) -> FormatError:
+    return FormatError(f"shard {path} cannot be opened ({e.strerror or e}); it was listed in the manifest when "
+                       "the run started: restore or rebuild the shards")

@@ -9,23 +9,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..augment import strong_mask
-from .decode import decode_batch, visual_sample
+from .decode import Decodability, decode_batch, visual_sample
 
 
 class _Batches(Dataset):
-    def __init__(self, index, batches, cfg, seed: tuple[int, ...], raw: bool, offset: int = 0):
+    def __init__(self, index, batches, cfg, seed: tuple[int, ...], raw: bool, offset: int = 0, strong=None):
         self.index, self.batches, self.cfg, self.seed, self.raw = index, batches, cfg, seed, raw
         self.offset = offset  # batches already done this epoch: a resumed epoch draws the same randomness
+        self.strong = strong  # (batches, batch size) recipe choices in training, keyed by plan position
 
     def __len__(self):
         return len(self.batches)
 
     def __getitem__(self, b):
         idx = self.batches[b]
+        strong = self.strong[b] if self.strong is not None else np.zeros(len(idx), bool)
         if self.raw:
-            return [self.index.read(int(i)) for i in idx], idx
-        data, ok = decode_batch(self.index.read, idx, self.index.labels[idx], self.cfg, (*self.seed, self.offset + b))
+            return [self.index.read(int(i)) for i in idx], idx, strong
+        data, ok = decode_batch(self.index.read, idx, strong, self.cfg, (*self.seed, self.offset + b))
         return data, ok, idx
 
 
@@ -38,10 +39,16 @@ class Producer:
         self.loader = loader
         # nvJPEG takes JPEGs only: PNG payloads (--image-codec png) decode in the workers
         self.raw = loader.opts.gpu_decode and loader.modality != "audio" and loader.index.exts[0].endswith("jpg")
+        # nvJPEG, like DALI, decodes some damaged JPEGs without an error; the CPU path's decoder settles it itself
+        self.decodable = Decodability(loader.index) if self.raw else None
 
     def run(self, batches: list[np.ndarray]):
         ld = self.loader
-        ds = _Batches(ld.index, batches, ld.cfg, (ld.opts.seed, ld.epoch, ld.rank), self.raw, ld.start_batch)
+        strong = None
+        if ld.cfg.augment:
+            pos = ld.plan_positions(0, len(batches))
+            strong = ld.strong_views(pos.ravel()).reshape(pos.shape)
+        ds = _Batches(ld.index, batches, ld.cfg, (ld.opts.seed, ld.epoch, ld.rank), self.raw, ld.start_batch, strong)
         workers = ld.opts.workers
         dl = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
                         pin_memory=ld.device.type == "cuda" and not self.raw,
@@ -52,10 +59,11 @@ class Producer:
             else:
                 yield item
 
-    def _decode_on_device(self, comps: list, idx: np.ndarray):
+    def _decode_on_device(self, comps: list, idx: np.ndarray, strong: np.ndarray):
         """JPEG bytes -> decoded and augmented on the loader's device, one sample at a time after a batched decode."""
         from torchvision.io import ImageReadMode, decode_jpeg
         ld = self.loader
+        comps = [c if c is not None and self.decodable(int(i), c) else None for c, i in zip(comps, idx)]
         ok = np.array([c is not None for c in comps])
         flat = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for c in comps if c is not None for b in c]
         try:
@@ -63,7 +71,6 @@ class Producer:
         except RuntimeError:
             decoded = None  # a corrupt JPEG fails the batched call: fall back to one by one
         out, k = [], 0
-        strong = strong_mask(ld.index.labels[idx], ld.cfg.minority)
         for j, c in enumerate(comps):
             if c is None:
                 continue
@@ -87,4 +94,4 @@ def _augment(frames, cfg, strong):
     x = frames[0] if cfg.modality == "image" else torch.stack(frames)
     if cfg.augment:
         return torch_image_train(x, IMAGE["strong" if strong else "standard"], cfg.image_size)
-    return torch_image_eval(x, cfg.image_size)
+    return torch_image_eval(x, cfg.image_size, cfg.interpolation)

@@ -9,6 +9,7 @@ import numpy as np
 import soundfile as sf
 
 from . import MediaError
+from .video import DEFAULT_MAX_SECONDS
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -24,13 +25,17 @@ def _is_video(path) -> bool:
     return os.path.splitext(str(path))[1].lower() in EXTENSIONS["video"]
 
 
-def _read_video_audio(path) -> tuple[np.ndarray, int]:
+def _read_video_audio(path, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """The audio track of a video file as (frames, channels) float32, decoded with PyAV."""
     import av
+    from .video import container_seconds, too_long
     try:
         with av.open(str(path)) as c:
             if not c.streams.audio:
                 raise MediaError("no audio track in the video")
+            err = too_long(container_seconds(c), max_seconds)
+            if err:
+                raise err
             stream = c.streams.audio[0]
             planar = av.AudioResampler(format="fltp")  # (channels, samples) whatever the codec's sample format
             chunks = [g.to_ndarray() for f in c.decode(stream) for g in planar.resample(f)]
@@ -43,11 +48,33 @@ def _read_video_audio(path) -> tuple[np.ndarray, int]:
     return np.concatenate(chunks, axis=1).T.astype(np.float32), int(sr)
 
 
-def load_mono(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, dict]:
+def _read_sound_file(path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """The duration comes from the header (soundfile's info) before the samples are read."""
+    from .video import too_long
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:  # soundfile encodes a str path as UTF-8: open a name that is not UTF-8 ourselves
+        with open(path, "rb") as f:
+            return _read_checked(f, max_seconds, too_long)
+    return _read_checked(path, max_seconds, too_long)
+
+
+def _read_checked(src, max_seconds: float | None, too_long) -> tuple[np.ndarray, int]:
+    info = sf.info(src)
+    err = too_long(info.frames / info.samplerate if info.samplerate else None, max_seconds)
+    if err:
+        raise err
+    if hasattr(src, "seek"):
+        src.seek(0)
+    return sf.read(src, dtype="float32", always_2d=True)
+
+
+def load_mono(path: str | os.PathLike, sample_rate: int, max_seconds: float | None = DEFAULT_MAX_SECONDS
+              ) -> tuple[np.ndarray, dict]:
     try:
         if os.path.getsize(path) == 0:
             raise MediaError("empty file")
-        data, sr = _read_video_audio(path) if _is_video(path) else sf.read(path, dtype="float32", always_2d=True)
+        data, sr = _read_video_audio(path, max_seconds) if _is_video(path) else _read_sound_file(path, max_seconds)
     except MediaError:
         raise
     except PermissionError as e:
@@ -56,9 +83,18 @@ def load_mono(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, di
         raise MediaError(f"corrupt: {e}") from None
     if data.shape[0] == 0:
         raise MediaError("empty: no audio frames")
+    _check_finite(data)
     mono = data.mean(axis=1)
     meta = {"orig_sample_rate": int(sr), "channels": int(data.shape[1]), "duration": round(data.shape[0] / sr, 4)}
     return resample(mono, sr, sample_rate), meta
+
+
+def _check_finite(data: np.ndarray) -> None:
+    """Float WAVs can hold NaN or infinity; neither has a 16-bit FLAC value (soundfile fails on them)."""
+    if np.isnan(data).any():
+        raise MediaError("corrupt: contains NaN samples")
+    if np.isinf(data).any():
+        raise MediaError("corrupt: contains infinite samples")
 
 
 def encode_flac(x: np.ndarray, sample_rate: int) -> bytes:
@@ -96,9 +132,10 @@ def trim_silence(x: np.ndarray, sample_rate: int, meta: dict) -> np.ndarray:
     return x[start:end]
 
 
-def prepare_audio(path: str | os.PathLike, sample_rate: int, trim: bool = False) -> tuple[dict[str, bytes], dict]:
+def prepare_audio(path: str | os.PathLike, sample_rate: int, max_seconds: float | None = DEFAULT_MAX_SECONDS,
+                  trim: bool = False) -> tuple[dict[str, bytes], dict]:
     """`trim`: cut leading and trailing silence (`silence_bounds`) after resampling, so one rule meets every clip."""
-    mono, meta = load_mono(path, sample_rate)
+    mono, meta = load_mono(path, sample_rate, max_seconds)
     if trim:
         mono = trim_silence(mono, sample_rate, meta)
     meta["sample_rate"] = sample_rate

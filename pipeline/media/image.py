@@ -14,7 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import MediaError
 
-# Very large images are legitimate inputs; this still stops decompression bombs.
+# The pixel limit callers pass (`--max-pixels`) is checked from the header, before anything is decoded;
+# PIL's own bomb guard stays as a backstop for callers that pass none.
+DEFAULT_MAX_PIXELS = 100_000_000
 Image.MAX_IMAGE_PIXELS = 400_000_000
 JPEG_QUALITY = 95
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -88,15 +90,62 @@ def encode(im: Image.Image, enc: Encoding) -> bytes:
     return buf.getvalue()
 
 
-def _ends_with_eoi(raw: bytes) -> bool:
+def ends_with_eoi(raw: bytes) -> bool:
     return raw.rstrip(b"\0")[-2:] == b"\xff\xd9"
 
 
+def too_large(width: int, height: int, max_pixels: int | None) -> MediaError | None:
+    """The reject for a picture over the pixel limit (None: within it, or no limit)."""
+    if max_pixels and width * height > max_pixels:
+        return MediaError(f"too large: {width}x{height} is {width * height / 1e6:.1f} megapixels, over "
+                          f"--max-pixels {max_pixels}")
+    return None
+
+
+def _open_bounded(data: io.BytesIO | str | os.PathLike, max_pixels: int | None) -> Image.Image:
+    """Image.open reads the header only; the size is checked before any pixel is decoded."""
+    try:
+        im = Image.open(data)
+    except Image.DecompressionBombError as e:
+        raise MediaError(f"too large: {e}") from None
+    err = too_large(*im.size, max_pixels)
+    if err:
+        im.close()
+        raise err
+    return im
+
+
+def _draft_load(im: Image.Image) -> None:
+    """A 1/8-scale DCT decode: it still walks the whole entropy-coded stream, at a fraction of a full
+    decode's cost, so it proves the bytes decode."""
+    im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+    im.load()
+
+
+def jpeg_check(raw: bytes) -> str | None:
+    """Why a JPEG payload does not decode, or None when it does: the one test of a JPEG's decodability,
+    applied at packing (`--check decode`), by both loaders and by `dfp verify`, so they all agree.
+
+    DALI's decoders turn damaged entropy-coded data into a partly grey picture without an error, and
+    torchvision's rejects some files that PIL decodes; PIL (libjpeg-turbo, errors but not warnings) is the
+    judge, and the loaders apply its verdict on top of their own decoder."""
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.format != "JPEG":
+                return f"not a JPEG ({im.format})"
+            _draft_load(im)
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, ... for damaged data
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode",
-                  enc: Encoding = Encoding()) -> tuple[dict[str, bytes], dict]:
-    """`check` applies to JPEGs whose bytes are kept: "decode" proves they decode (a 1/8-scale DCT
-    decode); "structure" trusts headers that parse up to the scan plus an end-of-image marker, which
-    catches truncated and non-JPEG files but not damage inside the entropy-coded data."""
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS, enc: Encoding = Encoding()
+                  ) -> tuple[dict[str, bytes], dict]:
+    """`check` applies to JPEGs whose bytes are kept: "decode" proves they decode (`_draft_load`);
+    "structure" trusts headers that parse up to the scan plus an end-of-image marker, which
+    catches truncated and non-JPEG files but not damage inside the entropy-coded data.
+    Pictures over `max_pixels` are rejected from their header, before decoding."""
     if check not in CHECKS:
         raise ValueError(f"check {check!r}: choose one of {', '.join(CHECKS)}")
     try:
@@ -106,29 +155,30 @@ def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode",
     if not raw:
         raise MediaError("empty file")
     try:
-        im = Image.open(io.BytesIO(raw))
+        im = _open_bounded(io.BytesIO(raw), max_pixels)
         fmt = im.format
         orientation = im.getexif().get(0x0112, 1)
         size = im.size
         keep = (enc.keeps_bytes and fmt == "JPEG" and im.mode in ("RGB", "L") and orientation in (1, None)
                 and max(size) <= max_side)
         meta = {"width": size[0], "height": size[1], "orig_format": fmt}
-        if keep and check == "structure" and _ends_with_eoi(raw):
-            return {"jpg": raw}, {**meta, "kept_bytes": len(raw)}
+        if keep and check == "structure" and ends_with_eoi(raw):
+            return {"jpg": raw}, meta
         if keep:
-            # The original bytes are kept, so a 1/8-scale DCT decode is enough to prove they decode:
-            # it still walks the whole entropy-coded stream, at a fraction of a full decode's cost.
-            im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
-        elif fmt == "JPEG" and max(size) > max_side and enc.rule != "crop":
-            # DCT-domain downscale, much faster for huge JPEGs; both sides stay >= max_side, as every rule needs
-            im.draft("RGB", (max_side, max_side))
-        im.load()
+            _draft_load(im)  # the original bytes are kept: proving they decode is enough
+        else:
+            if fmt == "JPEG" and max(size) > max_side and enc.rule != "crop":
+                # DCT-domain downscale, much faster for huge JPEGs; both sides stay >= max_side, as every rule needs
+                im.draft("RGB", (max_side, max_side))
+            im.load()
+    except MediaError:
+        raise
     except UnidentifiedImageError:
         raise MediaError("not media: not a readable image") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise MediaError(f"corrupt: {e}") from None
     if keep:
-        return {"jpg": raw}, {**meta, "kept_bytes": len(raw)}
+        return {"jpg": raw}, meta
     try:
         im = ImageOps.exif_transpose(im)
         im = resize(_to_rgb(im), max_side, enc.rule)
@@ -139,12 +189,12 @@ def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode",
     return {enc.ext: data}, meta
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
+def load_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The whole picture, upright, as HWC uint8 RGB (for the face step, which crops from full resolution)."""
     try:
         if os.path.getsize(path) == 0:
             raise MediaError("empty file")
-        with Image.open(path) as im:
+        with _open_bounded(path, max_pixels) as im:
             return np.asarray(_to_rgb(ImageOps.exif_transpose(im)))
     except MediaError:
         raise

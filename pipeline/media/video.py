@@ -17,6 +17,42 @@ from .image import Encoding, encode, resize
 from ..formats import frame_ext
 
 JPEG_QUALITY = 90
+DEFAULT_MAX_SECONDS = 3600.0  # audio and video: longer files are rejected from their headers (`--max-seconds`)
+
+
+def too_long(seconds: float | None, max_seconds: float | None) -> MediaError | None:
+    """The reject for a recording over the duration limit (None: within it, unknown, or no limit)."""
+    if max_seconds and seconds is not None and seconds > max_seconds:
+        return MediaError(f"too long: {seconds:.1f} s, over --max-seconds {max_seconds:g}")
+    return None
+
+
+def container_seconds(c) -> float | None:
+    """A PyAV container's duration from its headers (None where they do not say)."""
+    if c.duration:
+        return c.duration / 1_000_000  # av.time_base
+    for st in c.streams:
+        if st.duration and st.time_base:
+            return float(st.duration * st.time_base)
+    return None
+
+
+def check_video_bounds(path, max_seconds: float | None, max_pixels: int | None) -> None:
+    """Duration and frame size from the headers, before any frame is decoded."""
+    import av
+    from .image import too_large
+    try:
+        with av.open(str(path)) as c:
+            seconds = container_seconds(c)
+            st = c.streams.video[0] if c.streams.video else None
+            if st is not None and not seconds and st.frames and st.average_rate:
+                seconds = float(st.frames / st.average_rate)
+            w, h = (st.codec_context.width, st.codec_context.height) if st is not None else (0, 0)
+    except (av.FFmpegError, OSError):
+        return  # unreadable headers: the decoder gives the reject its reason
+    err = too_long(seconds, max_seconds) or too_large(w, h, max_pixels)
+    if err:
+        raise err
 
 
 def frame_indices(n_available: int, n_wanted: int) -> np.ndarray:
@@ -57,10 +93,13 @@ def _decode(path, frames: int, size: tuple[int, int] | None, fps: float | None =
     return batch, n, src_fps
 
 
-def read_frames(path: str | os.PathLike, frames: int, fps: float | None = None) -> tuple[np.ndarray, dict]:
+def read_frames(path: str | os.PathLike, frames: int, max_seconds: float | None = DEFAULT_MAX_SECONDS,
+                max_pixels: int | None = None, fps: float | None = None) -> tuple[np.ndarray, dict]:
+    from .image import DEFAULT_MAX_PIXELS
     try:
         if os.path.getsize(path) == 0:
             raise MediaError("empty file")
+        check_video_bounds(path, max_seconds, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
         try:
             batch, n, src_fps = _decode(path, frames, None, fps)
         except MediaError:
@@ -84,11 +123,12 @@ def read_frames(path: str | os.PathLike, frames: int, fps: float | None = None) 
     return batch, {"orig_frames": int(n), "fps": round(src_fps, 3), "width": int(batch.shape[2]), "height": int(batch.shape[1])}
 
 
-def prepare_video(path: str | os.PathLike, frames: int, max_side: int, enc: Encoding | None = None,
-                  fps: float | None = None) -> tuple[dict[str, bytes], dict]:
+def prepare_video(path: str | os.PathLike, frames: int, max_side: int, max_seconds: float | None = DEFAULT_MAX_SECONDS,
+                  max_pixels: int | None = None, enc: Encoding | None = None, fps: float | None = None
+                  ) -> tuple[dict[str, bytes], dict]:
     """`enc`: how frames are stored (every frame is encoded; the default is JPEG_QUALITY, "fit")."""
     enc = enc or Encoding(quality=JPEG_QUALITY)
-    batch, meta = read_frames(path, frames, fps)
+    batch, meta = read_frames(path, frames, max_seconds, max_pixels, fps)
     payload = {}
     for i, arr in enumerate(batch):
         im = resize(Image.fromarray(arr), max_side, enc.rule, Image.Resampling.BILINEAR)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import atomic
+from ..formats import SPLITS
 from ..predictions import Predictions, read_prediction_table
 from .counts import format_ratio, imbalance_ratio, split_counts
 from .html import HTML_FILE, render_html
@@ -74,9 +75,10 @@ def _load_json(path: Path):
 
 
 def _read_tables(run: Path) -> dict[str, Predictions | None]:
-    """predictions_{val,test}.csv of a run; None for a split whose file is missing or unreadable."""
+    """predictions_{train,val,test}.csv of a run or evaluation; None for a split whose file is missing or
+    unreadable."""
     tables: dict[str, Predictions | None] = {}
-    for split in ("val", "test"):
+    for split in SPLITS:
         path = run / f"predictions_{split}.csv"
         tables[split] = None
         if path.exists():

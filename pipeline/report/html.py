@@ -4,10 +4,12 @@ from __future__ import annotations
 import base64
 from html import escape
 
+from ..formats import SPLITS
 from ..thresholds import DEFAULT_THRESHOLD
 from .counts import format_ratio, split_counts, totals
 from .plots import PLOTS
-from .text import METRIC_ROWS, SUMMARY_FILE, attack_rows, fmt, improvement, report_notes, setup_items
+from .text import (METRIC_ROWS, SUMMARY_FILE, attack_rows, fmt, improvement, report_notes, report_title, setup_items,
+                   threshold_heading, threshold_provenance)
 
 HTML_FILE = "report.html"
 
@@ -101,15 +103,28 @@ def _dataset(counts: dict[str, dict[str, int]]) -> list[str]:
     return ["<h2>Dataset</h2>", _table(["Split", "Real", "Fake", "Total", "Imbalance ratio"], rows)]
 
 
+def _shortcut_audit(config: dict) -> list[str]:
+    from .text import audit_rows
+    a, rows = audit_rows(config)
+    if not rows:
+        return []
+    head = (f"<p>Train split, metadata only: combined AUC {_e(a.get('combined_auc'))}; flagged: "
+            f"{_e(', '.join(a.get('flagged') or []) or 'none')}. <code>dfp audit SHARDS</code> gives the full table.</p>")
+    return ["<h2>Shortcut audit</h2>", head,
+            _table(["Feature", "AUC", "Remedy (flagged)"], [[_e(n), f"{auc:.2f}", _e(fix)] for n, auc, fix in rows])]
+
+
 def _thresholds(metrics: dict) -> list[str]:
     chosen = metrics.get("chosen") or {}
     if not chosen:
         return []
     rows = [[_e(k), f"{v:.6f}", "&#10004; chosen" if k == chosen.get("method") else ""]
             for k, v in (metrics.get("thresholds") or {}).items()]
-    parts = ["<h2>Thresholds (tuned on val)</h2>",
+    title, source = threshold_heading(metrics)
+    parts = [f"<h2>{_e(title)} ({_e(source)})</h2>",
              f"<p>Chosen: method <strong>{_e(chosen.get('method'))}</strong>, threshold "
              f"<strong>{float(chosen.get('threshold', DEFAULT_THRESHOLD)):.6f}</strong></p>"]
+    parts += [f"<p>{_e(line)}</p>" for line in threshold_provenance(chosen, metrics.get("threshold_history"))]
     if chosen.get("fallback_reason"):
         parts.append(f'<p class="warn">Requested: method <strong>{_e(chosen.get("requested"))}</strong>, '
                      f"not applied: {_e(chosen['fallback_reason'])}</p>")
@@ -120,7 +135,7 @@ def _thresholds(metrics: dict) -> list[str]:
 
 def _results(metrics: dict) -> list[str]:
     parts = []
-    for split in ("val", "test"):
+    for split in SPLITS:
         rep = metrics.get(split)
         if isinstance(rep, dict) and "default" in rep and "tuned" in rep:
             parts += [f"<h2>Results: {_e(split)}</h2>",
@@ -141,16 +156,23 @@ def _plots(images: dict[str, bytes]) -> list[str]:
     return parts
 
 
+def _threshold_note(metrics: dict) -> str:
+    if isinstance(metrics.get("evaluation"), dict):
+        return "The threshold is the checkpoint's, applied unchanged to the evaluated split."
+    return "Thresholds are tuned on val only and applied unchanged to test."
+
+
 def render_html(run_name: str, metrics: dict, config: dict, images: dict[str, bytes], summary: str) -> str:
     """One self-contained page: tables of the summary numbers and every PNG as a base64 data URI."""
     metrics = metrics or {}
+    title = report_title(run_name, config or {})
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>dfp report: {_e(run_name)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>Deepfake detector training report: {_e(run_name)}</h1>",
+             f"<title>dfp {_e(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Deepfake detector {_e(title)}</h1>",
              "<p>Labels: real = 0, fake = 1; fake is the positive class (precision, recall and F1 are the fake "
-             "class's). A sample is called fake when score &gt;= threshold. Thresholds are tuned on val only "
-             "and applied unchanged to test.</p>"]
+             "class's). A sample is called fake when score &gt;= threshold. " + _threshold_note(metrics) + "</p>"]
     parts += _warnings(metrics) + _setup(config) + _dataset(split_counts(config, metrics))
+    parts += _shortcut_audit(config or {})
     parts += _thresholds(metrics) + _results(metrics) + _plots(images)
     parts += [f"<h2>{_e(SUMMARY_FILE)}</h2>", f"<pre>{_e(summary)}</pre>", "</body></html>"]
     return "\n".join(parts) + "\n"

@@ -266,7 +266,7 @@ def render_plots(config: dict, metrics: dict | None, preds: dict, history: dict 
     """{file name: PNG bytes} for every figure in PLOTS whose inputs exist; each skipped one is logged.
 
     `preds` maps "val"/"test" to (labels, scores) or None; `history` is read_history's columns or None."""
-    cm_split = next((s for s in ("test", "val") if isinstance((metrics or {}).get(s), dict)), None)
+    cm_split = next((s for s in ("test", "val", "train") if isinstance((metrics or {}).get(s), dict)), None)
     dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
     modality = dataset.get("modality", config.get("modality"))
     renderers = {

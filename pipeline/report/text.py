@@ -5,6 +5,9 @@ say the same thing.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..formats import SPLITS
 from ..thresholds import DEFAULT_THRESHOLD
 from .counts import format_ratio, split_counts, totals
 
@@ -25,21 +28,59 @@ def _describe(value) -> str:
     return str(value)
 
 
+def evaluation(config: dict) -> dict:
+    """config.json's "evaluation" record (`dfp evaluate`'s folders: checkpoint, shards, set, split); {} for a run."""
+    rec = config.get("evaluation") if isinstance(config, dict) else None
+    return rec if isinstance(rec, dict) else {}
+
+
+def report_title(run_name: str, config: dict) -> str:
+    """"training report: RUN", or for an evaluation "evaluation of RUN/best_model.pth on SET (split test)"."""
+    rec = evaluation(config)
+    if not rec:
+        return f"training report: {run_name}"
+    ckpt = Path(str(rec.get("checkpoint", "?")))
+    return f"evaluation of {ckpt.parent.name}/{ckpt.name} on {rec.get('set', '?')} (split {rec.get('split', '?')})"
+
+
+def _evaluation_items(rec: dict, trained: dict) -> list[tuple[str, str]]:
+    items = [("Checkpoint", str(rec.get("checkpoint"))), ("Shard set", f"{rec.get('set')} ({rec.get('shards')})"),
+             ("Split", str(rec.get("split")))]
+    if trained.get("shards"):
+        items.append(("Trained on", str(trained["shards"])))
+    return items + ([("Evaluated at", str(rec["time"]))] if rec.get("time") else [])
+
+
 def setup_items(config: dict) -> list[tuple[str, str]]:
-    """(label, value) pairs describing how the run was trained, from config.json."""
+    """(label, value) pairs describing how the run was trained (and, for an evaluation, what was evaluated),
+    from config.json."""
     if not isinstance(config, dict):
         return []
     dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
-    items = []
-    modality = dataset.get("modality", config.get("modality"))
+    rec = evaluation(config)
+    trained = config.get("training") if rec and isinstance(config.get("training"), dict) else config
+    items = _evaluation_items(rec, trained) if rec else []
+    modality = dataset.get("modality", trained.get("modality"))
     if modality:
         items.append(("Modality", str(modality)))
     for key, label in (("model", "Model"), ("loss", "Loss"), ("strategy", "Strategy"), ("sampler", "Sampler"),
                        ("epochs", "Epochs"), ("batch_size", "Batch size"), ("lr", "Learning rate"),
-                       ("device", "Device"), ("threshold_method", "Threshold method")):
-        if config.get(key) not in (None, "", {}):
-            items.append((label, _describe(config[key])))
-    return items
+                       ("device", "Device"), ("threshold_method", "Threshold method (training)")):
+        if trained.get(key) not in (None, "", {}):
+            items.append((label, _describe(trained[key])))
+    return items + _choice_items(trained.get("choices"))
+
+
+def _choice_items(choices) -> list[tuple[str, str]]:
+    """Who chose the automatic settings (config.json "choices"): the user's, the strategy's, the CPU recipe's."""
+    if not isinstance(choices, dict):
+        return []
+    groups: dict[str, list[str]] = {}
+    for name, c in choices.items():
+        if isinstance(c, dict) and "by" in c:
+            groups.setdefault(str(c["by"]), []).append(f"{name} {_describe(c.get('value'))}")
+    labels = (("user", "Set by you"), ("strategy", "Chosen by --strategy auto"), ("cpu_recipe", "CPU recipe"))
+    return [(label, ", ".join(groups[by])) for by, label in labels if by in groups]
 
 
 def fmt(x, digits: int = 4) -> str:
@@ -51,6 +92,53 @@ def improvement(default_f1: float, tuned_f1: float) -> str:
     if default_f1 > 0:
         return f"{delta / default_f1 * 100:+.2f}% ({default_f1:.4f} -> {tuned_f1:.4f}, {delta:+.4f} F1)"
     return f"{delta:+.4f} F1 ({default_f1:.4f} -> {tuned_f1:.4f}; relative change undefined)"
+
+
+# Fewer samples of a class in val than this and the tuned threshold rests on a handful of scores: one sample moves
+# that class's recall (or specificity) by more than 3 points, and the binomial standard error of a rate near 0.5
+# exceeds 0.09 (a 95% interval wider than +-0.18), so the threshold often does not carry over to test.
+MIN_VAL_PER_CLASS = 30
+# the metrics besides F1 whose change at the tuned threshold is shown (F1 counts the fake class only)
+CHANGE_ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("mcc", "MCC"))
+
+
+def small_val_note(counts: dict[str, int]) -> str | None:
+    """A warning when val holds fewer than MIN_VAL_PER_CLASS samples of a class; None otherwise."""
+    few = [c for c, n in counts.items() if n < MIN_VAL_PER_CLASS]
+    if not few:
+        return None
+    held = " and ".join(f"{n} {c}" for c, n in counts.items())
+    which = "of each class" if len(few) == len(counts) else " and ".join(few)
+    return (f"val holds {held} samples, fewer than {MIN_VAL_PER_CLASS} {which}: the threshold tuned on "
+            "it rests on a few scores and may not carry over to test; give val more samples (a larger val share in "
+            "dfp shard --split, or more data)")
+
+
+def val_counts(rep) -> dict[str, int] | None:
+    """A split's class counts from its confusion matrix at 0.5 ([[TN, FP], [FN, TP]]); None where it has none."""
+    try:
+        (tn, fp), (fn, tp) = rep["default"]["confusion_matrix"]
+        return {"real": int(tn) + int(fp), "fake": int(fn) + int(tp)}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def threshold_changes(default: dict, tuned: dict) -> tuple[str, str | None]:
+    """The change from 0.5 to the tuned threshold of accuracy, balanced accuracy and MCC (shown beside F1's), and a
+    warning naming those that fall (None when none does)."""
+    parts, fell = [], []
+    for key, label in CHANGE_ROWS:
+        if isinstance(default.get(key), (int, float)) and isinstance(tuned.get(key), (int, float)):
+            a, b = default[key], tuned[key]
+            parts.append(f"{label} {b - a:+.4f} ({a:.4f} -> {b:.4f})")
+            if b < a - 1e-12:
+                fell.append(label)
+    warning = None
+    if fell:
+        warning = (f"at the tuned threshold {', '.join(fell)} fall{'s' if len(fell) == 1 else ''}"
+                   + (" while F1 rises (F1 counts the fake class only)" if tuned["f1"] > default["f1"] else "")
+                   + ": check that the trade suits the use, or tune with another --threshold-method")
+    return ", ".join(parts), warning
 
 
 def report_notes(metrics: dict) -> list[str]:
@@ -68,15 +156,22 @@ def report_notes(metrics: dict) -> list[str]:
     if fallback:
         notes.append(fallback)
     if val and val.get("auc") is None:
-        notes.append("val split has a single class: AUC/AP/EER are null" + ("" if fallback else
-                     f"; threshold tuning is undefined and the default threshold {DEFAULT_THRESHOLD} is used"))
+        # an evaluation applies the checkpoint's threshold: nothing was tuned on its val
+        tuned_here = not fallback and "evaluation" not in metrics
+        notes.append("val split has a single class: AUC/AP/EER are null" + (
+            f"; threshold tuning is undefined and the default threshold {DEFAULT_THRESHOLD} is used" if tuned_here
+            else ""))
     elif not fallback and method and method != "default" and method not in thresholds:
         # a metrics.json without fallback keys names the requested method even where 0.5 was applied
         notes.append(f"threshold method {method} is undefined on val; the default threshold "
                      f"{DEFAULT_THRESHOLD} is used")
-    test = metrics.get("test")
-    if isinstance(test, dict) and test.get("auc") is None:
-        notes.append("test split has a single class: AUC/AP/EER are null")
+    for name in ("train", "test"):
+        rep = metrics.get(name)
+        if isinstance(rep, dict) and rep.get("auc") is None:
+            notes.append(f"{name} split has a single class: AUC/AP/EER are null")
+    small = None if "evaluation" in metrics else small_val_note(val_counts(val) or {})  # nothing tuned there
+    if small:
+        notes.append(small)
     return notes
 
 
@@ -131,29 +226,78 @@ def _dataset_lines(counts: dict[str, dict[str, int]]) -> list[str]:
                     f"   Imbalance Ratio: {format_ratio(real, fake)}", ""]
 
 
-def _threshold_lines(chosen: dict, thresholds: dict) -> list[str]:
+def audit_rows(config: dict, most: int = 8) -> tuple[dict, list[tuple[str, float, str]]]:
+    """The train-split shortcut audit dfp train recorded (config.json `shortcut_audit`) and its `most` highest
+    (feature, AUC, remedy if flagged) rows; ({}, []) when none was recorded."""
+    a = config.get("shortcut_audit") if isinstance(config, dict) else None
+    if not isinstance(a, dict) or not isinstance(a.get("features"), dict):
+        return {}, []
+    feats = sorted(a["features"].items(), key=lambda kv: (-kv[1], kv[0]))[:most]
+    flagged, remedies = set(a.get("flagged") or []), a.get("remedies") or {}
+    return a, [(n, auc, remedies.get(n, "") if n in flagged else "") for n, auc in feats]
+
+
+def shortcut_audit_lines(config: dict) -> list[str]:
+    a, rows = audit_rows(config)
+    if not rows:
+        return []
+    n = a.get("n") or {}
+    lines = ["SHORTCUT AUDIT (train split, metadata; dfp audit SHARDS for the full table)", THIN,
+             f"   {n.get('real', '?')} real, {n.get('fake', '?')} fake audited; combined AUC {a.get('combined_auc')}; "
+             f"flagged: {', '.join(a.get('flagged') or []) or 'none'}"]
+    lines += [f"   {name:<24}{auc:>6.2f}" + (f"   FLAG: {fix}" if fix else "") for name, auc, fix in rows]
+    if a.get("source_flagged"):
+        lines.append(f"   source files before packing flagged: {', '.join(a['source_flagged'])}")
+    return lines + [""]
+
+
+def threshold_heading(metrics: dict) -> tuple[str, str]:
+    """(title, where the threshold comes from) for the threshold section; an evaluation applies the checkpoint's."""
+    if isinstance(metrics.get("evaluation"), dict):
+        return "Threshold", "stored in the checkpoint"
+    return "Thresholds", "tuned on val"
+
+
+def threshold_provenance(chosen: dict, history) -> list[str]:
+    """Where the applied threshold was tuned when `dfp tune` set it, and the thresholds it replaced."""
+    lines = []
+    if chosen.get("tuned_on"):
+        lines.append(f"Tuned by dfp tune on the val split of {chosen['tuned_on']} at {chosen.get('tuned_at', '?')}")
+    for old in history if isinstance(history, list) else []:
+        if isinstance(old, dict) and isinstance(old.get("value"), (int, float)):
+            lines.append(f"Previous: method {old.get('method')}, threshold {old['value']:.6f} "
+                         f"(replaced {old.get('replaced_at', '?')})")
+    return lines
+
+
+def _threshold_lines(metrics: dict) -> list[str]:
+    chosen = metrics.get("chosen") or {}
     if not chosen:
         return []
-    lines = ["THRESHOLD TUNING (on val only; a sample is fake when score >= threshold)", THIN]
-    for k, v in thresholds.items():
+    title, source = threshold_heading(metrics)
+    lines = [f"{title.upper()} ({source}; a sample is fake when score >= threshold)", THIN]
+    for k, v in (metrics.get("thresholds") or {}).items():
         lines.append(f"   {k}: {v:.6f}" + ("   <- chosen" if k == chosen.get("method") else ""))
     lines.append(f"   Chosen: method {chosen.get('method')}, threshold {chosen.get('threshold', 0.5):.6f}")
     if chosen.get("fallback_reason"):
         lines.append(f"   Requested: method {chosen.get('requested')}, not applied: {chosen['fallback_reason']}")
+    lines += [f"   {x}" for x in threshold_provenance(chosen, metrics.get("threshold_history"))]
     return lines + [""]
 
 
-def _split_lines(name: str, rep: dict, chosen: dict) -> list[str]:
+def _split_lines(name: str, rep: dict, chosen: dict, source: str) -> list[str]:
     d, t = rep["default"], rep["tuned"]
     method = chosen.get("method", "?")
     lines = [f"{name.upper()} RESULTS", THIN]
     for title, m in ((f"Results (threshold={d['threshold']:.4g}):", d),
-                     (f"Results (threshold={t['threshold']:.4f}, tuned on val, method {method}):", t)):
+                     (f"Results (threshold={t['threshold']:.4f}, {source}, method {method}):", t)):
         lines.append(title)
         lines += [f"   {label}: {m[key]:.4f}" for key, label in METRIC_ROWS]
         lines.append(f"   Confusion matrix [[TN, FP], [FN, TP]]: {m['confusion_matrix']}")
         lines.append("")
     lines.append(f"Improvement (F1, tuned vs 0.5): {improvement(d['f1'], t['f1'])}")
+    others, fell = threshold_changes(d, t)
+    lines += [f"Change beside it (tuned vs 0.5): {others}"] + ([f"Warning: {fell}"] if fell else [])
     lines.append(f"AUC: {fmt(rep.get('auc'))}   AP: {fmt(rep.get('ap'))}   EER: {fmt(rep.get('eer'))}")
     lines += field_lines(rep)
     lines.append("")
@@ -177,9 +321,11 @@ def console_summary(title: str, rep: dict, chosen: dict) -> str:
     d, t = rep["default"], rep["tuned"]
     curves = (f"AUC {rep['auc']:.4f}  AP {rep['ap']:.4f}  EER {rep['eer']:.4f}" if rep.get("auc") is not None
               else "AUC/AP/EER undefined (single class)")
+    others, fell = threshold_changes(d, t)
     lines = [title, f"  threshold 0.5:    {row(d)}",
              f"  threshold {t['threshold']:.4f} ({_chosen_label(chosen)}): {row(t)}",
-             f"  improvement in F1: {improvement(d['f1'], t['f1'])}   {curves}"]
+             f"  change in F1: {improvement(d['f1'], t['f1'])}; {others}",
+             *([f"  warning: {fell}"] if fell else []), f"  {curves}"]
     lines += [f"  {x}" for x in field_lines(rep)]
     return "\n".join(lines + [f"  {x}" for x in attack_table_lines(rep.get("by_attack"), t["threshold"])])
 
@@ -188,16 +334,21 @@ def summary_text(metrics: dict, config: dict) -> str:
     """The text of `training_results.txt`, also printed on the console at the end of training."""
     metrics = metrics if isinstance(metrics, dict) else {}
     config = config if isinstance(config, dict) else {}
-    lines = [RULE, "DEEPFAKE DETECTION - TRAINING RESULTS", RULE]
+    kind = "EVALUATION" if evaluation(config) else "TRAINING"
+    lines = [RULE, f"DEEPFAKE DETECTION - {kind} RESULTS", RULE]
+    if evaluation(config):
+        title = report_title("", config)
+        lines += [title[0].upper() + title[1:], ""]
     lines += [f"{label}: {value}" for label, value in setup_items(config)]
     lines.append("")
     lines += _dataset_lines(split_counts(config, metrics))
+    lines += shortcut_audit_lines(config)
     chosen = metrics.get("chosen") or {}
-    lines += _threshold_lines(chosen, metrics.get("thresholds") or {})
-    for name in ("val", "test"):
+    lines += _threshold_lines(metrics)
+    for name in SPLITS:
         rep = metrics.get(name)
         if isinstance(rep, dict) and "default" in rep and "tuned" in rep:
-            lines += _split_lines(name, rep, chosen)
+            lines += _split_lines(name, rep, chosen, threshold_heading(metrics)[1])
     notes = report_notes(metrics)
     if notes:
         lines += ["WARNINGS", THIN] + [f"   - {n}" for n in notes] + [""]
