@@ -300,6 +300,14 @@ def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
           ff_compression: str = typer.Option("c23", help="as for dfp shard (raw input only)"),
           seed: int = typer.Option(0, help="seed for the per-class draw and the cross-validation"),
           workers: Optional[int] = typer.Option(None, help="header-reading processes (default: all cores)"),
+          augmentation: bool = typer.Option(False, "--augmentation", help="shards only: also draw training batches "
+                                            "through the real loader and measure how well augmentation traces tell "
+                                            "the classes apart (trace AUC; default: off)"),
+          backend: str = typer.Option("auto", help="--augmentation: loader backend, auto, dali or torch"),
+          device: str = typer.Option("auto", help=DEVICE_HELP),
+          batches: int = typer.Option(16, help="--augmentation: training batches drawn"),
+          batch_size: int = typer.Option(32, help=BATCH_HELP + " (--augmentation)"),
+          image_size: int = typer.Option(224, metavar=SIZE, help=SIZE_HELP + " (--augmentation)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Shortcut audit: properties that should not carry the label (format, JPEG quality, size, silence, sample
     rate, codec, ...), one AUC each real vs fake, and a grouped cross-validated classifier over all of them.
@@ -316,6 +324,12 @@ def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
     v.minimum(0, seed=seed, group_depth=group_depth)
     if not 0.5 <= flag_at <= 1:
         raise UsageError(f"--flag-at must be in [0.5, 1], got {flag_at}")
+    if augmentation:
+        v.shards(path)
+        v.choice("backend", backend, BACKENDS)
+        v.device(device)
+        v.minimum(1, batches=batches, batch_size=batch_size)
+        v.minimum(MIN_IMAGE_SIZE, image_size=image_size)
     try:
         from .sources import parse_class_map
         parse_class_map(class_map)
@@ -327,6 +341,9 @@ def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
                          modality=modality, group_depth=group_depth, ff_compression=ff_compression, seed=seed)
     result = run_audit(path, params, max_per_class=max_per_class, flag_at=flag_at, seed=seed, progress=not quiet,
                        workers=workers)
+    if augmentation:
+        from .audit import augmentation_report
+        result["augmentation"] = augmentation_report(path, backend, device, batches, batch_size, image_size, seed)
     from .atomic import write_bytes, write_json
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -189,10 +189,23 @@ def read_index(idx_path: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
 
 
 # ---------------------------------------------------------------- manifest
+def _shard_hint(folder: Path) -> str:
+    """A folder with files in it is most likely the user's raw data: the hint packs it into a new folder beside
+    the project's shards rather than into the data itself."""
+    try:
+        has_files = folder.is_dir() and any(folder.iterdir())
+    except OSError:
+        has_files = False
+    if has_files:
+        return (f"{folder} looks like raw input, not shards: build shards first with "
+                f"`dfp shard {folder} shards/{folder.resolve().name or 'data'}` and give that folder")
+    return f"build shards first with `dfp shard INPUT {folder}`"
+
+
 def read_manifest(shards_dir: str | os.PathLike) -> dict:
     path = Path(shards_dir) / MANIFEST
     if not path.is_file():
-        raise FormatError(f"{path} not found: build shards first with `dfp shard INPUT {shards_dir}`")
+        raise FormatError(f"{path} not found: {_shard_hint(Path(shards_dir))}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:

@@ -39,6 +39,22 @@ def claim(folder: Path, resume: bool, overwrite: bool, log=print, shards: Path |
     return held
 
 
+def discard_unstarted(folder: Path) -> None:
+    """A new run that failed before its first last.pth leaves nothing to resume: remove what it wrote
+    (config.json, tb/), so the folder does not then count as a run the next attempt must --overwrite. The
+    folder was empty when the run claimed it, so everything in it but the lock is this run's."""
+    import shutil
+    if not folder.is_dir() or (folder / "last.pth").exists():
+        return
+    for p in folder.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def _contents(folder: Path) -> tuple[list[str], str | None]:
     """The run files found in `folder`, and its first entry of any kind (None: empty but for a lock file)."""
     names = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)

@@ -221,6 +221,8 @@ def _run_dir(cfg: TrainConfig, d: Dist, overwrite: bool, log):
         yield
     except BaseException:
         if held is not None:
+            if not cfg.resume:
+                rundir.discard_unstarted(Path(cfg.out))
             held.release(failed=True)  # a run that failed before writing anything leaves no empty folder
         raise
     if held is not None:

@@ -90,3 +90,24 @@ def test_the_trace_audit_finds_a_nuisance_that_tells_the_classes(tmp_path, modal
     assert got["trace_auc"] >= 0.9 and got["baseline_auc"] >= 0.9
     # audio: the loader's added noise fills the silent gap, so it shows as a raised floor
     assert got["features"][0]["name"].startswith(feature), got["features"][:4]
+
+
+@pytest.mark.slow
+def test_dfp_audit_augmentation_reports_the_trace_of_the_default_recipe(controls, tmp_path):
+    """The command-line door: the trace AUC of training batches beside that of evaluation batches, in the JSON
+    and the console; not flagged for the default recipe; raw input (no loader) is refused with one line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipeline import cli
+    shards = controls("image")
+    out = tmp_path / "audit.json"
+    res = CliRunner().invoke(cli.app, ["audit", str(shards), "--augmentation", "--backend", "torch", "--device", "cpu",
+                                       "--batches", "6", "--image-size", "32", "--json", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    trace = json.loads(out.read_text())["augmentation"]
+    assert trace["n"] == 6 * 32 and trace["trace_auc"] <= 0.6 and not trace["flagged"]
+    assert 0.5 <= trace["baseline_auc"] <= 1 and "Augmentation traces" in res.output
+    raw = CliRunner().invoke(cli.app, ["audit", str(shards.parent / "in"), "--augmentation", "--quiet"])
+    assert raw.exit_code == 1 and "looks like raw input" in str(raw.exception), raw  # UsageError: main() exits 2

@@ -272,3 +272,14 @@ def test_stats_plot_creates_its_folder(tmp_path, monkeypatch, capsys):
     assert exc.value.code == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"plot: {plot}" in capsys.readouterr().out
+
+
+def test_raw_input_given_as_shards_is_packed_beside_it_not_into_it(tmp_path, monkeypatch, capsys):
+    """The hint used to say `dfp shard INPUT mydata`: packing into the user's own data folder."""
+    data = tmp_path / "mydata"
+    image_tree(data, 2, 2)
+    code, err = _run_main(["train", str(data), "--out", str(tmp_path / "run")], monkeypatch, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "looks like raw input" in err, err
+    suggested = err.split("`dfp shard ")[1].split("`")[0].split()
+    assert suggested[0] == str(data) and Path(suggested[1]).resolve() != data.resolve(), err
+    assert data.resolve() not in Path(suggested[1]).resolve().parents

@@ -380,3 +380,21 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_no_partial(shards, tm
     assert code == 1
     _one_line(err, f"{run / 'best_model.pth'}: No space left on device")
     assert not [n for n in left if n.endswith(".partial")] and LOCK_FILE not in left, left
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(shards, tmp_path, monkeypatch, capsys):
+    """It left a run dir with only config.json, which the next attempt then had to --overwrite."""
+    from pipeline.errors import TrainingError
+
+    def fails(*a, **k):
+        raise TrainingError("the loss is not finite (stand-in for a failure in the first epoch)")
+    import pipeline.train as train
+    monkeypatch.setattr(train, "_fit_epoch", fails)
+    run = tmp_path / "run"
+    code, _, err = _run_main(_train_args(shards, run), monkeypatch, capsys)
+    assert code == 1 and "not finite" in err, err
+    assert not run.exists()
+    run.mkdir()
+    (run / "keep.txt").write_text("the user's")  # a folder that was not empty is refused, never emptied
+    code, _, err = _run_main(_train_args(shards, run), monkeypatch, capsys)
+    assert code == 2 and (run / "keep.txt").exists()

@@ -283,7 +283,36 @@ def format_audit(a: dict) -> str:
         lines.append("fixed sizes (a few sizes cover >= 90% of the class): "
                      + "; ".join(f"{c} {', '.join(s) if s else 'none'}" for c, s in a["fixed_sizes"].items()))
     lines.append(headline(a))
+    if a.get("augmentation"):
+        lines += augmentation_lines(a["augmentation"])
     return "\n".join(lines)
+
+
+# Above this a probe tells the classes apart from augmentation traces alone (issue 20's bar for the default recipe).
+TRACE_LIMIT = 0.6
+
+
+def augmentation_report(shards, backend: str, device: str, batches: int, batch_size: int, image_size: int,
+                        seed: int) -> dict:
+    """`dfp audit SHARDS --augmentation`: training batches through the real loader (as `dfp train` draws them,
+    with the default minority augmentation), the trace AUC, and beside it the same audit on evaluation batches
+    (no augmentation), which tells a trace of augmentation from a difference in the content itself."""
+    from ..loaders import resolve_backend, resolve_device
+    from .augmentation import augmentation_trace
+    backend, dev = resolve_backend(backend), str(resolve_device(device))
+    out = augmentation_trace(shards, backend, dev, batches, batch_size, seed,
+                             options={"image_size": image_size}, baseline=True)
+    out.update(backend=backend, device=dev, limit=TRACE_LIMIT,
+               flagged=bool(out["trace_auc"] > TRACE_LIMIT and out["trace_auc"] > out["baseline_auc"] + 0.05))
+    return out
+
+
+def augmentation_lines(t: dict) -> list[str]:
+    top = sorted(t["features"], key=lambda f: -f["auc"])[:3]
+    return [f"Augmentation traces ({t['n']} training samples, {t['backend']} on {t['device']}): trace AUC "
+            f"{t['trace_auc']:.3f}, without augmentation {t['baseline_auc']:.3f}"
+            + ("  FLAG: augmentation tells the classes apart" if t["flagged"] else f" (limit {t['limit']})"),
+            "  strongest traces: " + ", ".join(f"{f['name']} {f['auc']:.2f}" for f in top)]
 
 
 def _table(a: dict) -> list[str]:
