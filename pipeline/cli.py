@@ -113,6 +113,28 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
           face_margin: float = typer.Option(1.3, help="--faces: crop side as a multiple of the detected box"),
           face_size: int = typer.Option(256, help="--faces: crop side in pixels"),
           face_quality: int = typer.Option(95, help="--faces: JPEG quality of the crops (1-100)"),
+          debias: bool = typer.Option(False, "--debias", help="store both classes alike: --reencode --chroma 420 "
+                                      "--resize-rule crop (square for video) --trim-silence --fps 8 unless given "
+                                      "(see README)"),
+          reencode: Optional[bool] = typer.Option(None, "--reencode/--no-reencode", help="images: re-encode every "
+                                                  "file; no JPEG keeps its original bytes (default: off; on with --debias)"),
+          jpeg_quality: Optional[int] = typer.Option(None, help="JPEG quality of stored images and frames, 1-100 "
+                                                     "(default 95 images, 90 video frames)"),
+          chroma: Optional[str] = typer.Option(None, help="JPEG chroma subsampling of stored images and frames: 420 "
+                                               "or 444 (default: the encoder's, 420)"),
+          resize_rule: Optional[str] = typer.Option(None, help="size rule for images and frames, with --max-side S: "
+                                                    "fit (shrink the longer side to S), longer (longer side "
+                                                    "exactly S), square (shorter side S, centre-cropped SxS) or "
+                                                    "crop (centre SxS at the picture's own scale; smaller ones "
+                                                    "enlarged) (default: fit; with --debias crop for images, "
+                                                    "square for video)"),
+          image_codec: str = typer.Option("jpeg", help="jpeg, or png to store images and frames losslessly (both "
+                                          "classes alike; every file re-encoded)"),
+          trim_silence: Optional[bool] = typer.Option(None, "--trim-silence/--no-trim-silence", help="audio: cut "
+                                                      "leading and trailing silence (10 ms frames 40 dB below the "
+                                                      "loudest; 20 ms margin) (default: off; on with --debias)"),
+          fps: Optional[float] = typer.Option(None, help="video: take --frames frames at this rate from the middle "
+                                              "of each clip (default: spread over the clip; 8 with --debias)"),
           max_pixels: int = typer.Option(100_000_000, help="pictures and video frames over this many pixels are rejected from their header, before decoding (0: no limit)"),
           max_seconds: float = typer.Option(3600.0, help="audio and video longer than this are rejected from their header (0: no limit)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
@@ -120,6 +142,7 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
     _check_shard_args(input_dir, out, modality, split, class_map, check)
     _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
     _check_face_args(faces, modality, face_margin, face_size, face_quality)
+    _check_storage_args(faces, jpeg_quality, chroma, resize_rule, image_codec, fps)
     v.minimum(1, max_count=max_count, max_size=max_size, frames=frames, sample_rate=sample_rate, workers=workers,
               max_samples_per_class=max_samples_per_class)
     v.minimum(0, seed=seed, group_depth=group_depth)
@@ -131,7 +154,9 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                          max_side=max_side, sample_rate=sample_rate, frames=frames, check=check,
                          dataset=dataset, protocol=str(protocol) if protocol else None, val_fraction=val_fraction,
                          ff_compression=ff_compression, faces=faces, face_margin=face_margin, face_size=face_size,
-                         face_quality=face_quality, max_pixels=max_pixels, max_seconds=max_seconds)
+                         face_quality=face_quality, debias=debias, reencode=reencode, jpeg_quality=jpeg_quality,
+                         chroma=chroma, resize_rule=resize_rule, image_codec=image_codec, trim_silence=trim_silence,
+                         fps=fps, max_pixels=max_pixels, max_seconds=max_seconds)
     summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
     typer.echo(format_summary(summary))
     typer.echo(f"shards: {out}")
@@ -167,6 +192,24 @@ def _check_face_args(faces: bool, modality: str, margin: float, size: int, quali
     v.minimum(1, face_quality=quality)
     if quality > 100:
         raise UsageError(f"--face-quality must be at most 100, got {quality}")
+
+
+def _check_storage_args(faces: bool, quality: Optional[int], chroma: Optional[str], rule: Optional[str],
+                        codec: str, fps: Optional[float]) -> None:
+    from .media.image import CHROMA, CODECS, RESIZE_RULES
+    v.choice("image_codec", codec, CODECS)
+    if chroma is not None:
+        v.choice("chroma", chroma, CHROMA)
+    if rule is not None:
+        v.choice("resize_rule", rule, RESIZE_RULES)
+    v.minimum(1, jpeg_quality=quality)
+    v.positive(fps=fps)
+    if quality is not None and quality > 100:
+        raise UsageError(f"--jpeg-quality must be at most 100, got {quality}")
+    if codec == "png" and (quality is not None or chroma is not None):
+        raise UsageError("--jpeg-quality and --chroma apply to --image-codec jpeg, not png")
+    if faces and codec == "png":
+        raise UsageError("--faces stores JPEG crops (--face-quality); leave out --image-codec png")
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """The `dfp-shards/1` on-disk format: sample schema, manifest and DALI `.idx` files.
 
 One sample is a group of adjacent tar members `KEY.cls`, `KEY.json` and the payload
-(`KEY.jpg`, `KEY.flac`, or video frames `KEY.f000.jpg`, `KEY.f001.jpg`, ...).
+(`KEY.jpg`, `KEY.flac`, or video frames `KEY.f000.jpg`, `KEY.f001.jpg`, ...; `.png` in place of `.jpg` for
+shards packed with `--image-codec png`).
 Nothing here is ever pickled: payloads are media bytes, metadata is JSON.
 """
 from __future__ import annotations
@@ -26,8 +27,8 @@ IMAGE_EXT = "jpg"
 AUDIO_EXT = "flac"
 
 
-def frame_ext(i: int) -> str:
-    return f"f{i:03d}.jpg"
+def frame_ext(i: int, ext: str = "jpg") -> str:
+    return f"f{i:03d}.{ext}"
 
 
 def sample_key(source: str) -> str:
@@ -61,12 +62,13 @@ def encode_sample(key: str, source: str, cls: str, payload: dict[str, bytes], me
     return sample
 
 
-def payload_exts(modality: str, frames: int = 0) -> list[str]:
+def payload_exts(modality: str, frames: int = 0, image_ext: str = IMAGE_EXT) -> list[str]:
+    """image_ext: "jpg", or "png" for shards packed with --image-codec png."""
     if modality == "image":
-        return [IMAGE_EXT]
+        return [image_ext]
     if modality == "audio":
         return [AUDIO_EXT]
-    return [frame_ext(i) for i in range(frames)]
+    return [frame_ext(i, image_ext) for i in range(frames)]
 
 
 # ---------------------------------------------------------------- index files

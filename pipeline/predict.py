@@ -16,7 +16,8 @@ from .evaluate import eval_backend, eval_options
 from .formats import payload_exts, source_text
 from .loaders import make_loader, resolve_device
 from .loaders.memory import MemoryIndex
-from .media import MediaError, prepare
+from .media import MediaError, encoding, prepare
+from .shards import storage_controls
 from .sources import EXTENSIONS, walk_files
 
 CHUNK = 256  # files prepared and held in memory at once
@@ -52,8 +53,9 @@ class _Scorer:
         self.amp_dtype, _ = amp_setup(device, "auto")
         # the shard builder's defaults stand in for values a checkpoint may lack
         self.params = {"max_side": pre.get("max_side") or 512, "sample_rate": pre.get("sample_rate") or 16000,
-                       "frames": pre.get("frames") or 16, "faces": pre.get("faces"), **(limits or {})}
-        self.exts = payload_exts(self.modality, self.params["frames"])
+                       "frames": pre.get("frames") or 16, "faces": pre.get("faces"), **storage_controls(pre),
+                       **(limits or {})}
+        self.exts = payload_exts(self.modality, self.params["frames"], encoding(self.params, self.modality).ext)
 
     def _prepare(self, path: Path) -> list[bytes]:
         if path.suffix.lower() not in EXTENSIONS[self.modality]:

@@ -58,8 +58,46 @@ class ShardParams:
     face_margin: float = 1.3
     face_size: int = 256
     face_quality: int = 95
+    # Storage controls (README, Removing storage shortcuts); None: off, or on with --debias (DEBIAS below)
+    debias: bool = False
+    reencode: bool | None = None  # images: every file re-encoded, none keeps its original JPEG bytes
+    jpeg_quality: int | None = None  # None: 95 for images, 90 for video frames
+    chroma: str | None = None  # "420" or "444"; None: the encoder's default (4:2:0)
+    resize_rule: str | None = None  # "fit" (the default), "longer", "square" or "crop" (media/image.py `resize`)
+    image_codec: str = "jpeg"  # or "png": images and frames stored losslessly
+    trim_silence: bool | None = None  # audio: cut leading and trailing silence (media/audio.py `silence_bounds`)
+    fps: float | None = None  # video: frames taken at this rate (media/video.py `rate_indices`); None: spread uniformly
     max_pixels: int = 100_000_000  # larger pictures and frames are rejected from their header (0: no limit)
     max_seconds: float = 3600.0  # longer audio and video are rejected from their header (0: no limit)
+
+
+# --debias: what each storage control left unset becomes (video frames: "square"); OFF is the old packing
+DEBIAS = {"reencode": True, "chroma": "420", "resize_rule": "crop", "trim_silence": True, "fps": 8.0}
+OFF = {"reencode": False, "chroma": None, "resize_rule": "fit", "trim_silence": False, "fps": None}
+CONTROLS = (*OFF, "jpeg_quality", "image_codec")
+
+
+def storage_controls(p: dict) -> dict:
+    """The storage controls of a manifest's `params` or a checkpoint's `preprocess`, as `media.prepare` takes
+    them; ones the packer did not record (older shards) are off."""
+    out = {k: (p.get(k) if p.get(k) is not None else v) for k, v in OFF.items()}
+    return out | {"jpeg_quality": p.get("jpeg_quality"), "image_codec": p.get("image_codec") or "jpeg"}
+
+
+def _resolve_controls(params: ShardParams, modality: str) -> dict:
+    """The controls this run packs with: given ones, else --debias's, else off; the quality by modality."""
+    given = {k: getattr(params, k) for k in OFF}
+    out = {k: v if v is not None else (DEBIAS[k] if params.debias else OFF[k]) for k, v in given.items()}
+    if params.debias and params.resize_rule is None and modality == "video":
+        out["resize_rule"] = "square"  # a centre crop of a full-HD frame at its own scale would miss the scene
+    from .media.image import JPEG_QUALITY
+    from .media.video import JPEG_QUALITY as FRAME_QUALITY
+    default = FRAME_QUALITY if modality == "video" else JPEG_QUALITY
+    out["jpeg_quality"] = params.jpeg_quality or (default if modality != "audio" else None)
+    out["image_codec"] = params.image_codec
+    if params.faces:  # face crops are one size and one quality already (--face-size, --face-quality)
+        out |= {k: OFF[k] for k in ("reencode", "chroma", "resize_rule", "fps")} | {"jpeg_quality": params.face_quality}
+    return out
 
 
 def _prepare_one(args):
@@ -199,7 +237,8 @@ def _plan(inp: Path, params: ShardParams) -> _Plan:
     modality = disc.modality
     media_params = {"max_side": params.max_side or DEFAULT_MAX_SIDE[modality], "sample_rate": params.sample_rate,
                     "frames": params.frames, "check": params.check, "faces": _face_settings(params, modality),
-                    "max_pixels": params.max_pixels, "max_seconds": params.max_seconds}
+                    "max_pixels": params.max_pixels, "max_seconds": params.max_seconds,
+                    **_resolve_controls(params, modality)}
     cands, over = _limit_per_class(disc.candidates, params.max_samples_per_class, params.seed)
     plan = _Plan(modality, media_params, cands, disc.rejects + over, fractions, params.val_fraction, params.seed)
     if not media_params["faces"]:
@@ -355,12 +394,17 @@ def _manifest(inp: Path, params: ShardParams, plan: _Plan, shard_rows: list, cou
     modality = plan.modality
     p = asdict(params)
     p.update(modality=modality, max_side=plan.media_params["max_side"], input=str(inp.resolve()),
-             face_step=plan.media_params["faces"])
+             face_step=plan.media_params["faces"], **{k: plan.media_params[k] for k in CONTROLS})
     return {"format": FORMAT, "tool": f"dfp {__version__}", "modality": modality, "classes": list(CLASSES),
-            "payload": payload_exts(modality, params.frames),
+            "payload": payload_exts(modality, params.frames, _image_ext(plan.media_params)),
             "sample_rate": params.sample_rate if modality == "audio" else None,
             "frames": params.frames if modality == "video" else None,
             "splits": counts, "shards": shard_rows, "rejected": rejected, "params": p}
+
+
+def _image_ext(media_params: dict) -> str:
+    from .media import encoding
+    return encoding(media_params, "image").ext
 
 
 def discover_input(inp: Path, params: ShardParams):
@@ -404,7 +448,7 @@ def format_summary(s: dict) -> str:
 def _decode_check(modality: str, sample: dict[str, bytes], exts: list[str]) -> str | None:
     """The loaders' test of each member (`jpeg_check` for JPEGs), so verify lists what they skip."""
     from .media.audio import decode_flac
-    from .media.image import jpeg_check
+    from .media.image import decode_jpeg, jpeg_check
     try:
         for ext in exts:
             if ext not in sample:
@@ -413,6 +457,10 @@ def _decode_check(modality: str, sample: dict[str, bytes], exts: list[str]) -> s
                 err = jpeg_check(sample[ext])
                 if err:
                     return f"decode failed: .{ext}: {err}"
+            elif ext.endswith("png"):  # --image-codec png: PIL reads them in both loaders
+                arr = decode_jpeg(sample[ext])
+                if arr.ndim != 3 or arr.shape[2] != 3:
+                    return f".{ext} decodes to shape {arr.shape}"
             elif ext == "flac":
                 x, _ = decode_flac(sample[ext])
                 if x.size == 0:

@@ -169,12 +169,13 @@ def _normalisation(cfg: TrainConfig) -> dict:
 
 
 def _preprocess(cfg: TrainConfig, manifest: dict) -> dict:
+    from .shards import storage_controls
     norm = _normalisation(cfg)
     return {"image_size": cfg.image_size, "audio_seconds": cfg.audio_seconds,
             "sample_rate": manifest.get("sample_rate"), "frames": manifest.get("frames"),
             "max_side": manifest["params"].get("max_side"), "mean": list(norm["mean"]), "std": list(norm["std"]),
             "interpolation": norm["interpolation"],
-            "faces": manifest["params"].get("face_step")}
+            "faces": manifest["params"].get("face_step"), **storage_controls(manifest["params"])}
 
 
 def _check_splits(manifest: dict, shards: str, limit: int | None) -> dict[str, int]:

@@ -306,4 +306,6 @@ def _plausible(b: bytes, modality: str) -> bool:
     """A cheap check of the format's magic before a payload reaches a decoder; a JPEG's end is `Decodability`'s."""
     if modality == "audio":
         return b[:4] == b"fLaC"
+    if b[:8] == b"\x89PNG\r\n\x1a\n":  # --image-codec png: the IEND chunk closes a whole file
+        return b[-12:-8] == b"\0\0\0\0" and b[-8:-4] == b"IEND"
     return b[:2] == b"\xff\xd8"

@@ -33,6 +33,9 @@ class LoaderConfig:
 
 
 def _decode_jpeg(b: bytes) -> torch.Tensor | None:
+    """A JPEG, or a PNG from shards packed with --image-codec png, as (3, H, W) uint8."""
+    if b[:8] == PNG_SIGNATURE:
+        return _decode_png(b)
     from torchvision.io import ImageReadMode, decode_jpeg
     try:
         return decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB)
@@ -62,10 +65,11 @@ class Decodability:
     """`jpeg_check`'s verdict on each sample of an index, computed once per sample (the first time it is
     read) where the shards do not settle it (`settled`), and for any JPEG without an end-of-image marker
     (truncated, or trailing data after it: lenient decoders take both). Audio needs none, as DALI's decoder
-    and the torch backend's both use libsndfile."""
+    and the torch backend's both use libsndfile, nor PNG payloads (--image-codec png), which the packer
+    always writes itself and PIL decodes in both backends."""
 
     def __init__(self, index):
-        self.jpeg = index.modality != "audio"
+        self.jpeg = index.modality != "audio" and index.exts[0].endswith("jpg")
         self.needed = self.jpeg and not settled(index.manifest)
         self.known = np.zeros(len(index) if self.jpeg else 0, np.int8)  # 0 unknown, 1 decodes, -1 does not
 
@@ -78,6 +82,21 @@ class Decodability:
             else:
                 self.known[i] = 1 if all(jpeg_check(bytes(b)) is None for b in comps) else -1
         return self.known[i] > 0
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _decode_png(b: bytes) -> torch.Tensor | None:
+    # PIL, not torchvision: torchvision's libpng fails ("bad parameters to zlib") in a process that loaded
+    # decord first, as `dfp predict` on video does; PNG is lossless, so every decoder gives the same pixels
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(b)) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 def _decode_audio(b: bytes, sr: int) -> np.ndarray | None:

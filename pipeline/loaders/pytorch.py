@@ -37,7 +37,8 @@ def _identity(x):
 class Producer:
     def __init__(self, loader):
         self.loader = loader
-        self.raw = loader.opts.gpu_decode and loader.modality != "audio"
+        # nvJPEG takes JPEGs only: PNG payloads (--image-codec png) decode in the workers
+        self.raw = loader.opts.gpu_decode and loader.modality != "audio" and loader.index.exts[0].endswith("jpg")
         # nvJPEG, like DALI, decodes some damaged JPEGs without an error; the CPU path's decoder settles it itself
         self.decodable = Decodability(loader.index) if self.raw else None
 

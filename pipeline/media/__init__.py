@@ -9,6 +9,15 @@ class MediaError(Exception):
     """The file cannot be packed; str(e) is the reject reason."""
 
 
+def encoding(params: dict, modality: str):
+    """The `image.Encoding` the shard parameters ask for; parameters that lack a control keep the old storage."""
+    from . import image, video
+    default = image.JPEG_QUALITY if modality == "image" else video.JPEG_QUALITY
+    return image.Encoding(reencode=bool(params.get("reencode")), codec=params.get("image_codec") or "jpeg",
+                          quality=params.get("jpeg_quality") or default, chroma=params.get("chroma"),
+                          rule=params.get("resize_rule") or "fit")
+
+
 def prepare(path, modality: str, params: dict):
     """Dispatch to the modality's `prepare` with the shard parameters; params["faces"] (settings from
     `faces.settings`) swaps whole images and frames for face crops. params["max_pixels"] and
@@ -24,13 +33,15 @@ def prepare(path, modality: str, params: dict):
         return prepare_face_video(path, params["frames"], params["faces"])
     if modality == "image":
         from .image import prepare_image
-        return prepare_image(path, params["max_side"], params.get("check", "decode"), max_pixels)
+        return prepare_image(path, params["max_side"], params.get("check", "decode"), max_pixels,
+                             encoding(params, modality))
     if modality == "audio":
         from .audio import prepare_audio
-        return prepare_audio(path, params["sample_rate"], max_seconds)
+        return prepare_audio(path, params["sample_rate"], max_seconds, bool(params.get("trim_silence")))
     if modality == "video":
         from .video import prepare_video
-        return prepare_video(path, params["frames"], params["max_side"], max_seconds, max_pixels)
+        return prepare_video(path, params["frames"], params["max_side"], max_seconds, max_pixels,
+                             encoding(params, modality), params.get("fps"))
     raise ValueError(f"unknown modality {modality!r}")
 
 

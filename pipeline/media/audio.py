@@ -103,9 +103,41 @@ def encode_flac(x: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def prepare_audio(path: str | os.PathLike, sample_rate: int, max_seconds: float | None = DEFAULT_MAX_SECONDS
-                  ) -> tuple[dict[str, bytes], dict]:
+# The silence rule of `dfp shard --trim-silence`: 10 ms frames whose RMS is more than 40 dB below the loudest
+# frame's are silent; leading and trailing silent frames go, but for a 20 ms margin kept on each side.
+SILENCE_FRAME_S = 0.010
+SILENCE_DB = -40.0
+SILENCE_MARGIN_S = 0.020
+
+
+def silence_bounds(x: np.ndarray, sample_rate: int) -> tuple[int, int]:
+    """[start, end) of the clip once its leading and trailing silence is cut by the rule above; a clip that is
+    all digital silence is kept whole."""
+    hop = max(1, round(SILENCE_FRAME_S * sample_rate))
+    n = len(x) // hop
+    if n == 0:
+        return 0, len(x)
+    rms = np.sqrt(np.mean(np.square(x[:n * hop].reshape(n, hop), dtype=np.float64), axis=1))
+    if rms.max() <= 0:
+        return 0, len(x)
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (SILENCE_DB / 20))
+    margin = round(SILENCE_MARGIN_S * sample_rate)
+    end = len(x) if loud[-1] == n - 1 else (loud[-1] + 1) * hop
+    return max(0, loud[0] * hop - margin), min(len(x), end + margin)
+
+
+def trim_silence(x: np.ndarray, sample_rate: int, meta: dict) -> np.ndarray:
+    start, end = silence_bounds(x, sample_rate)
+    meta["trimmed_s"] = [round(start / sample_rate, 4), round((len(x) - end) / sample_rate, 4)]
+    return x[start:end]
+
+
+def prepare_audio(path: str | os.PathLike, sample_rate: int, max_seconds: float | None = DEFAULT_MAX_SECONDS,
+                  trim: bool = False) -> tuple[dict[str, bytes], dict]:
+    """`trim`: cut leading and trailing silence (`silence_bounds`) after resampling, so one rule meets every clip."""
     mono, meta = load_mono(path, sample_rate, max_seconds)
+    if trim:
+        mono = trim_silence(mono, sample_rate, meta)
     meta["sample_rate"] = sample_rate
     return {"flac": encode_flac(mono, sample_rate)}, meta
 

@@ -1,8 +1,13 @@
-"""Images: keep original JPEG bytes when they are already fit to train on, otherwise re-encode."""
+"""Images: keep original JPEG bytes when they are already fit to train on, otherwise re-encode.
+
+`Encoding` (from `dfp shard --reencode/--jpeg-quality/--chroma/--resize-rule/--image-codec`, or `--debias`)
+re-encodes every file instead, with one codec, quality, chroma subsampling and size rule for both classes,
+so that how a file was stored stops telling real from fake."""
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,6 +35,59 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 CHECKS = ("decode", "structure")
+RESIZE_RULES = ("fit", "longer", "square", "crop")
+CODECS = ("jpeg", "png")
+CHROMA = {"420": 2, "444": 0}  # PIL's `subsampling` values
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How prepared images and frames are stored. rule, with the limit S: "fit" shrinks the longer side to S
+    (never enlarges); "longer" scales the longer side to exactly S; "square" scales the shorter side to S and
+    centre-crops SxS; "crop" centre-crops SxS at the picture's own scale (no resampling, which would leave its
+    own trace on one class), enlarging only a picture with a side below S. chroma None: the encoder's default
+    (4:2:0)."""
+    reencode: bool = False  # False: JPEGs that already fit keep their original bytes
+    codec: str = "jpeg"
+    quality: int = JPEG_QUALITY
+    chroma: str | None = None
+    rule: str = "fit"
+
+    @property
+    def ext(self) -> str:
+        return "png" if self.codec == "png" else "jpg"
+
+    @property
+    def keeps_bytes(self) -> bool:
+        return not self.reencode and self.codec == "jpeg" and self.rule == "fit"
+
+
+def resize(im: Image.Image, side: int, rule: str, method=Image.Resampling.BICUBIC) -> Image.Image:
+    """One size rule for every picture (see `Encoding`)."""
+    w, h = im.size
+    if rule == "crop" and min(w, h) >= side:
+        left, top = (w - side) // 2, (h - side) // 2
+        return im.crop((left, top, left + side, top + side))
+    if rule in ("square", "crop"):
+        return ImageOps.fit(im, (side, side), method=method, centering=(0.5, 0.5))
+    if rule == "longer" and max(w, h) != side:
+        k = side / max(w, h)
+        return im.resize((max(1, round(w * k)), max(1, round(h * k))), method)
+    if rule == "fit" and max(w, h) > side:
+        im = im.copy()
+        im.thumbnail((side, side), method)
+    return im
+
+
+def encode(im: Image.Image, enc: Encoding) -> bytes:
+    buf = io.BytesIO()
+    if enc.codec == "png":
+        im.save(buf, format="PNG", compress_level=6)
+    elif enc.chroma is None:
+        im.save(buf, format="JPEG", quality=enc.quality)
+    else:
+        im.save(buf, format="JPEG", quality=enc.quality, subsampling=CHROMA[enc.chroma])
+    return buf.getvalue()
 
 
 def ends_with_eoi(raw: bytes) -> bool:
@@ -82,7 +140,8 @@ def jpeg_check(raw: bytes) -> str | None:
 
 
 def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode",
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[dict[str, bytes], dict]:
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS, enc: Encoding = Encoding()
+                  ) -> tuple[dict[str, bytes], dict]:
     """`check` applies to JPEGs whose bytes are kept: "decode" proves they decode (`_draft_load`);
     "structure" trusts headers that parse up to the scan plus an end-of-image marker, which
     catches truncated and non-JPEG files but not damage inside the entropy-coded data.
@@ -100,15 +159,17 @@ def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode",
         fmt = im.format
         orientation = im.getexif().get(0x0112, 1)
         size = im.size
-        keep = fmt == "JPEG" and im.mode in ("RGB", "L") and orientation in (1, None) and max(size) <= max_side
+        keep = (enc.keeps_bytes and fmt == "JPEG" and im.mode in ("RGB", "L") and orientation in (1, None)
+                and max(size) <= max_side)
         meta = {"width": size[0], "height": size[1], "orig_format": fmt}
         if keep and check == "structure" and ends_with_eoi(raw):
             return {"jpg": raw}, meta
         if keep:
             _draft_load(im)  # the original bytes are kept: proving they decode is enough
         else:
-            if fmt == "JPEG" and max(size) > max_side:
-                im.draft("RGB", (max_side, max_side))  # DCT-domain downscale: much faster for huge JPEGs
+            if fmt == "JPEG" and max(size) > max_side and enc.rule != "crop":
+                # DCT-domain downscale, much faster for huge JPEGs; both sides stay >= max_side, as every rule needs
+                im.draft("RGB", (max_side, max_side))
             im.load()
     except MediaError:
         raise
@@ -120,15 +181,12 @@ def prepare_image(path: str | os.PathLike, max_side: int, check: str = "decode",
         return {"jpg": raw}, meta
     try:
         im = ImageOps.exif_transpose(im)
-        im = _to_rgb(im)
-        if max(im.size) > max_side:
-            im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=JPEG_QUALITY)
+        im = resize(_to_rgb(im), max_side, enc.rule)
+        data = encode(im, enc)
     except (OSError, ValueError) as e:
         raise MediaError(f"corrupt: {e}") from None
     meta.update(width=im.size[0], height=im.size[1])
-    return {"jpg": buf.getvalue()}, meta
+    return {enc.ext: data}, meta
 
 
 def load_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -1,16 +1,19 @@
 """Video: a fixed number of frames sampled uniformly with decord, resized, stored as JPEG.
 
+With `fps` (`dfp shard --fps`) the frames are instead taken at that rate from the middle of the clip, so the time
+between stored frames is the same for every clip whatever its own frame rate and length.
+
 DALI's CPU video decoder does not take H.264, so frames are extracted once, at shard time.
 """
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 from PIL import Image
 
 from . import MediaError
+from .image import Encoding, encode, resize
 from ..formats import frame_ext
 
 JPEG_QUALITY = 90
@@ -57,6 +60,17 @@ def frame_indices(n_available: int, n_wanted: int) -> np.ndarray:
     return np.linspace(0, n_available - 1, n_wanted).round().astype(np.int64)
 
 
+def rate_indices(n_available: int, src_fps: float, n_wanted: int, fps: float) -> np.ndarray:
+    """Source frames at times t_k = start + k / fps, centred in the clip: the frame shown at t_k (the nearest
+    source frame at or before it). A clip shorter than n_wanted / fps holds its last frame."""
+    if not src_fps > 0:
+        return frame_indices(n_available, n_wanted)
+    duration = n_available / src_fps
+    start = max(0.0, (duration - n_wanted / fps) / 2)
+    t = start + np.arange(n_wanted) / fps
+    return np.clip(np.floor(t * src_fps + 1e-6), 0, n_available - 1).astype(np.int64)
+
+
 def _probe_size(path) -> tuple[int, int]:
     import av
     with av.open(str(path)) as c:
@@ -64,28 +78,30 @@ def _probe_size(path) -> tuple[int, int]:
         return st.codec_context.width, st.codec_context.height
 
 
-def _decode(path, frames: int, size: tuple[int, int] | None):
+def _decode(path, frames: int, size: tuple[int, int] | None, fps: float | None = None):
     import decord
     kw = {"width": size[0], "height": size[1]} if size else {}
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, **kw)
     n = len(vr)
     if n == 0:
         raise MediaError("corrupt: no frames")
-    batch = vr.get_batch(list(frame_indices(n, frames))).asnumpy()
+    src_fps = float(vr.get_avg_fps())
+    idx = rate_indices(n, src_fps, frames, fps) if fps else frame_indices(n, frames)
+    batch = vr.get_batch(list(idx)).asnumpy()
     if batch.ndim != 4 or batch.shape[-1] != 3:  # the same decord row-alignment bug, without an exception
         raise RuntimeError(f"DECORDArrayCopyFromTo: frames came back with shape {batch.shape}")
-    return batch, n, float(vr.get_avg_fps())
+    return batch, n, src_fps
 
 
 def read_frames(path: str | os.PathLike, frames: int, max_seconds: float | None = DEFAULT_MAX_SECONDS,
-                max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
+                max_pixels: int | None = None, fps: float | None = None) -> tuple[np.ndarray, dict]:
     from .image import DEFAULT_MAX_PIXELS
     try:
         if os.path.getsize(path) == 0:
             raise MediaError("empty file")
         check_video_bounds(path, max_seconds, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
         try:
-            batch, n, fps = _decode(path, frames, None)
+            batch, n, src_fps = _decode(path, frames, None, fps)
         except MediaError:
             raise
         except Exception as e:
@@ -95,7 +111,7 @@ def read_frames(path: str | os.PathLike, frames: int, max_seconds: float | None 
             if "CopyFromTo" not in str(e):
                 raise
             w, h = _probe_size(path)
-            batch, n, fps = _decode(path, frames, (w + 2, h))
+            batch, n, src_fps = _decode(path, frames, (w + 2, h), fps)
             batch = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR)) for f in batch])
     except MediaError:
         raise
@@ -104,19 +120,20 @@ def read_frames(path: str | os.PathLike, frames: int, max_seconds: float | None 
     except Exception as e:  # decord raises its own DECORDError and RuntimeError subclasses
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise MediaError(f"corrupt: {msg}") from None
-    return batch, {"orig_frames": int(n), "fps": round(fps, 3), "width": int(batch.shape[2]), "height": int(batch.shape[1])}
+    return batch, {"orig_frames": int(n), "fps": round(src_fps, 3), "width": int(batch.shape[2]), "height": int(batch.shape[1])}
 
 
 def prepare_video(path: str | os.PathLike, frames: int, max_side: int, max_seconds: float | None = DEFAULT_MAX_SECONDS,
-                  max_pixels: int | None = None) -> tuple[dict[str, bytes], dict]:
-    batch, meta = read_frames(path, frames, max_seconds, max_pixels)
+                  max_pixels: int | None = None, enc: Encoding | None = None, fps: float | None = None
+                  ) -> tuple[dict[str, bytes], dict]:
+    """`enc`: how frames are stored (every frame is encoded; the default is JPEG_QUALITY, "fit")."""
+    enc = enc or Encoding(quality=JPEG_QUALITY)
+    batch, meta = read_frames(path, frames, max_seconds, max_pixels, fps)
     payload = {}
     for i, arr in enumerate(batch):
-        im = Image.fromarray(arr)
-        if max(im.size) > max_side:
-            im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=JPEG_QUALITY)
-        payload[frame_ext(i)] = buf.getvalue()
+        im = resize(Image.fromarray(arr), max_side, enc.rule, Image.Resampling.BILINEAR)
+        payload[frame_ext(i, enc.ext)] = encode(im, enc)
     meta["frames"] = frames
+    if fps:
+        meta["sampled_fps"] = fps
     return payload, meta
