@@ -169,8 +169,8 @@ def test_set_threshold_is_atomic_and_keeps_every_previous_threshold(tmp_path, mo
     assert [(h["method"], h["value"]) for h in ckpt["threshold_history"]] == [("f1", 0.42), ("eer", 0.3)]
     before = path.read_bytes()
 
-    def dies_mid_write(obj, f):
-        Path(f).write_bytes(b"half")
+    def dies_mid_write(obj, f):  # checkpoint.save hands torch an open file
+        f.write(b"half")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", dies_mid_write)
     with pytest.raises(OSError):
