@@ -59,6 +59,7 @@ def sklearn_by_attack(rows: list[dict], threshold: float) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_attacks_from_the_shards_to_metrics_report_and_evaluate(attack_shards, tmp_path):
     out = run_training(tiny_config(attack_shards, tmp_path / "run", model="resnet18"), log=lambda *a: None)
     metrics = json.loads((out / "metrics.json").read_text())

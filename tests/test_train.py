@@ -88,6 +88,7 @@ def test_one_short_epoch_per_modality(tmp_path, modality):
     assert ckpt["modality"] == modality
 
 
+@pytest.mark.slow
 def test_bf16_autocast_on_cpu_trains(image_shards, tmp_path):
     out = run_training(tiny_config(image_shards, tmp_path / "run", model="resnet18", amp="bf16", report=False),
                        log=lambda *a: None)
