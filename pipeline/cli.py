@@ -30,6 +30,10 @@ DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 BATCH_HELP = "samples per batch"
 SIZE = "<size>"  # --image-size: the side of a square input in pixels (synth also takes WxH)
 SIZE_HELP = "images and video frames: the side in pixels of the square they are resized and cropped to"
+SHARDS_HELP = "shard folder from dfp shard, or its URL (s3://, gs://, http(s)://)"
+CACHE_DIR_HELP = ("SHARDS at a URL: fetch whole shards into this folder ahead of the plan, shared by the processes "
+                  "of one node (default: none, each sample is a ranged read)")
+CACHE_LIMIT_HELP = "most bytes --cache-dir may hold, e.g. 20G or 500M; the least recently used shards go first (default: 20G)"
 JSON_OUT_HELP = "also write the results to this JSON file (default: text only)"
 MODEL_HELP = ("image: efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18; "
               "video: frame_pool, r2plus1d_18; image: also timm:NAME, any timm model, e.g. timm:xception41, whose "
@@ -383,6 +387,7 @@ def _check_train(a: dict) -> None:
     v.class_weights(a["class_weights"])
     v.threshold_method(a["threshold_method"])
     v.shards(a["shards"])
+    v.cache(a["cache_dir"], a["cache_limit"])
     v.existing("--weights", a["weights"], "file")
     v.output("--out", a["out"], "dir")
     if a["overwrite"] and a["resume"]:
@@ -393,7 +398,7 @@ def _check_train(a: dict) -> None:
 
 
 @app.command()
-def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder from dfp shard"),
+def train(ctx: typer.Context, shards: str = typer.Argument(..., metavar="SHARDS", help=SHARDS_HELP),
           out: Path = typer.Option(Path("runs/exp"), help="run directory"),
           device: str = typer.Option("auto", help=DEVICE_HELP),
           backend: str = typer.Option("auto", help="loader backend: auto (dali if installed), dali or torch"),
@@ -429,6 +434,8 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
           save_every: int = typer.Option(0, help="also write last.pth every N steps, for mid-epoch resume (0: epoch ends only)"),
           tensorboard: bool = typer.Option(False, "--tensorboard", help="also log each epoch's losses, val F1 and speed to RUN/tb for TensorBoard"),
           no_report: bool = typer.Option(False, "--no-report", help="skip plots and report.html"),
+          cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
+          cache_limit: str = typer.Option("20G", metavar="BYTES", help=CACHE_LIMIT_HELP),
           quiet: bool = typer.Option(False, help="no progress bars")):
     """Train a real/fake detector and write the run directory (works under torchrun)."""
     _check_train(locals())
@@ -443,11 +450,20 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
                       compile=compile, workers=workers, image_size=image_size, audio_seconds=audio_seconds,
                       max_samples_per_class=max_samples_per_class, epoch_len=epoch_len, patience=patience,
                       threshold_method=threshold_method, resume=str(resume) if resume else None, save_every=save_every,
-                      tensorboard=tensorboard, progress=not quiet, report=not no_report)
+                      tensorboard=tensorboard, progress=not quiet, report=not no_report,
+                      cache_dir=str(cache_dir) if cache_dir else None, cache_limit=cache_limit)
     run_training(cfg, given=_given(ctx), overwrite=overwrite)
 
 
-def _check_model_run(ckpt: Path, shards: Path, device: str, backend: str, batch_size: int) -> Path:
+def _use_cache(cache_dir: Optional[Path], cache_limit: str) -> None:
+    """--cache-dir and --cache-limit for every loader this command builds on shards at a URL."""
+    v.cache(cache_dir, cache_limit)
+    from .loaders.remote import set_cache
+    from .shardcache import parse_size
+    set_cache(str(cache_dir) if cache_dir else None, parse_size(cache_limit))
+
+
+def _check_model_run(ckpt: Path, shards: str, device: str, backend: str, batch_size: int) -> Path:
     """The options evaluate and tune share; returns the checkpoint file CKPT stands for."""
     v.minimum(1, batch_size=batch_size)
     v.choice("backend", backend, BACKENDS)
@@ -459,8 +475,8 @@ def _check_model_run(ckpt: Path, shards: Path, device: str, backend: str, batch_
 
 @app.command()
 def evaluate(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
-             shards: List[Path] = typer.Argument(..., metavar="SHARDS", help="shard folder(s); several give a "
-                                                 "cross-dataset table at the checkpoint's threshold"),
+             shards: List[str] = typer.Argument(..., metavar="SHARDS", help="shard folder(s) or URL(s); several "
+                                                "give a cross-dataset table at the checkpoint's threshold"),
              split: str = typer.Option("test", help="train, val or test"),
              out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/eval/SET-SPLIT beside the "
                                                 "checkpoint, SET being the shard folder's name; SET-HASH-SPLIT "
@@ -469,7 +485,9 @@ def evaluate(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
                                                 "RUN/eval/cross_dataset-SPLIT.json and .md)"),
              device: str = typer.Option("auto", help=DEVICE_HELP),
              backend: str = typer.Option("auto", help=EVAL_BACKEND_HELP),
-             batch_size: int = typer.Option(64, help=BATCH_HELP)):
+             batch_size: int = typer.Option(64, help=BATCH_HELP),
+             cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
+             cache_limit: str = typer.Option("20G", metavar="BYTES", help=CACHE_LIMIT_HELP)):
     """Metrics at 0.5 and at the stored threshold, predictions, plots and a report naming the checkpoint, the
     shard set and the split; several shard sets also give one cross-dataset table. Re-running the same
     evaluation replaces its own folder, never another's."""
@@ -477,6 +495,7 @@ def evaluate(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
     v.output("--out", out, "dir")
     ckpt = _check_model_run(ckpt, shards[0], device, backend, batch_size)
     v.shard_sets(shards)
+    _use_cache(cache_dir, cache_limit)
     if len(shards) > 1:
         from .crossdata import cross_evaluate
         cross_evaluate(ckpt, shards, split, out, device, backend, batch_size)
@@ -487,16 +506,19 @@ def evaluate(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
 
 @app.command()
 def tune(ckpt: Path = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
-         shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder (its val split is used)"),
+         shards: str = typer.Argument(..., metavar="SHARDS", help=SHARDS_HELP + " (its val split is used)"),
          method: str = typer.Option("f1", help="f1, youden, eer, precision:P or recall:R"),
          device: str = typer.Option("auto", help=DEVICE_HELP),
          backend: str = typer.Option("auto", help=EVAL_BACKEND_HELP),
-         batch_size: int = typer.Option(64, help=BATCH_HELP)):
+         batch_size: int = typer.Option(64, help=BATCH_HELP),
+         cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
+         cache_limit: str = typer.Option("20G", metavar="BYTES", help=CACHE_LIMIT_HELP)):
     """Re-tune the decision threshold on the val split and store it in the checkpoint (the previous one goes
     to its threshold_history); the run's metrics.json, training_results.txt, report.html and plots, and its
     RUN/eval/* folders, follow; prints the test split's metrics at the new threshold."""
     v.threshold_method(method, "method")
     ckpt = _check_model_run(ckpt, shards, device, backend, batch_size)
+    _use_cache(cache_dir, cache_limit)
     from .evaluate import tune as run
     from .lock import held
     with held(ckpt.parent, "the folder of CKPT"):  # tune rewrites the checkpoint; a run may be writing it
@@ -583,13 +605,13 @@ def bench_shard_cmd(input_dir: Path = typer.Argument(..., metavar="INPUT", help=
     _emit(res, json_out, format_table(res))
 
 
-def _check_bench_run(shards: Path, device: str, batch_size: int, batches: int, image_size: int,
+def _check_bench_run(shards: str, device: str, batch_size: int, batches: int, image_size: int,
                      json_out: Optional[Path], raw: bool = False) -> None:
     """The options bench loader and bench train share; raw: SHARDS is a raw input folder (the seed's way)."""
     v.minimum(1, batch_size=batch_size, batches=batches)
     v.minimum(MIN_IMAGE_SIZE, image_size=image_size)
     if raw:
-        v.existing("SHARDS", shards, "dir")
+        v.existing("SHARDS", Path(shards), "dir")
     else:
         v.shards(shards)
     v.output("--json", json_out, "file")
@@ -597,7 +619,7 @@ def _check_bench_run(shards: Path, device: str, batch_size: int, batches: int, i
 
 
 @bench_app.command("loader")
-def bench_loader_cmd(shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder (with --backend seed: raw image input as for dfp shard)"),
+def bench_loader_cmd(shards: str = typer.Argument(..., metavar="SHARDS", help=SHARDS_HELP + " (with --backend seed: raw image input as for dfp shard)"),
                      backend: str = typer.Option("dali", help="dali, torch or seed (then SHARDS is the raw input folder)"),
                      device: str = typer.Option("auto", help=DEVICE_HELP),
                      split: str = typer.Option("train", help="train, val or test"),
@@ -611,6 +633,8 @@ def bench_loader_cmd(shards: Path = typer.Argument(..., metavar="SHARDS", help="
                      dali_threads: Optional[int] = typer.Option(None, help="DALI CPU threads (default: cores + 1)"),
                      hw_decoder_load: Optional[float] = typer.Option(
                          None, help="DALI on a GPU: share of JPEGs for the hardware decoder, 0..1 (default DALI's)"),
+                     cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
+                     cache_limit: str = typer.Option("20G", metavar="BYTES", help=CACHE_LIMIT_HELP),
                      json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_OUT_HELP)):
     """Loader samples/s after warm-up with the training augmentation; JSON holds class_counts delivered."""
     v.choice("backend", backend, ("dali", "torch", "seed"))
@@ -623,6 +647,7 @@ def bench_loader_cmd(shards: Path = typer.Argument(..., metavar="SHARDS", help="
     v.choice("sampling", sampling, SAMPLINGS)
     v.minimum(0, warmup=warmup, workers=workers)
     _check_bench_run(shards, device, batch_size, batches, image_size, json_out, raw=backend == "seed")
+    _use_cache(cache_dir, cache_limit)
     from .bench import bench_loader, bench_seed_baseline, machine
     from .loaders import resolve_device
     dev = str(resolve_device(device))

@@ -36,7 +36,7 @@ COLUMNS = (("n", "n"), ("auc", "AUC"), ("video_auc", "video AUC"), ("eer", "EER"
 def table_record(ckpt_path, shard_sets, split: str) -> dict:
     """What a table holds, by resolved paths; two tables are the same evaluation when all but `time` agree."""
     return {"checkpoint": str(Path(ckpt_path).resolve()), "split": split,
-            "sets": [str(Path(s).resolve()) for s in shard_sets], "time": _now()}
+            "sets": [_resolved(s) for s in shard_sets], "time": _now()}
 
 
 def _same_table(a: dict, b: dict) -> bool:

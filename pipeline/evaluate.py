@@ -68,9 +68,14 @@ def _predict_split(ckpt_path, shards, split, device, backend, batch_size, worker
 
 def evaluation_record(ckpt_path, shards, split: str) -> dict:
     """What an evaluation folder holds, by resolved paths: the key that tells one evaluation from another."""
-    shards = Path(shards).resolve()
-    return {"checkpoint": str(Path(ckpt_path).resolve()), "shards": str(shards), "set": shards.name,
+    from .storage import base_name, resolved
+    return {"checkpoint": str(Path(ckpt_path).resolve()), "shards": resolved(shards), "set": base_name(shards),
             "split": split, "time": _now()}
+
+
+def _resolved(shards) -> str:
+    from .storage import resolved
+    return resolved(shards)
 
 
 def _safe_name(name: str) -> str:
@@ -191,7 +196,7 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
     method = canonical_method(method)
     ckpt = checkpoint.set_threshold(ckpt_path, method, t)
     log(f"stored threshold {t:.4f} ({method}) in {ckpt_path}")
-    chosen = {"method": method, "threshold": float(t), "tuned_on": str(Path(shards).resolve()), "tuned_at": _now()}
+    chosen = {"method": method, "threshold": float(t), "tuned_on": _resolved(shards), "tuned_at": _now()}
     for folder in _folders_of(ckpt_path):
         same_set = _shards_of(folder) == chosen["tuned_on"]
         _retarget(folder, chosen, {**table, method: float(t)}, ckpt.get("threshold_history", []),
@@ -199,7 +204,7 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
     from .crossdata import refresh_tables
     refresh_tables(ckpt_path, log)
     if "test" in fresh:
-        _log_test(Path(shards).name, fresh["test"], chosen, log)
+        _log_test(_resolved(shards).rsplit("/", 1)[-1], fresh["test"], chosen, log)
     return t
 
 
@@ -228,7 +233,7 @@ def _shards_of(folder: Path) -> str | None:
     if rec is not None:
         return rec.get("shards")
     try:
-        return str(Path(json.loads((folder / "config.json").read_text(encoding="utf-8"))["shards"]).resolve())
+        return _resolved(json.loads((folder / "config.json").read_text(encoding="utf-8"))["shards"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -166,18 +166,25 @@ def index_text(samples: list[tuple[str, list[Member]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_index_entries(idx_path: str | os.PathLike) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """Parse a v1.2 index: per sample, the name of its first member and {ext: (offset, size)}."""
+def read_index_entries(idx_path, name: str | None = None) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Parse a v1.2 index: per sample, the name of its first member and {ext: (offset, size)}.
+    `idx_path`: a path, or an open text file (an index read from storage) named `name` in errors."""
+    if hasattr(idx_path, "readline"):
+        return _parse_index(idx_path, name or "index")
     with open(idx_path, encoding="ascii") as f:
-        header = f.readline().split()
-        if len(header) != 2 or header[0] != "v1.2":
-            raise ValueError(f"{idx_path}: not a wds2idx v1.2 index")
-        rows = []
-        for line in f:
-            parts = line.split()
-            if not parts:
-                continue
-            rows.append((parts[3], {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}))
+        return _parse_index(f, idx_path)
+
+
+def _parse_index(f, idx_path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    header = f.readline().split()
+    if len(header) != 2 or header[0] != "v1.2":
+        raise ValueError(f"{idx_path}: not a wds2idx v1.2 index")
+    rows = []
+    for line in f:
+        parts = line.split()
+        if not parts:
+            continue
+        rows.append((parts[3], {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}))
     if len(rows) != int(header[1]):
         raise ValueError(f"{idx_path}: header says {header[1]} samples, found {len(rows)}")
     return rows
@@ -203,12 +210,26 @@ def _shard_hint(folder: Path) -> str:
 
 
 def read_manifest(shards_dir: str | os.PathLike) -> dict:
-    path = Path(shards_dir) / MANIFEST
-    if not path.is_file():
-        raise FormatError(f"{path} not found: {_shard_hint(Path(shards_dir))}")
+    """`shards_dir`: a folder, or a URL (`storage`), whose manifest.json is read."""
+    from . import storage
+    if storage.is_url(shards_dir):
+        path = storage.join(str(shards_dir), MANIFEST)
+        storage.check_url(str(shards_dir))
+        if not storage.exists(path):
+            raise FormatError(f"{path} not found: no shard set at {shards_dir} (an upload that did not finish "
+                              f"writes its manifest last); build or upload shards with `dfp shard INPUT {shards_dir}`")
+        text = storage.read_text(path)
+    else:
+        path = Path(storage.local_path(shards_dir)) / MANIFEST
+        if not path.is_file():
+            raise FormatError(f"{path} not found: {_shard_hint(path.parent)}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise FormatError(f"{path}: unreadable manifest ({e}); rebuild the shards") from e
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
         raise FormatError(f"{path}: unreadable manifest ({e}); rebuild the shards") from e
     if manifest.get("format") != FORMAT:
         raise FormatError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")

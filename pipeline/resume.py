@@ -18,7 +18,8 @@ from .errors import InputError
 # how the rest of the run goes: may change on resume, recorded in config.json under "resumed"
 CHANGEABLE = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "patience", "threshold_method")
 # how the run is driven, never part of the experiment: taken from the command line as given
-RUNTIME = ("resume", "out", "device", "progress", "report", "save_every", "workers", "tensorboard", "compile")
+RUNTIME = ("resume", "out", "device", "progress", "report", "save_every", "workers", "tensorboard", "compile",
+           "cache_dir", "cache_limit")
 
 
 @dataclass

@@ -73,6 +73,8 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     report: bool = True
+    cache_dir: str | None = None  # SHARDS at a URL: whole shards cached in this folder (else ranged reads)
+    cache_limit: str = "20G"
 
 
 # ---------------------------------------------------------------- strategy
@@ -208,7 +210,7 @@ def _run_dir(cfg: TrainConfig, d: Dist, overwrite: bool, log):
     held, err = None, None
     if d.main:
         try:
-            held = rundir.claim(Path(cfg.resume or cfg.out), bool(cfg.resume), overwrite, log, Path(cfg.shards))
+            held = rundir.claim(Path(cfg.resume or cfg.out), bool(cfg.resume), overwrite, log, _local(cfg.shards))
         except Exception as e:
             err = e
     refused = all_gather_objects(None if err is None else str(err), d)[0] if d.enabled else err
@@ -288,6 +290,7 @@ def _run(cfg: TrainConfig, device, d: Dist, log, given: set[str] | None) -> Path
         best_state = checkpoint.load(out / "best_model.pth", map_location="cpu")
     finish_run(cfg, out, run.model, device, run.amp_dtype, d, run.eval_loader, run.val_loader, best_state,
                config_record, log=say)
+    _say_storage(cfg.shards, say)
     _teardown(run, d)
     return out
 
@@ -372,6 +375,15 @@ def _decide(cfg: TrainConfig, manifest: dict, given: set[str], device_type: str,
     return cfg, decision, train_counts
 
 
+def _cache_options(cfg: TrainConfig) -> dict:
+    from .shardcache import parse_size
+    try:
+        limit = parse_size(cfg.cache_limit)
+    except (ValueError, IndexError):
+        raise InputError(f"--cache-limit {cfg.cache_limit!r}: give a size such as 20G, 500M or 4096") from None
+    return {"cache_dir": cfg.cache_dir, "cache_limit": limit}
+
+
 def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict, device, d: Dist) -> _Run:
     modality = manifest["modality"]
     sampling = decision["sampling"]
@@ -379,7 +391,8 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
         from .sampling import parse_class_weights
         sampling = parse_class_weights(sampling)
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, image_size=cfg.image_size, audio_seconds=cfg.audio_seconds,
-                  workers=cfg.workers, max_samples_per_class=cfg.max_samples_per_class, **_normalisation(cfg))
+                  workers=cfg.workers, max_samples_per_class=cfg.max_samples_per_class, **_normalisation(cfg),
+                  **_cache_options(cfg))
     train_loader = make_loader(cfg.shards, "train", cfg.backend, device, LoaderOptions(
         train=True, sampling=sampling, epoch_len=cfg.epoch_len, minority_augment=cfg.minority_augment, **common),
         d.rank, d.world_size, manifest)
@@ -547,10 +560,27 @@ def _config_record(cfg, decision, manifest, run: _Run) -> dict:
     the CPU recipe or the default chose it."""
     return {**asdict(cfg), "choices": decision["choices"], "recipe": recipe_record(decision["choices"]),
             "strategy_decision": {k: v for k, v in decision.items() if k != "choices"},
-            "dataset": {"shards": str(Path(cfg.shards).resolve()), "modality": manifest["modality"],
+            "dataset": {"shards": _where(cfg.shards), "modality": manifest["modality"],
                         "splits": manifest["splits"]},
             "world_size": run.d.world_size, "precision": str(run.amp_dtype or "fp32"), "device": str(run.device),
             "device_requested": cfg.device}
+
+
+def _say_storage(shards: str, say) -> None:
+    """Shards at a URL: how many transient storage failures the retries absorbed (rank 0's count, its loader workers included)."""
+    from . import storage
+    if storage.is_url(shards):
+        say(f"storage: {storage.retried()} transient failure(s) absorbed by retries reading {shards}")
+
+
+def _local(shards: str) -> Path | None:
+    from . import storage
+    return None if storage.is_url(shards) else Path(shards)
+
+
+def _where(shards: str) -> str:
+    from . import storage
+    return str(shards) if storage.is_url(shards) else str(Path(shards).resolve())
 
 
 def _teardown(run: _Run, d: Dist) -> None:

@@ -87,25 +87,38 @@ def checkpoint(path: Path, label: str = "CKPT") -> Path:
     return path
 
 
-def shards(path: Path, label: str = "SHARDS") -> None:
-    """A shard folder from `dfp shard`: its manifest is read, which is cheap and torch-free."""
-    existing(label, path, "dir")
-    from .errors import FormatError
+def shards(path, label: str = "SHARDS") -> None:
+    """A shard folder from `dfp shard`, or its URL: its manifest is read, which is cheap and torch-free."""
+    from .errors import FormatError, InputError
     from .formats import read_manifest
+    from .storage import is_url
+    if not is_url(path):
+        existing(label, Path(path), "dir")
     try:
         read_manifest(path)
-    except FormatError as e:
+    except (FormatError, InputError) as e:
         raise UsageError(f"{label}: {e}") from None
 
 
-def shard_sets(paths: Iterable[Path], label: str = "SHARDS") -> None:
-    """Every path a shard folder (`shards`), and none given twice (compared by resolved path)."""
+def shard_sets(paths: Iterable, label: str = "SHARDS") -> None:
+    """Every path a shard folder or URL (`shards`), and none given twice (compared by resolved path)."""
+    from .storage import resolved
     seen: dict = {}
     for path in paths:
         shards(path, label)
-        if path.resolve() in seen:
-            raise UsageError(f"{label}: {path} is given twice (as {seen[path.resolve()]}); give each set once")
-        seen[path.resolve()] = path
+        if resolved(path) in seen:
+            raise UsageError(f"{label}: {path} is given twice (as {seen[resolved(path)]}); give each set once")
+        seen[resolved(path)] = path
+
+
+def cache(cache_dir: Optional[Path], cache_limit: str) -> None:
+    """--cache-dir a folder (created if missing), --cache-limit a size such as 20G."""
+    from .shardcache import parse_size
+    output("--cache-dir", Path(cache_dir) if cache_dir else None, "dir")
+    try:
+        parse_size(cache_limit)
+    except (ValueError, IndexError):
+        raise UsageError(f"--cache-limit {cache_limit!r}: give a size such as 20G, 500M or 4096") from None
 
 
 def _blocking_ancestor(path: Path) -> Optional[Path]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .. import storage
 from ..formats import CLASSES, MANIFEST, read_index_entries, read_manifest
 
 FLAG_AT = 0.8
@@ -100,11 +101,16 @@ def _file_features(modality: str, path: str) -> dict:
 
 
 def _read_stored(modality: str, tar: str, comps: dict) -> tuple[dict, dict]:
-    with open(tar, "rb") as f:
-        data = {}
-        for ext, (off, size) in comps.items():
-            f.seek(off)
-            data[ext] = f.read(size)
+    if storage.is_url(tar):  # one ranged read: a sample's members are adjacent in the tar
+        lo = min(off for off, _ in comps.values())
+        span = storage.read_bytes(tar, lo, max(off + size for off, size in comps.values()))
+        data = {ext: span[off - lo:off - lo + size] for ext, (off, size) in comps.items()}
+    else:
+        with open(tar, "rb") as f:
+            data = {}
+            for ext, (off, size) in comps.items():
+                f.seek(off)
+                data[ext] = f.read(size)
     meta = json.loads(data.get("json", b"{}"))
     return meta, _stored_features(modality, data) | {"__source__": _source_features(modality, meta)}
 
@@ -140,13 +146,18 @@ def _source_features(modality: str, meta: dict) -> dict:
     return out
 
 
-def _shard_items(path: Path, splits, max_per_class, seed):
+def _shard_items(path, splits, max_per_class, seed):
     manifest = read_manifest(path)
     modality = manifest["modality"]
+    tar_at = (lambda rel: storage.join(path, rel)) if storage.is_url(path) else (lambda rel: str(path / rel))
     entries = []
     for row in manifest["shards"]:
         if row["split"] in splits:
-            for _, comps in read_index_entries((path / row["path"]).with_suffix(".idx")):
+            idx = tar_at(row["path"])[:-4] + ".idx"
+            if storage.is_url(idx):
+                import io
+                idx = io.StringIO(storage.read_text(idx))
+            for _, comps in read_index_entries(idx, row["path"][:-4] + ".idx"):
                 entries.append((row, comps))
     if not entries:
         raise InputError(f"{path}: no samples in split(s) {', '.join(splits)}")
@@ -155,7 +166,7 @@ def _shard_items(path: Path, splits, max_per_class, seed):
     items = []
     for i in _draw(labels, max_per_class, seed):
         row, comps = entries[i]
-        items.append((row["class"], None, f"{row['path']}#{i}", ("shard", modality, str(path / row["path"]), comps)))
+        items.append((row["class"], None, f"{row['path']}#{i}", ("shard", modality, tar_at(row["path"]), comps)))
     return modality, items, f"shards {path} ({', '.join(splits)})", manifest
 
 
@@ -214,12 +225,13 @@ def run_audit(path: str | Path, params=None, max_per_class: int | None = DEFAULT
               workers: int | None = None) -> dict:
     """The audit of a shard folder or a raw input (`params`: the ShardParams that decide discovery and labels).
     `workers`: header-reading processes (default: all cores; 1 reads in this process)."""
-    path = Path(path)
     t0 = time.time()
-    if not path.is_dir():
+    remote = storage.is_url(path)
+    path = str(path).rstrip("/") if remote else Path(path)
+    if not remote and not path.is_dir():
         raise InputError(f"{path}: not a folder (give a shard folder or raw input as for dfp shard)")
     manifest = None
-    if (path / MANIFEST).is_file():
+    if remote or (path / MANIFEST).is_file():
         modality, items, what, manifest = _shard_items(path, splits, max_per_class, seed)
     else:
         from ..shards import ShardParams

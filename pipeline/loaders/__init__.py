@@ -48,6 +48,8 @@ class LoaderOptions:
     mean: tuple[float, ...] = MEAN  # images and video frames: the model's normalisation (backbones.input_config)
     std: tuple[float, ...] = STD
     interpolation: str = "bilinear"  # of the evaluation resize
+    cache_dir: str | None = None  # shards at a URL: whole shards cached here (else ranged reads); see loaders.remote
+    cache_limit: int = 0  # bytes the cache folder may hold
 
 
 class Chunks:
@@ -166,8 +168,12 @@ class Loader:
     def _produce(self):
         """The backend's batches. A shard deleted after start-up fails deep inside a backend (a worker process,
         DALI's reader thread), so any failure there is first explained by the shard files, in one line."""
+        batches = self.batches()
+        prefetch = getattr(self.index, "prefetch", None)
+        if prefetch is not None:
+            prefetch(batches)
         try:
-            yield from self.producer.run(self.batches())
+            yield from self.producer.run(batches)
         except Exception:
             check = getattr(self.index, "check_files", None)
             if check is not None:
@@ -236,5 +242,6 @@ def make_loader(shards, split: str, backend: str = "torch", device: str | torch.
         raise InputError(f"--backend {backend!r}: choose dali or torch")
     if index is None:
         manifest = manifest or read_manifest(shards)
-        index = ShardIndex(shards, split, manifest, opts.max_samples_per_class, opts.seed)
+        index = ShardIndex(shards, split, manifest, opts.max_samples_per_class, opts.seed, opts.cache_dir,
+                           opts.cache_limit)
     return Loader(index, opts, torch.device(device), backend, rank, world_size)

@@ -11,21 +11,32 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import storage
 from ..errors import FormatError
 from ..formats import CLASSES, read_index_entries, read_manifest
 from ..sampling import limit_per_class
 
 
 class ShardIndex:
+    """`root`: a shard folder, or a URL (then `cache_dir`/`cache_limit` say how sample bytes are read: see
+    `remote.RemoteShards`)."""
+
     def __init__(self, root: str | os.PathLike, split: str, manifest: dict | None = None,
-                 max_samples_per_class: int | None = None, seed: int = 0):
-        self.root = Path(root)
+                 max_samples_per_class: int | None = None, seed: int = 0, cache_dir: str | None = None,
+                 cache_limit: int = 0):
+        url = storage.is_url(root)
+        self.root = str(root).rstrip("/") if url else Path(storage.local_path(root))
         self.manifest = manifest or read_manifest(self.root)
         self.split = split
         self.modality = self.manifest["modality"]
         self.exts: list[str] = list(self.manifest["payload"])
         rows = [r for r in self.manifest["shards"] if r["split"] == split]
-        self.paths = [str(self.root / r["path"]) for r in rows]
+        self.paths = [storage.join(self.root, r["path"]) if url else str(self.root / r["path"]) for r in rows]
+        self.remote = None
+        if url:
+            from .remote import RemoteShards
+            self.remote = RemoteShards(self.paths, rows, cache_dir, cache_limit)
+            self.remote.check()
         n = sum(r["samples"] for r in rows)
         c = len(self.exts)
         self.labels = np.empty(n, np.int8)
@@ -37,8 +48,8 @@ class ShardIndex:
         pos = 0
         for si, r in enumerate(rows):
             label = CLASSES.index(r["class"])
-            idx_path = self.root / r["path"][:-4]
-            entries = _index_entries(Path(str(idx_path) + ".idx"))
+            idx_path = self.paths[si][:-4]
+            entries = _index_entries(idx_path + ".idx")
             if len(entries) != r["samples"]:
                 raise FormatError(f"{idx_path}.idx: {len(entries)} samples, manifest says {r['samples']}; "
                                   "run `dfp verify`")
@@ -74,33 +85,57 @@ class ShardIndex:
     def check_files(self) -> None:
         """Raise a one-line FormatError naming the first shard of the split that can no longer be opened (deleted
         or made unreadable after the run started): what a failure deep inside a loader is explained by."""
+        if self.remote is not None:
+            return self.remote.check()
         for path in self.paths:
             try:
                 os.close(os.open(path, os.O_RDONLY))
             except OSError as e:
                 raise _vanished(path, e) from None
 
+    def _pread(self, shard: int, size: int, offset: int) -> bytes:
+        if self.remote is not None:
+            return self.remote.read(shard, offset, size)
+        return os.pread(self._fd(shard), size, offset)
+
     def read(self, i: int) -> list[bytes] | None:
         """The payload components of sample i, or None when they cannot be read whole."""
-        fd = self._fd(int(self.shard[i]))
+        shard = int(self.shard[i])
+        spans = [(int(self.offsets[i, j]), int(self.sizes[i, j])) for j in range(len(self.exts))]
+        if any(off < 0 or size <= 0 for off, size in spans):
+            return None
+        if self.remote is not None and self.remote.cache is None and len(spans) > 1:
+            return self._read_span(shard, spans)
         out = []
-        for j in range(len(self.exts)):
-            off, size = int(self.offsets[i, j]), int(self.sizes[i, j])
-            if off < 0 or size <= 0:
-                return None
-            b = os.pread(fd, size, off)
+        for off, size in spans:
+            b = self._pread(shard, size, off)
             if len(b) != size:  # truncated shard
                 return None
             out.append(b)
         return out
 
+    def _read_span(self, shard: int, spans: list[tuple[int, int]]) -> list[bytes] | None:
+        """A sample's components (video frames) in one ranged read: they are adjacent in the tar."""
+        lo, hi = min(o for o, _ in spans), max(o + s for o, s in spans)
+        b = self._pread(shard, hi - lo, lo)
+        if len(b) != hi - lo:
+            return None
+        return [b[o - lo:o - lo + s] for o, s in spans]
+
     def meta(self, i: int) -> dict:
-        fd = self._fd(int(self.shard[i]))
         off, size = int(self.offsets[i, -1]), int(self.sizes[i, -1])
         try:
-            return json.loads(os.pread(fd, size, off))
+            return json.loads(self._pread(int(self.shard[i]), size, off))
         except (ValueError, OSError):
             return {}
+
+    def prefetch(self, batches) -> None:
+        """Remote shards with a cache: fetch them in the order these batches first need them."""
+        if self.remote is None or self.remote.cache is None or not len(batches):
+            return
+        shards = self.shard[np.concatenate(list(batches))]
+        _, first = np.unique(shards, return_index=True)
+        self.remote.prefetch([int(shards[k]) for k in np.sort(first)])
 
     def key(self, i: int) -> str:
         return self.keys[i].decode("ascii")
@@ -109,6 +144,8 @@ class ShardIndex:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        if self.remote is not None:
+            self.remote.close()
 
     def __getstate__(self):  # file descriptors do not travel to worker processes
         state = dict(self.__dict__)
@@ -116,7 +153,11 @@ class ShardIndex:
         return state
 
 
-def _index_entries(idx_path: Path) -> list:
+def _index_entries(idx_path: str) -> list:
+    if storage.is_url(idx_path):
+        import io
+        text = storage.read_text(idx_path)
+        return read_index_entries(io.StringIO(text), idx_path)
     try:
         return read_index_entries(idx_path)
     except (OSError, ValueError, IndexError) as e:

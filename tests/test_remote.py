@@ -1,0 +1,324 @@
+"""Shards at a URL: a loopback S3 server (moto) and a range-capable HTTP server, both started here.
+
+Runs on remote shards must equal runs on the same shards on disk (history, predictions, metrics), resume
+exactly, absorb a transient 500, and stop with one line on a missing or changed object."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+from factory import image_tree  # noqa: E402
+from pipeline import storage  # noqa: E402
+from pipeline.shards import ShardParams, build_shards  # noqa: E402
+from pipeline.train import TrainConfig, run_training  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KEY_ID, SECRET = "AKIDDFPTESTKEY4711", "dfp-secret-value-0815-do-not-log"
+BUCKET = "dfp-test"
+COMPARED = ["epoch", "train_loss", "val_loss", "val_f1", "val_auc", "lr", "val_f1_tuned", "nonfinite_steps",
+            "skipped_samples", "rescued_batches"]  # history.csv without its timings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1; the standard AWS variables point every client (and subprocess) at it."""
+    from moto.server import ThreadedMotoServer
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": KEY_ID,
+           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    storage._fs.clear()
+    storage.filesystem(f"s3://{BUCKET}").mkdir(BUCKET)
+    yield f"s3://{BUCKET}"
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    storage._fs.clear()
+    server.stop()
+
+
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """Static files with `Range: bytes=a-b`; the first request of each path in `fail_first` gets a 500."""
+    fail_first: set = set()
+    lock = threading.Lock()
+
+    def log_message(self, *a):
+        pass
+
+    def _fail(self) -> bool:
+        with self.lock:
+            if self.path in self.fail_first:
+                self.fail_first.discard(self.path)
+                self.send_error(500, "injected")
+                return True
+        return False
+
+    def do_HEAD(self):
+        if not self._fail():
+            super().do_HEAD()
+
+    def do_GET(self):
+        if self._fail():
+            return
+        rng = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not rng or not path.is_file():
+            return super().do_GET()
+        data = path.read_bytes()
+        a, b = rng.removeprefix("bytes=").split("-")
+        start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        self.wfile.write(data[start:end + 1])
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote")
+    image_tree(root / "in", 12, 8)
+    build_shards(root / "in", root / "shards", ShardParams(split="0.5,0.25,0.25"), workers=1, progress=False)
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def http(shards):
+    """The shard folder served over HTTP on 127.0.0.1 (a copy, so tests may damage it)."""
+    served = shards.parent / "served"
+    shutil.copytree(shards, served / "set")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/set", served / "set"
+    server.shutdown()
+
+
+def _upload_tree(folder: Path, url: str) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for p in sorted(files, key=lambda p: p.name == "manifest.json"):  # the manifest last
+        storage.upload(str(p), storage.join(url, p.relative_to(folder).as_posix()))
+
+
+def _config(shards, out, **kw) -> TrainConfig:
+    base = dict(shards=str(shards), out=str(out), backend="torch", device="cpu", epochs=2, batch_size=4,
+                image_size=32, workers=0, progress=False, model="resnet18", report=False, patience=0, epoch_len=8)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _history(run: Path) -> list[dict]:
+    return list(csv.DictReader(open(run / "history.csv")))
+
+
+def _same_history(a: Path, b: Path) -> None:
+    ha, hb = _history(a), _history(b)
+    assert len(ha) == len(hb) > 0
+    for ra, rb in zip(ha, hb):
+        for k in COMPARED:
+            assert float(ra[k]) == pytest.approx(float(rb[k]), abs=1e-6), (k, ra, rb)
+
+
+def _scores(path: Path) -> dict:
+    return {r["key"]: float(r["score"]) for r in csv.DictReader(open(path))}
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, **kw)
+
+
+@pytest.fixture(scope="module")
+def local_run(shards, tmp_path_factory):
+    return run_training(_config(shards, tmp_path_factory.mktemp("local") / "run"), log=lambda *a: None)
+
+
+# ---------------------------------------------------------------- reading
+def test_is_url_and_join():
+    assert storage.is_url("s3://b/p") and storage.is_url("https://h/x") and not storage.is_url("/data/s3:/x")
+    assert not storage.is_url("file:///tmp/x") and storage.local_path("file:///tmp/x") == "/tmp/x"
+    assert storage.join("s3://b/p/", "train/real-000000.tar") == "s3://b/p/train/real-000000.tar"
+
+
+@pytest.mark.slow
+def test_train_from_s3_with_cache_equals_the_local_run_and_writes_no_secret(s3, shards, local_run, tmp_path):
+    url = f"{s3}/train-set"
+    _upload_tree(shards, url)
+    cache = tmp_path / "cache"
+    logged = []
+    run = run_training(_config(url, tmp_path / "run", cache_dir=str(cache)), log=logged.append)
+    _same_history(local_run, run)
+    for name in ("predictions_val.csv", "predictions_test.csv"):
+        a, b = _scores(local_run / name), _scores(run / name)
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    cached = sorted(p.name for p in cache.glob("*.tar"))
+    assert cached == sorted(f"{r['sha256']}.tar" for r in manifest["shards"])  # whole shards, by content
+    config = json.loads((run / "config.json").read_text())
+    assert config["dataset"]["shards"] == url
+    assert any(line.startswith("storage: 0 transient") for line in logged)
+    for p in run.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            assert KEY_ID.encode() not in data and SECRET.encode() not in data, p
+
+
+@pytest.mark.slow
+def test_interrupted_run_on_s3_resumes_to_the_uninterrupted_history(s3, shards, local_run, tmp_path, monkeypatch):
+    from pipeline.loaders import Loader
+    url = f"{s3}/resume-set"
+    _upload_tree(shards, url)
+    real_iter = Loader.__iter__
+
+    def dying_iter(self):
+        for i, item in enumerate(real_iter(self)):
+            if self.sampler is not None and self.epoch == 1 and i == 1:
+                raise KeyboardInterrupt  # killed in the second epoch, after its step-2 checkpoint... or before
+            yield item
+
+    monkeypatch.setattr(Loader, "__iter__", dying_iter)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_config(url, out, save_every=1), log=lambda *a: None)
+    monkeypatch.setattr(Loader, "__iter__", real_iter)
+    assert len(_history(out)) == 1
+    run_training(_config(url, out, save_every=1, resume=str(out)), log=lambda *a: None)
+    _same_history(local_run, out)
+
+
+@pytest.mark.slow
+def test_evaluate_over_http_with_ranged_reads_equals_local(http, shards, local_run, tmp_path):
+    from pipeline.evaluate import evaluate
+    url, _ = http
+    for where, out in ((shards, "a"), (url, "b")):
+        evaluate(local_run / "best_model.pth", where, "test", tmp_path / out, "cpu", "auto", 8, log=lambda *a: None)
+    a, b = _scores(tmp_path / "a" / "predictions_test.csv"), _scores(tmp_path / "b" / "predictions_test.csv")
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)
+    rec = json.loads((tmp_path / "b" / "metrics.json").read_text())["evaluation"]
+    assert rec["shards"] == url and rec["set"] == "set"
+
+
+# ---------------------------------------------------------------- faults
+def test_a_transient_500_is_retried_and_counted(http, shards):
+    from pipeline.loaders import LoaderOptions, make_loader
+    url, served = http
+    manifest = json.loads((served / "manifest.json").read_text())
+    tar = next(r["path"] for r in manifest["shards"] if r["split"] == "test")
+    prefix = "/" + url.split("/", 3)[3]
+    _RangeHandler.fail_first.update({f"{prefix}/manifest.json", f"{prefix}/{tar}"})
+    before = storage.retried()
+    ld = make_loader(url, "test", "torch", "cpu", LoaderOptions(batch_size=4, train=False, workers=0, image_size=32))
+    remote = sum(len(k) for _, _, k in ld)
+    local = make_loader(shards, "test", "torch", "cpu", LoaderOptions(batch_size=4, train=False, workers=0,
+                                                                       image_size=32))
+    assert remote == sum(len(k) for _, _, k in local) > 0
+    assert storage.retried() - before == 2  # the manifest's and the shard's first request
+    assert not _RangeHandler.fail_first
+
+
+@pytest.mark.slow
+def test_a_deleted_object_stops_train_with_one_line_naming_it(s3, shards, tmp_path):
+    url = f"{s3}/deleted-set"
+    _upload_tree(shards, url)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    gone = storage.join(url, next(r["path"] for r in manifest["shards"] if r["split"] == "train"))
+    storage.remove(gone)
+    r = _cli("train", url, "--out", tmp_path / "run", "--device", "cpu", "--epochs", "1", "--quiet",
+             env={**os.environ})
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and gone in lines[0] and "not found" in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_changed_object_is_caught_by_size_and_by_checksum(s3, shards, tmp_path):
+    from pipeline.errors import FormatError
+    from pipeline.loaders import LoaderOptions, make_loader
+    url = f"{s3}/changed-set"
+    _upload_tree(shards, url)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    row = next(r for r in manifest["shards"] if r["split"] == "val")
+    data = bytearray((shards / row["path"]).read_bytes())
+    data[600] ^= 0xFF  # same size, other bytes: only the checksum of a whole fetched shard sees it
+    (tmp_path / "same.tar").write_bytes(bytes(data))
+    storage.upload(str(tmp_path / "same.tar"), storage.join(url, row["path"]))
+    opts = LoaderOptions(batch_size=4, train=False, workers=0, image_size=32, cache_dir=str(tmp_path / "c"),
+                         cache_limit=1 << 30)
+    with pytest.raises(FormatError, match="changed since the manifest.*sha256"):
+        list(make_loader(url, "val", "torch", "cpu", opts))
+    (tmp_path / "short.tar").write_bytes(bytes(data[:-512]))
+    storage.upload(str(tmp_path / "short.tar"), storage.join(url, row["path"]))
+    with pytest.raises(FormatError, match=f"{row['path']}: object changed.*bytes"):
+        make_loader(url, "val", "torch", "cpu", opts)
+    assert not list((tmp_path / "c").glob("*.tar"))  # nothing half-fetched or wrong is kept
+
+
+def test_credentials_in_the_url_and_a_missing_client_are_one_line(tmp_path):
+    r = _cli("train", "s3://KEY:SECRET@bucket/set", "--out", tmp_path / "r", "--device", "cpu")
+    assert r.returncode == 2 and "SECRET" not in r.stderr and "environment" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        r = _cli("train", "gs://bucket/set", "--out", tmp_path / "r", "--device", "cpu")
+        assert r.returncode == 2 and "gcsfs" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ---------------------------------------------------------------- the cache
+def test_cache_evicts_the_least_recently_used_and_keeps_entries_whole(http, tmp_path):
+    import time
+    from pipeline.shardcache import ShardCache, parse_size
+    url, served = http
+    manifest = json.loads((served / "manifest.json").read_text())
+    rows = manifest["shards"][:3]
+    limit = sum(r["bytes"] for r in rows[:2])
+    cache = ShardCache(tmp_path / "c", limit)
+    for r in rows[:2]:
+        cache.fetch(storage.join(url, r["path"]), r["bytes"], r["sha256"])
+        time.sleep(0.02)
+    os.utime(cache.entry(rows[0]["sha256"]))  # the first used again: the second is now the oldest
+    cache.fetch(storage.join(url, rows[2]["path"]), rows[2]["bytes"], rows[2]["sha256"])
+    kept = {p.name.split(".")[0] for p in (tmp_path / "c").glob("*.tar")}
+    assert kept == {rows[0]["sha256"], rows[2]["sha256"]} and cache.used() <= limit
+    assert cache.entry(rows[2]["sha256"]).read_bytes() == (served / rows[2]["path"]).read_bytes()
+    assert parse_size("20G") == 20 << 30 and parse_size("1.5M") == int(1.5 * (1 << 20)) and parse_size("4096") == 4096
+
+
+def test_processes_sharing_a_cache_fetch_each_shard_once(http, tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+    url, served = http
+    row = json.loads((served / "manifest.json").read_text())["shards"][0]
+    with ProcessPoolExecutor(3) as pool:
+        paths = list(pool.map(_fetch_one, [(str(tmp_path / "c"), storage.join(url, row["path"]), row)] * 3))
+    assert len(set(paths)) == 1 and Path(paths[0]).read_bytes() == (served / row["path"]).read_bytes()
+    assert [p.name for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")] == [Path(paths[0]).name]
+
+
+def _fetch_one(args):
+    from pipeline.shardcache import ShardCache
+    folder, url, row = args
+    return str(ShardCache(folder, 1 << 30).fetch(url, row["bytes"], row["sha256"]))
