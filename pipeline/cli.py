@@ -92,7 +92,8 @@ def synth(out: Path = typer.Argument(..., metavar="OUT", help="output folder (OU
 
 @app.command()
 def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder with real/ and fake/ (or train|val|test/real|fake)"),
-          out: Path = typer.Argument(Path("shards/data"), metavar="OUT", help="output shard folder"),
+          out: str = typer.Argument("shards/data", metavar="OUT", help="output shard folder, or an s3:// or gs:// "
+                                    "URL (built in a temporary folder, then uploaded, the manifest last)"),
           modality: str = typer.Option("auto", help="auto, image, audio or video"),
           split: str = typer.Option("0.8,0.1,0.1", help="train,val,test fractions (ignored for pre-split input)"),
           seed: int = typer.Option(0, help="seed for the split and per-class limits"),
@@ -161,16 +162,23 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                          face_quality=face_quality, debias=debias, reencode=reencode, jpeg_quality=jpeg_quality,
                          chroma=chroma, resize_rule=resize_rule, image_codec=image_codec, trim_silence=trim_silence,
                          fps=fps, max_pixels=max_pixels, max_seconds=max_seconds)
-    summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
+    from .storage import is_url
+    if is_url(out):
+        from .upload import build_and_upload
+        summary = build_and_upload(input_dir, out, params, workers=workers, progress=not quiet)
+    else:
+        summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
     typer.echo(format_summary(summary))
     typer.echo(f"shards: {out}")
 
 
-def _check_shard_args(input_dir: Path, out: Path, modality: str, split: str, class_map: Optional[str], check: str) -> None:
+def _check_shard_args(input_dir: Path, out: str, modality: str, split: str, class_map: Optional[str], check: str) -> None:
     from .media.image import CHECKS
     from .sources import parse_class_map, parse_split
+    from .storage import is_url
     v.existing("INPUT", input_dir, "dir")
-    v.output("OUT", out, "dir")
+    if not is_url(out):
+        v.output("OUT", Path(out), "dir")
     v.choice("modality", modality, ("auto", *MODALITIES))
     v.choice("check", check, CHECKS)
     try:

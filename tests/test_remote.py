@@ -322,3 +322,40 @@ def _fetch_one(args):
     from pipeline.shardcache import ShardCache
     folder, url, row = args
     return str(ShardCache(folder, 1 << 30).fetch(url, row["bytes"], row["sha256"]))
+
+
+# ---------------------------------------------------------------- writing
+@pytest.mark.slow
+def test_shard_to_s3_uploads_the_manifest_last_and_a_rerun_completes_it(s3, shards, tmp_path, monkeypatch):
+    from pipeline import upload
+    from pipeline.formats import read_manifest
+    inp = shards.parent / "in"
+    url = f"{s3}/built"
+    calls = []
+    real = storage.upload
+
+    def dying(local, dest):
+        calls.append(dest.rsplit("/", 2)[-2:])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed mid-upload
+        real(local, dest)
+
+    monkeypatch.setattr(storage, "upload", dying)
+    with pytest.raises(KeyboardInterrupt):
+        upload.build_and_upload(inp, url, ShardParams(split="0.5,0.25,0.25"), workers=1, progress=False)
+    monkeypatch.setattr(storage, "upload", real)
+    assert upload.existing_objects(url) and "manifest.json" not in upload.existing_objects(url)
+    r = _cli("train", url, "--out", tmp_path / "r", "--device", "cpu")
+    assert r.returncode == 2 and "manifest.json not found" in r.stderr, r.stderr  # not a shard set yet
+    r = _cli("shard", inp, url, "--split", "0.5,0.25,0.25", "--workers", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    names = upload.existing_objects(url)
+    local = sorted(str(p.relative_to(shards)) for p in shards.rglob("*") if p.is_file() and p.name != ".lock")
+    assert names == local
+    assert read_manifest(url)["shards"] == read_manifest(shards)["shards"]
+    for rel in local:
+        if rel.endswith(".tar"):
+            assert storage.read_bytes(storage.join(url, rel)) == (shards / rel).read_bytes()
+    storage.upload(str(shards / "rejects.jsonl"), storage.join(url, "notes/mine.txt"))
+    r = _cli("shard", inp, url, "--quiet")
+    assert r.returncode == 2 and "notes/mine.txt" in r.stderr and "did not write" in r.stderr, r.stderr
