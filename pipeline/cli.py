@@ -172,6 +172,16 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
     typer.echo(f"shards: {out}")
 
 
+def _shards_or_input(path: str) -> bool:
+    """SHARDS_OR_INPUT: a local folder, or the URL of a shard set (whose manifest is read). True for a URL."""
+    from .storage import is_url
+    if is_url(path):
+        v.shards(path, "SHARDS_OR_INPUT")
+        return True
+    v.existing("SHARDS_OR_INPUT", Path(path), "dir")
+    return False
+
+
 def _check_shard_args(input_dir: Path, out: str, modality: str, split: str, class_map: Optional[str], check: str) -> None:
     from .media.image import CHECKS
     from .sources import parse_class_map, parse_split
@@ -225,12 +235,18 @@ def _check_storage_args(faces: bool, quality: Optional[int], chroma: Optional[st
 
 
 @app.command()
-def verify(shards: Path = typer.Argument(..., metavar="SHARDS", help="shard folder"),
+def verify(shards: str = typer.Argument(..., metavar="SHARDS", help=SHARDS_HELP),
            quiet: bool = typer.Option(False, help="no progress bar")):
     """Re-read every shard: checksums, counts, index files, decode every sample. Exit 1 on any mismatch."""
-    v.existing("SHARDS", shards, "dir")
-    from .shards import verify_shards
-    problems, seen = verify_shards(shards, progress=not quiet)
+    from .storage import is_url
+    if is_url(shards):
+        v.shards(shards)
+        from .remote_verify import verify_url
+        problems, seen = verify_url(shards, progress=not quiet)
+    else:
+        v.existing("SHARDS", Path(shards), "dir")
+        from .shards import verify_shards
+        problems, seen = verify_shards(shards, progress=not quiet)
     if problems:
         typer.echo(f"FAILED: {len(problems)} problem(s) in {shards}", err=True)
         for p in problems:
@@ -241,7 +257,7 @@ def verify(shards: Path = typer.Argument(..., metavar="SHARDS", help="shard fold
 
 
 @app.command()
-def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a shard folder, or raw input as for dfp shard"),
+def stats(path: str = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a shard folder or its URL, or raw input as for dfp shard"),
           plot: Optional[Path] = typer.Option(None, help="write a bar chart PNG here (default: none)"),
           as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
           class_map: Optional[str] = typer.Option(None, help="as for dfp shard (raw input only)"),
@@ -261,7 +277,7 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
     On a raw INPUT: what `dfp shard` with the same options would pack, before packing (files that fail to
     decode, and faceless files with --faces, are found only by packing)."""
     from .sources import parse_class_map, parse_split
-    v.existing("SHARDS_OR_INPUT", path, "dir")
+    _shards_or_input(path)
     v.output("--plot", plot, "file")
     _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
     v.choice("modality", modality, ("auto", *MODALITIES))
@@ -299,7 +315,7 @@ def stats(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
 
 
 @app.command()
-def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a shard folder, or raw input as for dfp shard"),
+def audit(path: str = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a shard folder or its URL, or raw input as for dfp shard"),
           max_per_class: int = typer.Option(2000, help="audit at most N files per class (a seeded draw)"),
           flag_at: float = typer.Option(0.8, help="flag features whose real-vs-fake AUC is at least this"),
           json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_OUT_HELP),
@@ -324,10 +340,10 @@ def audit(path: Path = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sh
     """Shortcut audit: properties that should not carry the label (format, JPEG quality, size, silence, sample
     rate, codec, ...), one AUC each real vs fake, and a grouped cross-validated classifier over all of them.
     Reads only: nothing is written into the audited folder."""
-    v.existing("SHARDS_OR_INPUT", path, "dir")
+    remote = _shards_or_input(path)
     for label, out in (("--json", json_out), ("--plot", plot)):
         v.output(label, out, "file")
-        if out is not None and path.resolve() in out.resolve().parents:
+        if out is not None and not remote and Path(path).resolve() in out.resolve().parents:
             raise UsageError(f"{label} {out}: inside the audited folder {path}; dfp audit writes nothing there, "
                              "give a path outside it")
     _check_dataset_args(dataset, protocol, 0.1, ff_compression)

@@ -57,12 +57,13 @@ def dataset_stats(path: str | Path, class_map: str | None = None, dataset: str =
     """Statistics of a shard folder (from its manifest) or of a raw input: what `dfp shard` with the same
     params would pack, planned by the same function (`shards._plan`: discover, limit per class, split),
     before any file is decoded."""
-    path = Path(path)
-    if (path / MANIFEST).is_file():
+    from .storage import is_url
+    if is_url(path) or (Path(path) / MANIFEST).is_file():
         m = read_manifest(path)
         return stats_from_splits(m["splits"], m["modality"], f"shards {path}")
     from .shards import ShardParams, _plan, _reason_kind
     from .splits import empty_class_warnings
+    path = Path(path)
     params = params or ShardParams(class_map=class_map, dataset=dataset, protocol=protocol)
     plan = _plan(path, replace(params, faces=False))  # the face step is packing's: a preview decodes nothing
     splits = {s: {k: 0 for k in CLASSES} for s in SPLITS}

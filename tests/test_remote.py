@@ -359,3 +359,34 @@ def test_shard_to_s3_uploads_the_manifest_last_and_a_rerun_completes_it(s3, shar
     storage.upload(str(shards / "rejects.jsonl"), storage.join(url, "notes/mine.txt"))
     r = _cli("shard", inp, url, "--quiet")
     assert r.returncode == 2 and "notes/mine.txt" in r.stderr and "did not write" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- verify, stats, audit
+def test_verify_stats_and_audit_read_a_url_as_they_read_the_folder(http, shards):
+    from pipeline.audit import run_audit
+    from pipeline.remote_verify import verify_url
+    from pipeline.shards import verify_shards
+    from pipeline.stats import dataset_stats
+    url, _ = http
+    problems, seen = verify_url(url, progress=False)
+    assert problems == [] and seen == verify_shards(shards, progress=False)[1]
+    a, b = dataset_stats(shards), dataset_stats(url)
+    assert {k: v for k, v in a.items() if k != "source"} == {k: v for k, v in b.items() if k != "source"}
+    ra, rb = (run_audit(p, max_per_class=50, progress=False, workers=1) for p in (shards, url))
+    assert [(f["name"], f["auc"]) for f in ra["features"]] == [(f["name"], f["auc"]) for f in rb["features"]]
+    assert ra["n"] == rb["n"] and sum(ra["n"].values()) > 0
+
+
+def test_verify_names_a_deleted_and_a_changed_object(http, shards):
+    from pipeline.remote_verify import verify_url
+    url, served = http
+    copy = served.parent / "broken"
+    shutil.copytree(shards, copy)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    a, b = manifest["shards"][0]["path"], manifest["shards"][1]["path"]
+    (copy / a).unlink()
+    data = bytearray((copy / b).read_bytes())
+    data[600] ^= 0xFF
+    (copy / b).write_bytes(bytes(data))
+    problems, _ = verify_url(url.rsplit("/", 1)[0] + "/broken", progress=False)
+    assert f"{a}: missing" in problems and any(p.startswith(f"{b}: checksum mismatch") for p in problems)
