@@ -26,6 +26,7 @@ from pathlib import Path
 from . import atomic
 from .errors import InputError
 from .evaluate import EVAL_DIR, _safe_name, _now, eval_folder, evaluate, evaluation_record, shards_digest
+from .storage import resolved
 
 TABLE = "cross_dataset"
 # (row key, column title) of the table, in order
@@ -36,7 +37,7 @@ COLUMNS = (("n", "n"), ("auc", "AUC"), ("video_auc", "video AUC"), ("eer", "EER"
 def table_record(ckpt_path, shard_sets, split: str) -> dict:
     """What a table holds, by resolved paths; two tables are the same evaluation when all but `time` agree."""
     return {"checkpoint": str(Path(ckpt_path).resolve()), "split": split,
-            "sets": [_resolved(s) for s in shard_sets], "time": _now()}
+            "sets": [resolved(s) for s in shard_sets], "time": _now()}
 
 
 def _same_table(a: dict, b: dict) -> bool:
