@@ -10,7 +10,7 @@ PY=${PY:-python}
 DFP="$PY -m pipeline.cli"
 PORT=${PORT:-5123}
 mkdir -p "$WORK"
-[ -d "$WORK/in" ] || $DFP synth "$WORK/in" --modality image --n-real 600 --n-fake 200 --seed 0 >/dev/null
+[ -d "$WORK/in" ] || $DFP synth "$WORK/in" --modality image --n-real 600 --n-fake 200 --seed 0 >/dev/null 2>&1
 [ -d "$WORK/shards" ] || $DFP shard "$WORK/in" "$WORK/shards" --workers 2 --quiet >/dev/null
 $PY -m moto.server -H 127.0.0.1 -p "$PORT" >"$WORK/moto.log" 2>&1 &
 MOTO=$!
@@ -24,3 +24,19 @@ $DFP bench loader "$WORK/shards" "${ARGS[@]}" --json "$WORK/local.json"
 $DFP bench loader s3://bench/img "${ARGS[@]}" --json "$WORK/s3_ranged.json"
 $DFP bench loader s3://bench/img "${ARGS[@]}" --cache-dir "$WORK/cache" --json "$WORK/s3_cache_cold.json"
 $DFP bench loader s3://bench/img "${ARGS[@]}" --cache-dir "$WORK/cache" --json "$WORK/s3_cache_warm.json"
+# the reads alone (no decoding): every train sample's payload once, in index order
+$PY - "$WORK" <<'PY'
+import json, sys, time
+from pipeline.loaders.index import ShardIndex
+work = sys.argv[1]
+out = {}
+for name, root, cache in (("local", f"{work}/shards", None), ("s3_ranged", "s3://bench/img", None),
+                          ("s3_cache_warm", "s3://bench/img", f"{work}/cache")):
+    idx = ShardIndex(root, "train", cache_dir=cache, cache_limit=1 << 30)
+    t = time.perf_counter()
+    n = sum(len(idx.read(i)[0]) for i in range(len(idx)))
+    s = time.perf_counter() - t
+    out[name] = {"samples": len(idx), "bytes": n, "seconds": s, "samples_per_s": len(idx) / s}
+    print(f"read only, {name}: {len(idx) / s:.0f} samples/s ({n / s / 2**20:.1f} MiB/s, {len(idx)} samples)")
+json.dump(out, open(f"{work}/read_only.json", "w"), indent=1)
+PY
