@@ -390,3 +390,19 @@ def test_verify_names_a_deleted_and_a_changed_object(http, shards):
     (copy / b).write_bytes(bytes(data))
     problems, _ = verify_url(url.rsplit("/", 1)[0] + "/broken", progress=False)
     assert f"{a}: missing" in problems and any(p.startswith(f"{b}: checksum mismatch") for p in problems)
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_both_backends_deliver_the_local_batches_from_ranged_reads(http, shards, backend):
+    import torch
+    from pipeline.loaders import LoaderOptions, make_loader
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    url, _ = http
+    for train in (True, False):
+        opts = LoaderOptions(batch_size=4, train=train, workers=0, image_size=32, epoch_len=8)
+        a = list(make_loader(shards, "train", backend, "cpu", opts))
+        b = list(make_loader(url, "train", backend, "cpu", opts))
+        assert len(a) == len(b) > 0
+        for (xa, ya, ka), (xb, yb, kb) in zip(a, b):
+            assert ka == kb and torch.equal(ya, yb) and torch.equal(xa, xb)

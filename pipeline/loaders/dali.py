@@ -198,8 +198,11 @@ class Producer:
         b, idx = next(self._iter)  # StopIteration here is how DALI learns that the epoch is over
         ld = self.loader
         comps, ok = [], np.ones(len(idx), bool)
+        wanted = [int(i) for i in idx if int(i) not in self.bad]
+        many = getattr(ld.index, "read_many", None)
+        got = dict(zip(wanted, many(wanted) if many else [ld.index.read(i) for i in wanted]))
         for j, i in enumerate(idx):
-            c = None if int(i) in self.bad else ld.index.read(int(i))
+            c = got.get(int(i))
             if c is None or not all(_plausible(x, ld.modality) for x in c) or not self.decodable(int(i), c):
                 ok[j] = False
             else:

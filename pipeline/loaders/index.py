@@ -114,6 +114,14 @@ class ShardIndex:
             out.append(b)
         return out
 
+    def read_many(self, idx) -> list[list[bytes] | None]:
+        """`read` of each sample; ranged reads from storage run concurrently (one request a sample otherwise
+        caps a loader that reads in one thread, DALI's feeding thread, at the storage's request rate)."""
+        if self.remote is None or self.remote.cache is not None or len(idx) < 2:
+            return [self.read(int(i)) for i in idx]
+        from .remote import reader_pool
+        return list(reader_pool().map(self.read, [int(i) for i in idx]))
+
     def _read_span(self, shard: int, spans: list[tuple[int, int]]) -> list[bytes] | None:
         """A sample's components (video frames) in one ranged read: they are adjacent in the tar."""
         lo, hi = min(o for o, _ in spans), max(o + s for o, s in spans)

@@ -24,9 +24,15 @@ class _Batches(Dataset):
     def __getitem__(self, b):
         idx = self.batches[b]
         strong = self.strong[b] if self.strong is not None else np.zeros(len(idx), bool)
+        many = getattr(self.index, "read_many", None)
+        if many is not None:  # shards at a URL: the batch's ranged reads at once
+            got = dict(zip((int(i) for i in idx), many(idx)))
+            read = got.__getitem__
+        else:
+            read = self.index.read
         if self.raw:
-            return [self.index.read(int(i)) for i in idx], idx, strong
-        data, ok = decode_batch(self.index.read, idx, strong, self.cfg, (*self.seed, self.offset + b))
+            return [read(int(i)) for i in idx], idx, strong
+        data, ok = decode_batch(read, idx, strong, self.cfg, (*self.seed, self.offset + b))
         return data, ok, idx
 
 

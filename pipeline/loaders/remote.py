@@ -19,6 +19,18 @@ CHECK_THREADS = 8
 _DEFAULT = {"cache_dir": None, "cache_limit": 20 << 30}
 
 
+_POOL: dict = {}
+READ_THREADS = 16
+
+
+def reader_pool() -> ThreadPoolExecutor:
+    """Threads for concurrent ranged reads, one pool per process (a forked worker makes its own)."""
+    pool = _POOL.get(os.getpid())
+    if pool is None:
+        pool = _POOL[os.getpid()] = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="dfp-read")
+    return pool
+
+
 def set_cache(cache_dir: str | None, cache_limit: int) -> None:
     """The cache every loader of this process uses when its options name none (the commands' --cache-dir)."""
     _DEFAULT.update(cache_dir=cache_dir, cache_limit=int(cache_limit))
