@@ -406,3 +406,20 @@ def test_both_backends_deliver_the_local_batches_from_ranged_reads(http, shards,
         assert len(a) == len(b) > 0
         for (xa, ya, ka), (xb, yb, kb) in zip(a, b):
             assert ka == kb and torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
+@pytest.mark.slow
+def test_tune_on_a_url_stores_the_threshold_tuning_on_the_folder_gives(http, shards, local_run, tmp_path):
+    import torch
+    from pipeline.evaluate import tune
+    url, _ = http
+    thresholds, chosen = [], []
+    for where, name in ((shards, "a"), (url, "b")):
+        run = tmp_path / name
+        shutil.copytree(local_run, run)
+        tune(run / "best_model.pth", where, "youden", "cpu", "auto", 8, log=lambda *a: None)
+        thresholds.append(torch.load(run / "best_model.pth", weights_only=False)["threshold"])
+        chosen.append(json.loads((run / "metrics.json").read_text())["chosen"])
+    assert thresholds[0]["value"] == pytest.approx(thresholds[1]["value"], abs=1e-6)
+    assert thresholds[0]["method"] == thresholds[1]["method"] == "youden"
+    assert chosen[1]["tuned_on"] == url and chosen[0]["tuned_on"] == str(shards.resolve())
