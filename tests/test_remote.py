@@ -423,3 +423,36 @@ def test_tune_on_a_url_stores_the_threshold_tuning_on_the_folder_gives(http, sha
     assert thresholds[0]["value"] == pytest.approx(thresholds[1]["value"], abs=1e-6)
     assert thresholds[0]["method"] == thresholds[1]["method"] == "youden"
     assert chosen[1]["tuned_on"] == url and chosen[0]["tuned_on"] == str(shards.resolve())
+
+
+@pytest.mark.slow
+def test_worker_processes_read_s3_through_the_shared_cache_as_from_disk(s3, shards, tmp_path):
+    import torch
+    from pipeline.loaders import LoaderOptions, make_loader
+    url = f"{s3}/workers-set"
+    _upload_tree(shards, url)
+    opts = LoaderOptions(batch_size=4, workers=2, image_size=32, epoch_len=16, cache_dir=str(tmp_path / "c"),
+                         cache_limit=1 << 30)
+    a, b = list(make_loader(shards, "train", "torch", "cpu", opts)), list(make_loader(url, "train", "torch", "cpu", opts))
+    assert len(a) == len(b) == 4
+    for (xa, ya, ka), (xb, yb, kb) in zip(a, b):
+        assert ka == kb and torch.equal(xa, xb)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    train = {f"{r['sha256']}.tar" for r in manifest["shards"] if r["split"] == "train"}
+    assert {p.name for p in (tmp_path / "c").glob("*.tar")} == train
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_object_deleted_mid_run_stops_the_loader_with_one_line(s3, shards, workers):
+    from pipeline.errors import FormatError
+    from pipeline.loaders import LoaderOptions, make_loader
+    url = f"{s3}/midrun-{workers}"
+    _upload_tree(shards, url)
+    ld = make_loader(url, "train", "torch", "cpu", LoaderOptions(batch_size=4, workers=workers, image_size=32,
+                                                                  epoch_len=8))
+    for row in json.loads((shards / "manifest.json").read_text())["shards"]:
+        if row["split"] == "train":
+            storage.remove(storage.join(url, row["path"]))
+    with pytest.raises(FormatError) as e:
+        list(ld)
+    assert "\n" not in str(e.value) and "object not found" in str(e.value) and url in str(e.value)
