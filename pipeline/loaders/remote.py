@@ -72,8 +72,14 @@ class RemoteShards:
     def _fd(self, shard: int) -> int:
         fd = self._fds.get(shard)
         if fd is None:
-            path = self.cache.fetch(self.urls[shard], self.sizes[shard], self.shas[shard])
-            fd = self._fds[shard] = os.open(path, os.O_RDONLY)
+            for attempt in (0, 1):
+                path = self.cache.fetch(self.urls[shard], self.sizes[shard], self.shas[shard])
+                try:
+                    fd = self._fds[shard] = os.open(path, os.O_RDONLY)
+                    break
+                except FileNotFoundError:  # evicted by another process between the fetch and the open
+                    if attempt:
+                        raise
         return fd
 
     def prefetch(self, order: list[int]) -> None:
