@@ -87,8 +87,12 @@ def synth(out: Path = typer.Argument(..., metavar="OUT", help="output folder (OU
 
 
 @app.command()
-def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder with real/ and fake/ (or train|val|test/real|fake)"),
-          out: Path = typer.Argument(Path("shards/data"), metavar="OUT", help="output shard folder"),
+def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder with real/ and fake/ (or train|val|test/real|fake); "
+                                          "with --merge, the first part folder"),
+          out: Optional[Path] = typer.Argument(None, metavar="OUT", help="output shard folder (default: shards/data); "
+                                               "with --part, this part's folder; with --merge, the second part folder"),
+          more_parts: Optional[List[Path]] = typer.Argument(None, metavar="PART_DIR", help="with --merge: the further "
+                                                            "part folders (default: none)"),
           modality: str = typer.Option("auto", help="auto, image, audio or video"),
           split: str = typer.Option("0.8,0.1,0.1", help="train,val,test fractions (ignored for pre-split input)"),
           seed: int = typer.Option(0, help="seed for the split and per-class limits"),
@@ -137,8 +141,21 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                                               "of each clip (default: spread over the clip; 8 with --debias)"),
           max_pixels: int = typer.Option(100_000_000, help="pictures and video frames over this many pixels are rejected from their header, before decoding (0: no limit)"),
           max_seconds: float = typer.Option(3600.0, help="audio and video longer than this are rejected from their header (0: no limit)"),
+          part: Optional[str] = typer.Option(None, metavar="K/N", help="pack on N machines: prepare this machine's "
+                                             "share K (1 to N) of INPUT into OUT, a part folder, for --merge "
+                                             "(default: pack all of INPUT here)"),
+          merge: Optional[Path] = typer.Option(None, metavar="OUT", help="write the shards into OUT from the N part "
+                                               "folders given as arguments (dfp shard --merge OUT PART_DIR...; "
+                                               "the options come from the parts), as one machine would have "
+                                               "(default: no merge)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
+    if merge is not None:
+        return _merge_parts(merge, [input_dir, *([out] if out else []), *(more_parts or [])], part, quiet)
+    if more_parts:
+        raise UsageError(f"unexpected argument {more_parts[0]}: dfp shard takes INPUT and OUT "
+                         "(part folders only with --merge OUT)")
+    out = out or Path("shards/data")
     _check_shard_args(input_dir, out, modality, split, class_map, check)
     _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
     _check_face_args(faces, modality, face_margin, face_size, face_quality)
@@ -157,8 +174,25 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                          face_quality=face_quality, debias=debias, reencode=reencode, jpeg_quality=jpeg_quality,
                          chroma=chroma, resize_rule=resize_rule, image_codec=image_codec, trim_silence=trim_silence,
                          fps=fps, max_pixels=max_pixels, max_seconds=max_seconds)
+    if part is not None:
+        from .parts import format_part_summary, pack_part, parse_part
+        k_of_n = parse_part(part)
+        typer.echo(format_part_summary(pack_part(input_dir, out, params, k_of_n, workers=workers, progress=not quiet)))
+        return
     summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
     typer.echo(format_summary(summary))
+    typer.echo(f"shards: {out}")
+
+
+def _merge_parts(out: Path, part_dirs: List[Path], part: Optional[str], quiet: bool) -> None:
+    if part is not None:
+        raise UsageError("--part and --merge: give --part K/N to each machine's packing, --merge once to join them")
+    v.output("--merge", out, "dir")
+    for d in part_dirs:
+        v.existing("PART_DIR", d, "dir")
+    from .parts import merge_parts
+    from .shards import format_summary
+    typer.echo(format_summary(merge_parts(out, part_dirs, progress=not quiet)))
     typer.echo(f"shards: {out}")
 
 
