@@ -18,7 +18,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__, atomic, lock
@@ -176,6 +176,10 @@ def _read_parts(folders: list[Path]) -> list[tuple[Path, dict]]:
                              "run its dfp shard --part K/N (again) and give that folder")
         docs.append((folder, doc))
     first_folder, first = docs[0]
+    for folder, doc in docs:  # the parts' preparation and the merge's writer must be the same code
+        if doc.get("tool") != f"dfp {__version__}":
+            raise InputError(f"PART_DIR {folder} was packed by {doc.get('tool')}, this is dfp {__version__}: "
+                             "merge with the version that packed the parts, or pack them again")
     for folder, doc in docs[1:]:
         if doc["of"] != first["of"]:
             raise InputError(f"PART_DIR {folder} is part {doc['part']}/{doc['of']}, {first_folder} part "
@@ -183,7 +187,8 @@ def _read_parts(folders: list[Path]) -> list[tuple[Path, dict]]:
         if doc["params"] != first["params"]:
             name = next(k for k in doc["params"] if doc["params"][k] != first["params"].get(k))
             raise InputError(f"PART_DIR {folder} was packed with --{name.replace('_', '-')} {doc['params'][name]}, "
-                             f"{first_folder} with {first['params'].get(name)}: parts of one merge need the same options")
+                             f"{first_folder} with {first['params'].get(name)}: the parts of one merge need the same "
+                             "options")
         if doc["plan"] != first["plan"]:
             raise InputError(f"PART_DIR {folder} planned another input than {first_folder} (plan digests differ: the "
                              "input changed between the parts, or they read different inputs); pack all parts again")
@@ -239,8 +244,7 @@ def _merge(out: Path, docs: list[tuple[Path, dict]], progress: bool) -> dict:
     from .shards import BUILD_DIR, ShardParams, _finish, _Plan, _split
     t0 = time.time()
     first = docs[0][1]
-    known = {f.name for f in fields(ShardParams)}
-    params = ShardParams(**{k: v for k, v in first["params"].items() if k in known})
+    params = ShardParams(**first["params"])
     info = first["plan_info"]
     inp = Path(first["input"])
     records = _index_records(docs, inp)
