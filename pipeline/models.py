@@ -79,9 +79,16 @@ class Detector(nn.Module):
         self.head = head
         self.name = name
         self.modality = modality
+        self.frozen_modules: list[nn.Module] = []  # set by pipeline.freeze
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x)).squeeze(-1)
+
+    def train(self, mode: bool = True) -> "Detector":
+        super().train(mode)
+        for m in self.frozen_modules:  # frozen parts keep their BatchNorm statistics and no dropout
+            m.eval()
+        return self
 
     def extra_repr(self) -> str:
         return f"name={self.name}, modality={self.modality}"
