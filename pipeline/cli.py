@@ -416,6 +416,7 @@ def _check_train(a: dict) -> None:
     v.focal_alpha(a["focal_alpha"])
     v.class_weights(a["class_weights"])
     v.threshold_method(a["threshold_method"])
+    v.probe(a["freeze_backbone"], a["unfreeze_last"], a["cache_embeddings"], a["cache_views"])
     v.shards(a["shards"])
     v.existing("--weights", a["weights"], "file")
     v.output("--out", a["out"], "dir")
@@ -440,6 +441,10 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
           frame_backbone: str = typer.Option("efficientnet_b0", help="video frame_pool: the per-frame 2D backbone, an image model or timm:NAME"),
           pretrained: bool = typer.Option(False, help="start from the library's pretrained weights: torchvision's ImageNet ones, or for timm:NAME the tag's through timm's hub (needs network or a cached download: the torch hub or Hugging Face cache)"),
           weights: Optional[Path] = typer.Option(None, help="start from a local file: a dfp checkpoint or state dict, or the network's own state dict in its library's key layout (.safetensors, .pth or .bin; its classifier is left out) (default: none)"),
+          freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="train the head only: the backbone stays as loaded, in eval mode, without gradients (a linear probe; default: everything trains)"),
+          unfreeze_last: int = typer.Option(0, help="fine-tune only the backbone's last N blocks (stages or transformer blocks, per architecture: see README) and what follows them; the rest is frozen (0: off)"),
+          cache_embeddings: bool = typer.Option(False, "--cache-embeddings", help="with --freeze-backbone: embed every train/val/test sample once into RUN/embeddings and train the head on them every epoch (default: off)"),
+          cache_views: int = typer.Option(0, help="--cache-embeddings: cache K augmented views of each train sample instead of one un-augmented one (0: one, no augmentation)"),
           strategy: str = typer.Option("auto", help="auto: the imbalance ratio chooses loss, sampling, minority augmentation and SMOTE, except those you set (a set flag always applies); manual: the flags and their defaults"),
           loss: str = typer.Option("focal", help="focal, weighted_bce or bce (unset: auto picks focal)"),
           focal_alpha: str = typer.Option("0.25", help="weight of the fake class in focal loss, or 'auto' (= real share)"),
@@ -472,7 +477,8 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
     cfg = TrainConfig(shards=str(shards), out=str(out), backend=backend, device=device, epochs=epochs,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, model=model,
                       frame_backbone=frame_backbone, pretrained=pretrained, weights=str(weights) if weights else None,
-                      strategy=strategy, loss=loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma, sampling=sampling,
+                      freeze_backbone=freeze_backbone, unfreeze_last=unfreeze_last,
+                      cache_embeddings=cache_embeddings, cache_views=cache_views, strategy=strategy, loss=loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma, sampling=sampling,
                       class_weights=class_weights, minority_augment=minority_augment, smote=smote, amp=amp,
                       compile=compile, workers=workers, image_size=image_size, audio_seconds=audio_seconds,
                       max_samples_per_class=max_samples_per_class, epoch_len=epoch_len, patience=patience,
