@@ -143,7 +143,7 @@ def load(path: Path, key: dict, index) -> tuple[Embeddings | None, str]:
     saved = obj.get("key") or {}
     differ = sorted(k for k in set(key) | set(saved) if key.get(k) != saved.get(k))
     if differ:
-        return None, f"{path} was computed for another {', '.join(differ)}: recomputing"
+        return None, f"{path} was computed with different {', '.join(differ)}: recomputing"
     emb, present = obj.get("emb"), obj.get("present")
     if obj.get("keys_digest") != _keys_digest(index) or not torch.is_tensor(emb) or emb.dim() != 3 \
             or emb.shape[1] != len(index) or not torch.is_tensor(present) or len(present) != len(index):
