@@ -105,8 +105,12 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics_in_train_mode():
 
 
 def test_no_blocks_or_too_many_is_one_error():
-    with pytest.raises(ModelError, match=r"--unfreeze-last: timm:inception_v3 has no blocks dfp can count"):
-        freeze.apply(build_model("timm:inception_v3", "image"), False, 1)
+    from torch import nn
+    from pipeline.models import Detector
+    flat = Detector(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), nn.Linear(4, 1), "plain",
+                    "image")  # like timm's inception_v3: named layers, no block container
+    with pytest.raises(ModelError, match=r"^--unfreeze-last: plain has no blocks dfp can count .*--freeze-backbone"):
+        freeze.apply(flat, False, 1)
     with pytest.raises(ModelError, match=r"--unfreeze-last 5: resnet18 has only 4 blocks; give at most 4"):
         freeze.apply(build_model("resnet18", "image"), False, 5)
 
