@@ -297,3 +297,19 @@ def test_cached_views_and_smote_under_two_gloo_ranks(probes, tmp_path):
     preds = list(csv.DictReader(open(out / "predictions_val.csv")))
     assert len(preds) == len({p["key"] for p in preds}) == sum(config["dataset"]["splits"]["val"].values())
     shutil.rmtree(out)
+
+
+@pytest.mark.slow
+def test_a_cached_probe_under_bf16_keys_its_cache_by_precision(probes, tmp_path):
+    """AMP: the embeddings are computed under autocast and kept as float32, keyed by the precision (a cache
+    of another precision is recomputed: test_a_cache_for_another_key_or_index_is_refused_with_the_reason)."""
+    out, lines = tmp_path / "run", []
+    run_training(_probe_config(probes["shards"], out, probes["weights"], cache_embeddings=True, amp="bf16",
+                               epochs=1), log=lines.append)
+    bf16 = torch.load(out / "embeddings" / "val.pt", weights_only=True)
+    fp32 = torch.load(probes["cached"] / "embeddings" / "val.pt", weights_only=True)
+    assert bf16["key"]["precision"] == "torch.bfloat16" and fp32["key"]["precision"] == "fp32"
+    assert bf16["emb"].dtype == torch.float32 and not torch.equal(bf16["emb"], fp32["emb"])
+    torch.testing.assert_close(bf16["emb"], fp32["emb"], rtol=0.05, atol=0.05)  # bf16 keeps ~3 significant digits
+    assert any(line.startswith("precision: torch.bfloat16") for line in lines)
+    assert json.loads((out / "config.json").read_text())["precision"] == "torch.bfloat16"
