@@ -31,7 +31,11 @@ BATCH_HELP = "samples per batch"
 SIZE = "<size>"  # --image-size: the side of a square input in pixels (synth also takes WxH)
 SIZE_HELP = "images and video frames: the side in pixels of the square they are resized and cropped to"
 JSON_OUT_HELP = "also write the results to this JSON file (default: text only)"
-MODEL_HELP = ("image: efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18; "
+MODEL_HELP = ("image: efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18 "
+              "(log-mel), or on raw 16 kHz waveforms torchaudio's SSL front-ends wav2vec2_base, wav2vec2_large, "
+              "wav2vec2_large_lv60k, wav2vec2_xlsr53, wav2vec2_xlsr_300m, wav2vec2_xlsr_1b, wav2vec2_xlsr_2b, hubert_base, "
+              "hubert_large, hubert_xlarge, wavlm_base, wavlm_base_plus, wavlm_large with a learned weighted sum of their "
+              "layers; "
               "video: frame_pool, r2plus1d_18; image: also timm:NAME, any timm model, e.g. timm:xception41, whose "
               "input size, mean/std and interpolation it brings (default: per modality, efficientnet_b0, "
               "audio_resnet18 or frame_pool)")
@@ -418,7 +422,8 @@ def _check_train(a: dict) -> None:
     v.threshold_method(a["threshold_method"])
     v.probe(a["freeze_backbone"], a["unfreeze_last"], a["cache_embeddings"], a["cache_views"])
     v.shards(a["shards"])
-    v.existing("--weights", a["weights"], "file")
+    from .backbones import is_ssl
+    v.existing("--weights", a["weights"], "any" if is_ssl(a["model"]) else "file")  # a Hugging Face folder
     v.output("--out", a["out"], "dir")
     if a["overwrite"] and a["resume"]:
         raise UsageError("--overwrite starts a new run; --resume continues one: give one of them")
@@ -439,8 +444,8 @@ def train(ctx: typer.Context, shards: Path = typer.Argument(..., metavar="SHARDS
           seed: int = typer.Option(0, help="seed for initialisation, sampling and augmentation"),
           model: Optional[str] = typer.Option(None, help=MODEL_HELP + ". On a CPU without --model and --image-size, image and video runs use the CPU recipe: resnet18 (video: frame_pool over resnet18) at 64 px, lr 1e-3"),
           frame_backbone: str = typer.Option("efficientnet_b0", help="video frame_pool: the per-frame 2D backbone, an image model or timm:NAME"),
-          pretrained: bool = typer.Option(False, help="start from the library's pretrained weights: torchvision's ImageNet ones, or for timm:NAME the tag's through timm's hub (needs network or a cached download: the torch hub or Hugging Face cache)"),
-          weights: Optional[Path] = typer.Option(None, help="start from a local file: a dfp checkpoint or state dict, or the network's own state dict in its library's key layout (.safetensors, .pth or .bin; its classifier is left out) (default: none)"),
+          pretrained: bool = typer.Option(False, help="start from the library's pretrained weights: torchvision's ImageNet ones, for timm:NAME the tag's through timm's hub, for the SSL audio models torchaudio's bundle (needs network or a cached download: the torch hub or Hugging Face cache)"),
+          weights: Optional[Path] = typer.Option(None, help="start from a local file: a dfp checkpoint or state dict, or the network's own state dict in its library's key layout (.safetensors, .pth or .bin; its classifier is left out); SSL audio models also take a Hugging Face checkpoint (folder, or file with config.json beside it) or a fairseq .pt (default: none)"),
           freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="train the head only: the backbone stays as loaded, in eval mode, without gradients (a linear probe; default: everything trains)"),
           unfreeze_last: int = typer.Option(0, help="fine-tune only the backbone's last N blocks (stages or transformer blocks, per architecture: see README) and what follows them; the rest is frozen (0: off)"),
           cache_embeddings: bool = typer.Option(False, "--cache-embeddings", help="with --freeze-backbone: embed every train/val/test sample once into RUN/embeddings and train the head on them every epoch (default: off)"),

@@ -111,12 +111,13 @@ def ssl_backbone(name: str, pretrained: bool, weights_file, arch: dict | None = 
     sd, file_arch, is_dfp = read_weights(weights_file) if weights_file else (None, None, False)
     arch = arch or file_arch or named_arch(name)
     label = f"--weights {weights_file}" if weights_file else name
+    if pretrained and arch["params"] != named_arch(name)["params"]:
+        raise ModelError(f"--pretrained: {label} describes another architecture than {name}'s torchaudio "
+                         f"bundle; drop --pretrained (the file brings the weights)")
+    fetched = pretrained_state(name) if pretrained else None  # before building: offline fails at once
     net = make_network(arch, label)
-    if pretrained:
-        if arch["params"] != named_arch(name)["params"]:
-            raise ModelError(f"--pretrained: {label} describes another architecture than {name}'s torchaudio "
-                             f"bundle; drop --pretrained (the file brings the weights)")
-        _load_network(net, pretrained_state(name), f"torchaudio's {name} weights", name)
+    if fetched is not None:
+        _load_network(net, fetched, f"torchaudio's {name} weights", name)
     if sd is not None and not is_dfp:
         _load_network(net, sd, str(weights_file), name)
     return SSLBackbone(net, arch), (sd if is_dfp else None)

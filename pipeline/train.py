@@ -167,9 +167,10 @@ def _write_history(path: Path, rows: list[dict]) -> None:
 
 def _normalisation(cfg: TrainConfig) -> dict:
     """mean, std and resize interpolation of the model's backbone (timm: its pretrained configuration)."""
-    from .backbones import input_arch, input_config
+    from .backbones import audio_input, input_arch, input_config
     pre = input_config(input_arch(cfg.model, cfg.frame_backbone))
-    return {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]), "interpolation": pre["interpolation"]}
+    return {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]), "interpolation": pre["interpolation"],
+            "audio_input": audio_input(cfg.model)}
 
 
 def _preprocess(cfg: TrainConfig, manifest: dict) -> dict:
@@ -178,7 +179,7 @@ def _preprocess(cfg: TrainConfig, manifest: dict) -> dict:
     return {"image_size": cfg.image_size, "audio_seconds": cfg.audio_seconds,
             "sample_rate": manifest.get("sample_rate"), "frames": manifest.get("frames"),
             "max_side": manifest["params"].get("max_side"), "mean": list(norm["mean"]), "std": list(norm["std"]),
-            "interpolation": norm["interpolation"],
+            "interpolation": norm["interpolation"], "audio_input": norm["audio_input"],
             "faces": manifest["params"].get("face_step"), **storage_controls(manifest["params"])}
 
 
@@ -367,11 +368,14 @@ def _decide(cfg: TrainConfig, manifest: dict, given: set[str], device_type: str,
         by = {k: BY_USER if k in given else c["by"] for k, c in recorded.items() if k not in STRATEGY_FIELDS}
         decision["choices"].update({k: c for k, c in recorded.items() if k in STRATEGY_FIELDS})
     from .errors import ModelError
-    from .backbones import DEFAULT_MODEL, MODELS, input_arch, input_config, takes
+    from .backbones import DEFAULT_MODEL, MODELS, SSL_SAMPLE_RATE, input_arch, input_config, is_ssl, takes
     model_name = cfg.model or DEFAULT_MODEL[modality]
     if not takes(model_name, modality):
         raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}"
                          + (" or timm:NAME" if modality == "image" else ""))
+    if is_ssl(model_name) and (manifest.get("sample_rate") or SSL_SAMPLE_RATE) != SSL_SAMPLE_RATE:
+        raise ModelError(f"--model {model_name} takes {SSL_SAMPLE_RATE} Hz audio but {cfg.shards} holds "
+                         f"{manifest['sample_rate']} Hz; rebuild the shards with dfp shard --sample-rate {SSL_SAMPLE_RATE}")
     cfg = replace(cfg, model=model_name, backend=resolve_backend(cfg.backend))
     size = input_config(input_arch(cfg.model, cfg.frame_backbone))["image_size"]
     if size and saved is None and "image_size" not in given:  # a timm model's own size, unless --image-size says so
@@ -395,7 +399,7 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
                                             d.rank, d.world_size, manifest)
     from . import freeze
     from .losses import make_loss
-    from .models import build_model
+    from .models import build_model, model_config
     model = build_model(cfg.model, modality, cfg.pretrained, cfg.weights, cfg.frame_backbone,
                         image_size=cfg.image_size).to(device)
     if ckpt is not None:  # the run's own weights before anything is computed from them (the embedding cache)
@@ -428,7 +432,7 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
         net = torch.compile(net)
     # "choices" travels in every checkpoint: a resumed run keeps the record of who chose what
     base_state = {"config": asdict(cfg), "modality": modality, "classes": list(CLASSES), "preprocess": _preprocess(cfg, manifest),
-                  "choices": decision["choices"]}
+                  "choices": decision["choices"], "model_config": model_config(model)}
     return _Run(cfg, device, d, Path(cfg.out), modality, model, net,
                 make_loss(cfg.loss, train_counts, cfg.focal_alpha, cfg.focal_gamma).to(device), optimizer, scheduler,
                 amp_dtype, scaler, train_loader, eval_loader("val"), eval_loader, base_state, scorer, notes)
