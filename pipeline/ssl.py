@@ -1,7 +1,7 @@
 """Speech SSL front-ends: torchaudio's wav2vec2 family (wav2vec 2.0, XLS-R, HuBERT, WavLM) on raw waveforms.
 
 `SSLBackbone` runs the SSL network (torchaudio's `Wav2Vec2Model`) on (B, samples) 16 kHz waveforms, takes every
-transformer layer's output (`extract_features`), mixes them with softmax-normalised learned weights (one scalar
+transformer layer's output (`extract_features`; the last one as the model's own output, after its final norm), mixes them with softmax-normalised learned weights (one scalar
 per layer, as SUPERB and the SSL anti-spoofing front-ends do; all zero at the start, i.e. the plain mean) and
 mean-pools the mix over time: the (B, D) embedding that the one-logit head and SMOTE read. The mixing weights are
 part of the backbone (`backbone.layer_weights`), so cached embeddings and a frozen backbone keep them as they are.
@@ -67,6 +67,9 @@ class SSLBackbone(nn.Module):
         if self.normalize_waveform:  # per clip, as the models were pretrained
             x = nn.functional.layer_norm(x, x.shape[-1:])
         layers, _ = self.ssl.extract_features(x)
+        tr = self.ssl.encoder.transformer
+        if not tr.layer_norm_first:  # forward() ends with this norm, extract_features leaves it out: every
+            layers[-1] = tr.layer_norm(layers[-1])  # parameter takes part (DDP), the last entry is the model's output
         w = torch.softmax(self.layer_weights, dim=0).to(layers[0].dtype)
         mixed = torch.einsum("l,lbtd->btd", w, torch.stack(layers))
         return mixed.mean(dim=1)

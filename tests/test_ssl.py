@@ -101,6 +101,8 @@ def test_the_embedding_is_the_time_mean_of_the_softmax_weighted_layers(tmp_path)
     with torch.no_grad():
         model.backbone.layer_weights.copy_(torch.tensor([2.0, -1.0, 0.5]))
         layers, _ = model.backbone.ssl.extract_features(x)
+        layers[-1] = model.backbone.ssl.encoder.transformer.layer_norm(layers[-1])  # the model's output
+        assert torch.allclose(layers[-1], model.backbone.ssl(x)[0], atol=1e-5)
         w = torch.softmax(torch.tensor([2.0, -1.0, 0.5]), 0)
         ref = sum(wi * h for wi, h in zip(w, layers)).mean(dim=1)
         embed, head = embed_and_head(model)
@@ -113,6 +115,24 @@ def test_the_embedding_is_the_time_mean_of_the_softmax_weighted_layers(tmp_path)
     model.train()
     model(x).sum().backward()
     assert model.backbone.layer_weights.grad.abs().sum() > 0
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, unused  # DDP without find_unused_parameters needs every one
+
+
+def test_a_wavlm_configuration_with_layer_norm_first_builds_and_runs(tmp_path):
+    params = dict(TINY, encoder_layer_norm_first=True, extractor_mode="layer_norm", encoder_num_buckets=8,
+                  encoder_max_distance=16)
+    (tmp_path / "config.json").write_text(json.dumps({"type": "WavLM", "params": params}))
+    torch.manual_seed(0)
+    net = torchaudio.models.wavlm_model(**dict(params, extractor_conv_layer_config=[
+        tuple(c) for c in params["extractor_conv_layer_config"]]), aux_num_out=None)
+    torch.save(net.state_dict(), tmp_path / "wavlm.pth")
+    model = build_model("wavlm_base", "audio", weights_file=tmp_path / "wavlm.pth")
+    cfg = model_config(model)
+    assert cfg["type"] == "WavLM" and cfg["normalize_waveform"] is True and cfg["params"]["encoder_num_buckets"] == 8
+    x = torch.from_numpy(np.stack([tone(16000, 0.25, freq=f) for f in (200, 300)]))
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def _hf_state(sd: dict) -> dict:
@@ -296,6 +316,27 @@ def test_a_wav2vec2_model_trains_and_predicts_through_dali(speech_shards, tmp_pa
     assert res["backend"] == "dali" and res["errors"] == 0
     pr = {Path(k).relative_to(speech_shards / "in").as_posix(): s for k, s in _scores(tmp_path / "p.csv", "path").items()}
     assert max(abs(pr[k] - trained[k]) for k in trained) <= 1e-4
+
+
+def test_pretrained_takes_the_bundle_weights_from_the_torch_hub_cache_offline(tmp_path, monkeypatch):
+    """torchaudio's bundle mechanism (torch hub, TORCH_HOME/hub/checkpoints/FILE) with a tiny stand-in bundle."""
+    import dataclasses
+    from pipeline import ssl
+    sd = _tiny_net(seed=3).state_dict()
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(sd, cache / "dfp_tiny_test.pth")
+    params = dict(TINY, extractor_conv_layer_config=[tuple(c) for c in TINY["extractor_conv_layer_config"]],
+                  aux_num_out=None)
+    tiny = dataclasses.replace(torchaudio.pipelines.HUBERT_BASE, _path="dfp_tiny_test.pth", _params=params)
+    monkeypatch.setattr(ssl, "_bundle", lambda name: tiny)
+    for k, v in _offline_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    got = build_model("hubert_base", "audio", pretrained=True).backbone.ssl.state_dict()
+    assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+    (cache / "dfp_tiny_test.pth").unlink()
+    with pytest.raises(ModelError, match="could not fetch torchaudio weights for hubert_base"):
+        build_model("hubert_base", "audio", pretrained=True)
 
 
 @pytest.mark.slow
