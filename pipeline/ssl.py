@@ -293,9 +293,8 @@ def _as_dict(x) -> dict | None:
 
 
 def _fairseq_arch(obj: dict, shown) -> dict | None:
-    args = _as_dict(obj.get("args"))
-    cfg, task = (args, args) if args else (_as_dict((obj.get("cfg") or {}).get("model")),
-                                           _as_dict((obj.get("cfg") or {}).get("task")) or {})
+    args, hydra = _as_dict(obj.get("args")), _as_dict(obj.get("cfg")) or {}
+    cfg, task = (args, args) if args else (_as_dict(hydra.get("model")), _as_dict(hydra.get("task")) or {})
     if cfg is None:
         return None
     inner = _as_dict(cfg.get("w2v_args"))

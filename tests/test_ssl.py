@@ -218,18 +218,23 @@ def _fairseq_state(sd: dict) -> dict:
     return out
 
 
-def test_a_fairseq_checkpoint_with_argparse_args_loads(tmp_path):
+@pytest.mark.parametrize("style", ["args", "cfg"])
+def test_a_fairseq_checkpoint_with_plain_config_loads(tmp_path, style):
+    """fairseq's argparse args, or its hydra config saved as plain dicts (model and task sections)."""
     sd = _tiny_net().state_dict()
     args = argparse.Namespace(extractor_mode="default", conv_feature_layers="[(16, 10, 5)] + [(16, 3, 2)] * 2 + [(16, 2, 2)]",
                               conv_bias=False, encoder_embed_dim=32, conv_pos=8, conv_pos_groups=4, encoder_layers=3,
                               encoder_attention_heads=2, encoder_ffn_embed_dim=64, layer_norm_first=False, dropout=0.0,
                               attention_dropout=0.0, activation_dropout=0.0, dropout_input=0.0, encoder_layerdrop=0.0,
-                              normalize=False)
-    torch.save({"args": args, "model": _fairseq_state(sd)}, tmp_path / "fairseq.pt")
+                              normalize=style == "cfg")
+    config = {"args": args} if style == "args" else \
+        {"args": None, "cfg": {"model": {k: v for k, v in vars(args).items() if k != "normalize"},
+                               "task": {"normalize": True}}}
+    torch.save({**config, "model": _fairseq_state(sd)}, tmp_path / "fairseq.pt")
     model = build_model("wav2vec2_base", "audio", weights_file=tmp_path / "fairseq.pt")
     got = model.backbone.ssl.state_dict()
     assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
-    assert model_config(model)["params"] == TINY
+    assert model_config(model)["params"] == TINY and model_config(model)["normalize_waveform"] is (style == "cfg")
 
 
 class Opaque:  # stands in for an omegaconf config: a class only unpickling code could rebuild
