@@ -145,20 +145,35 @@ def test_a_wavlm_configuration_with_layer_norm_first_builds_and_runs(tmp_path):
     assert all(p.grad is not None for p in model.parameters())
 
 
-def _hf_state(sd: dict) -> dict:
+def _hf_state(sd: dict, prefix: str = "wav2vec2.") -> dict:
     """torchaudio keys -> Hugging Face Wav2Vec2ForCTC's (old-style weight norm), plus parts that are not the
     front-end (CTC head, masked embedding)."""
     out = {}
-    for k, v in sd.items():
+    for k, v in _split_in_proj(sd).items():
         k = k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1",
                                                                               "weight_v")
         if k.startswith("encoder.feature_projection."):
             k = k[len("encoder."):]
         elif k.startswith("encoder.transformer."):
             k = "encoder." + k[len("encoder.transformer."):]
-        out["wav2vec2." + k] = v
-    out["wav2vec2.masked_spec_embed"] = torch.zeros(32)
+        out[prefix + k] = v
+    out[prefix + "masked_spec_embed"] = torch.zeros(32)
     out["lm_head.weight"], out["lm_head.bias"] = torch.zeros(5, 32), torch.zeros(5)
+    return out
+
+
+def _split_in_proj(sd: dict) -> dict:
+    """WavLM's fused attention projection (torch's MultiheadAttention) as Hugging Face's q/k/v/out projections."""
+    out = {}
+    for k, v in sd.items():
+        head, sep, last = k.partition(".attention.attention.")
+        if not sep:
+            out[k] = v
+        elif last.startswith("in_proj_"):
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3)):
+                out[f"{head}.attention.{name}.{last[len('in_proj_'):]}"] = part
+        else:
+            out[f"{head}.attention.{last}"] = v
     return out
 
 
@@ -193,6 +208,20 @@ FAIRSEQ_PREFIXES = {"encoder.feature_projection.projection.": "post_extract_proj
                     "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv.0.weight_v",
                     "encoder.transformer.pos_conv_embed.conv.": "encoder.pos_conv.0.",
                     "encoder.transformer.layer_norm.": "encoder.layer_norm."}
+
+
+def test_a_hugging_face_wavlm_file_with_its_config_beside_loads(tmp_path):
+    params = dict(TINY, encoder_num_buckets=8, encoder_max_distance=16)
+    torch.manual_seed(2)
+    sd = torchaudio.models.wavlm_model(**dict(params, extractor_conv_layer_config=[
+        tuple(c) for c in params["extractor_conv_layer_config"]]), aux_num_out=None).state_dict()
+    torch.save(_hf_state(sd, "wavlm."), tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps(dict(HF_CONFIG, model_type="wavlm", num_buckets=8,
+                                                          max_bucket_distance=16)))
+    model = build_model("wavlm_base", "audio", weights_file=tmp_path / "pytorch_model.bin")
+    got = model.backbone.ssl.state_dict()
+    assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+    assert model_config(model)["type"] == "WavLM" and model_config(model)["params"] == params
 
 
 def _fairseq_key(k: str) -> str:
