@@ -12,7 +12,7 @@ Inputs:
          (B, samples) 16 kHz waveform   wav2vec2_base, wav2vec2_xlsr_300m, hubert_base, wavlm_base, ... (see
                                         backbones.SSL_BUNDLES): torchaudio's SSL network, a learned softmax-weighted
                                         sum of its layers, mean over time (ssl.py; keys backbone.ssl.<torchaudio
-                                        key>, backbone.layer_weights)
+                                        key>, backbone.mix.weight)
   video  (B, T, 3, H, W)                frame_pool: a 2D image backbone per frame, mean over time;
                                         r2plus1d_18: torchvision's (2+1)D ResNet (permutes to (B, 3, T, H, W) inside)
 All work with ``channels_last`` (4-D) / ``channels_last_3d`` (r2plus1d_18) memory formats.

@@ -1,10 +1,11 @@
 """Speech SSL front-ends: torchaudio's wav2vec2 family (wav2vec 2.0, XLS-R, HuBERT, WavLM) on raw waveforms.
 
 `SSLBackbone` runs the SSL network (torchaudio's `Wav2Vec2Model`) on (B, samples) 16 kHz waveforms, takes every
-transformer layer's output (`extract_features`; the last one as the model's own output, after its final norm), mixes them with softmax-normalised learned weights (one scalar
-per layer, as SUPERB and the SSL anti-spoofing front-ends do; all zero at the start, i.e. the plain mean) and
-mean-pools the mix over time: the (B, D) embedding that the one-logit head and SMOTE read. The mixing weights are
-part of the backbone (`backbone.layer_weights`), so cached embeddings and a frozen backbone keep them as they are.
+transformer layer's output (`extract_features`; the last one as the model's own output, after its final norm),
+mixes them with softmax-normalised learned weights (one scalar per layer, as SUPERB and the SSL anti-spoofing
+front-ends do; all zero at the start, i.e. the plain mean) and mean-pools the mix over time: the (B, D) embedding that the one-logit head and SMOTE read. The mixing weights are
+part of the backbone (`backbone.mix.weight`): `--freeze-backbone` and cached embeddings keep them as loaded,
+`--unfreeze-last N` trains them with the last N transformer layers.
 
 Architecture, `arch`: {"type": "Wav2Vec2" | "WavLM", "params": torchaudio factory arguments
 (`torchaudio.models.wav2vec2_model` / `wavlm_model`), "normalize_waveform": whether each clip is normalised to
@@ -48,15 +49,29 @@ FAIRSEQ_DEFAULTS = {"extractor_mode": "default", "conv_bias": False, "encoder_em
                     "conv_feature_layers": "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] + [(512, 2, 2)]"}
 
 
+class LayerMix(nn.Module):
+    """A list of L (B, T, D) layer outputs -> their sum weighted by softmax(weight), (B, T, D)."""
+
+    def __init__(self, layers: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(layers))
+
+    def forward(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        w = torch.softmax(self.weight, dim=0).to(layers[0].dtype)
+        return torch.einsum("l,lbtd->btd", w, torch.stack(layers))
+
+
 class SSLBackbone(nn.Module):
-    """(B, samples) or (B, 1, samples) waveform -> SSL layers -> softmax-weighted sum -> mean over time -> (B, D)."""
+    """(B, samples) or (B, 1, samples) waveform -> SSL layers -> softmax-weighted sum -> mean over time -> (B, D).
+    The mix is a module after the network, so `--unfreeze-last N` (freeze.py) counts it among what follows the
+    transformer layers and trains it."""
 
     def __init__(self, net: nn.Module, arch: dict):
         super().__init__()
         self.ssl = net
+        self.mix = LayerMix(len(net.encoder.transformer.layers))
         self.arch = arch
         self.normalize_waveform = bool(arch["normalize_waveform"])
-        self.layer_weights = nn.Parameter(torch.zeros(len(net.encoder.transformer.layers)))
         self.dim = int(arch["params"]["encoder_embed_dim"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,9 +85,7 @@ class SSLBackbone(nn.Module):
         tr = self.ssl.encoder.transformer
         if not tr.layer_norm_first:  # forward() ends with this norm, extract_features leaves it out: every
             layers[-1] = tr.layer_norm(layers[-1])  # parameter takes part (DDP), the last entry is the model's output
-        w = torch.softmax(self.layer_weights, dim=0).to(layers[0].dtype)
-        mixed = torch.einsum("l,lbtd->btd", w, torch.stack(layers))
-        return mixed.mean(dim=1)
+        return self.mix(layers).mean(dim=1)
 
 
 def _bundle(name: str):

@@ -109,7 +109,7 @@ def test_the_embedding_is_the_time_mean_of_the_softmax_weighted_layers(tmp_path)
     model = build_model("hubert_base", "audio", weights_file=path).eval()
     x = torch.from_numpy(np.stack([tone(16000, 0.25, freq=f) for f in (200, 300)]))
     with torch.no_grad():
-        model.backbone.layer_weights.copy_(torch.tensor([2.0, -1.0, 0.5]))
+        model.backbone.mix.weight.copy_(torch.tensor([2.0, -1.0, 0.5]))
         layers, _ = model.backbone.ssl.extract_features(x)
         layers[-1] = model.backbone.ssl.encoder.transformer.layer_norm(layers[-1])  # the model's output
         assert torch.allclose(layers[-1], model.backbone.ssl(x)[0], atol=1e-5)
@@ -120,11 +120,11 @@ def test_the_embedding_is_the_time_mean_of_the_softmax_weighted_layers(tmp_path)
         assert e.shape == (2, 32) and torch.allclose(e, ref, atol=1e-5)
         assert torch.equal(head(e).squeeze(-1), model(x)) and model(x).shape == (2,)
         assert torch.allclose(embed(x.unsqueeze(1)), e)  # (B, 1, samples) is taken too
-        model.backbone.layer_weights.zero_()
+        model.backbone.mix.weight.zero_()
         assert not torch.allclose(embed(x), e, atol=1e-4)  # the mix is learned, not fixed
     model.train()
     model(x).sum().backward()
-    assert model.backbone.layer_weights.grad.abs().sum() > 0
+    assert model.backbone.mix.weight.grad.abs().sum() > 0
     unused = [n for n, p in model.named_parameters() if p.grad is None]
     assert not unused, unused  # DDP without find_unused_parameters needs every one
 
@@ -285,6 +285,22 @@ def test_a_file_of_another_network_is_refused_in_one_line(tmp_path):
         build_model("wav2vec2_base", "audio", weights_file=tmp_path / "other.pth")
 
 
+def test_unfreeze_last_counts_transformer_layers_and_trains_the_mix(tmp_path):
+    from pipeline import freeze
+    path, _ = _torchaudio_file(tmp_path)
+    model = build_model("wav2vec2_base", "audio", weights_file=path)
+    info = freeze.apply(model, False, 1)
+    assert info["blocks"] == 3  # the tiny network's transformer layers
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "backbone.mix.weight" in trains and {"head.weight", "head.bias"} <= trains
+    assert any(n.startswith("backbone.ssl.encoder.transformer.layers.2.") for n in trains)
+    assert not any(n.startswith(("backbone.ssl.encoder.transformer.layers.1.", "backbone.ssl.feature_extractor."))
+                   for n in trains)
+    whole = build_model("wav2vec2_base", "audio", weights_file=path)
+    freeze.apply(whole, True, 0)
+    assert {n for n, p in whole.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
+
+
 # ---------------------------------------------------------------- loaders
 @pytest.mark.parametrize("train", [False, True])
 def test_both_backends_deliver_the_same_waveforms_to_ssl_models(speech_shards, train):
@@ -345,6 +361,23 @@ def test_a_wav2vec2_model_trains_resumes_and_predicts_on_audio(speech_shards, tm
     pr = {Path(k).relative_to(speech_shards / "in").as_posix(): s for k, s in _scores(tmp_path / "p.csv", "path").items()}
     assert len(pr) == 12 and len(trained) >= 2 and np.ptp(list(pr.values())) > 0
     assert max(abs(pr[k] - trained[k]) for k in trained) <= 1e-4  # predict prepares raw files as training did
+
+
+def test_a_frozen_wav2vec2_probe_on_cached_embeddings_keeps_the_file_bit_for_bit(speech_shards, tmp_path, capsys):
+    from pipeline.predict import predict_files
+    weights, sd = _torchaudio_file(tmp_path / "w")
+    run = tmp_path / "run"
+    assert _train(speech_shards / "s", run, weights, "torch", "--freeze-backbone", "--cache-embeddings") == 0, \
+        capsys.readouterr().err
+    ckpt = checkpoint.load(run / "best_model.pth")
+    assert all(torch.equal(ckpt["model"]["backbone.ssl." + k], v) for k, v in sd.items())
+    assert torch.equal(ckpt["model"]["backbone.mix.weight"], torch.zeros(3))
+    assert (run / "embeddings" / "train.pt").is_file()
+    trained = _scores(run / "predictions_test.csv", "source")
+    predict_files(run / "best_model.pth", [speech_shards / "in"], tmp_path / "p.csv", device="cpu", workers=0,
+                  backend="torch", log=lambda *a: None)
+    pr = {Path(k).relative_to(speech_shards / "in").as_posix(): s for k, s in _scores(tmp_path / "p.csv", "path").items()}
+    assert max(abs(pr[k] - trained[k]) for k in trained) <= 1e-4  # the cached scores are the model's own
 
 
 def test_a_wav2vec2_model_trains_and_predicts_through_dali(speech_shards, tmp_path, capsys):
