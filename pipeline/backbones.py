@@ -4,6 +4,8 @@ Importing this module imports neither torch nor timm: the names below are what t
 anything heavy loads. `timm:NAME` is any model timm's registry knows (`timm.list_models()`), with or without a
 pretrained tag (`timm:tf_efficientnet_b4.ns_jft_in1k`); it takes images, and is a frame backbone for video.
 Its input size, mean/std and interpolation come from the model's pretrained configuration (`input_config`).
+The speech SSL names (`SSL_BUNDLES`: torchaudio's wav2vec2 family) take raw waveforms, the other audio models
+log-mel spectrograms (`audio_input`); their networks are built in `ssl.py`.
 """
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ import difflib
 from .errors import ModelError
 
 IMAGE_MODELS = ("efficientnet_b0", "efficientnet_b4", "resnet18", "resnet50", "mobilenet_v3_large")
-AUDIO_MODELS = ("audio_resnet18",)
+# speech SSL front-ends: dfp name -> torchaudio.pipelines bundle (architecture, weights URL, sample rate)
+SSL_BUNDLES = {"wav2vec2_base": "WAV2VEC2_BASE", "wav2vec2_large": "WAV2VEC2_LARGE",
+               "wav2vec2_large_lv60k": "WAV2VEC2_LARGE_LV60K", "wav2vec2_xlsr53": "WAV2VEC2_XLSR53",
+               "wav2vec2_xlsr_300m": "WAV2VEC2_XLSR_300M", "wav2vec2_xlsr_1b": "WAV2VEC2_XLSR_1B",
+               "wav2vec2_xlsr_2b": "WAV2VEC2_XLSR_2B", "hubert_base": "HUBERT_BASE", "hubert_large": "HUBERT_LARGE",
+               "hubert_xlarge": "HUBERT_XLARGE", "wavlm_base": "WAVLM_BASE", "wavlm_base_plus": "WAVLM_BASE_PLUS",
+               "wavlm_large": "WAVLM_LARGE"}
+SSL_SAMPLE_RATE = 16000  # every bundle above was pretrained on 16 kHz audio
+AUDIO_MODELS = ("audio_resnet18", *SSL_BUNDLES)
 VIDEO_MODELS = ("frame_pool", "r2plus1d_18")
 MODELS = {"image": IMAGE_MODELS, "audio": AUDIO_MODELS, "video": VIDEO_MODELS}
 DEFAULT_MODEL = {"image": "efficientnet_b0", "audio": "audio_resnet18", "video": "frame_pool"}
@@ -23,6 +33,15 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 def is_timm(name: str | None) -> bool:
     return bool(name) and name.startswith(TIMM)
+
+
+def is_ssl(name: str | None) -> bool:
+    return name in SSL_BUNDLES
+
+
+def audio_input(name: str | None) -> str:
+    """What an audio model takes: "waveform" (the SSL front-ends, which learn their own features) or "logmel"."""
+    return "waveform" if is_ssl(name) else "logmel"
 
 
 def takes(name: str, modality: str) -> bool:

@@ -218,6 +218,7 @@ def bench_loaders(data: Path, shards: Path, device: str, batches: int, rounds: i
 
 def bench_train(shards: Path, device: str = "auto", backend: str = "dali", model: str | None = None,
                 batch_size: int = 32, batches: int = 10, image_size: int = 224, precisions=("off", "auto")) -> list[dict]:
+    from .backbones import audio_input
     from .engine import amp_setup, train_one_epoch
     from .formats import read_manifest
     from .loaders import LoaderOptions, make_loader, resolve_device
@@ -231,11 +232,12 @@ def bench_train(shards: Path, device: str = "auto", backend: str = "dali", model
             amp = "bf16"  # the CPU's AMP path (emulated, and slower than fp32, on CPUs without bf16 instructions)
         dtype, scaler = amp_setup(dev, amp)
         torch.manual_seed(0)
-        net = build_model(model or DEFAULT_MODEL[modality], modality).to(dev)
+        name = model or DEFAULT_MODEL[modality]
+        net = build_model(name, modality).to(dev)
         if dev.type == "cuda" and modality != "audio":
             net = net.to(memory_format=torch.channels_last)
         ld = make_loader(shards, "train", backend, dev, LoaderOptions(batch_size=batch_size, epoch_len=batches * batch_size,
-                                                                     image_size=image_size))
+                                                                     image_size=image_size, audio_input=audio_input(name)))
         loss = make_loss("focal", [1, 1]).to(dev)
         opt = torch.optim.AdamW(net.parameters(), 1e-4)
         # warm-up: the last two batches of epoch 0 pay the one-off costs (pipeline build, allocations)

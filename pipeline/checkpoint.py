@@ -73,7 +73,7 @@ def model_from_checkpoint(ckpt: dict, device: torch.device, path: str | os.PathL
     from .models import build_model
     cfg = ckpt["config"]
     model = build_model(cfg["model"], ckpt["modality"], frame_backbone=cfg.get("frame_backbone", "efficientnet_b0"),
-                        image_size=(ckpt.get("preprocess") or {}).get("image_size"))
+                        image_size=(ckpt.get("preprocess") or {}).get("image_size"), config=ckpt.get("model_config"))
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, AttributeError) as e:  # torch lists every missing or misshapen tensor

@@ -35,7 +35,11 @@ CACHE_DIR_HELP = ("SHARDS at a URL: fetch whole shards into this folder ahead of
                   "of one node (default: none, each sample is a ranged read)")
 CACHE_LIMIT_HELP = "most bytes --cache-dir may hold, e.g. 20G or 500M; the least recently used shards go first (default: 20G)"
 JSON_OUT_HELP = "also write the results to this JSON file (default: text only)"
-MODEL_HELP = ("image: efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18; "
+MODEL_HELP = ("image: efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18 "
+              "(log-mel), or on raw 16 kHz waveforms torchaudio's SSL front-ends wav2vec2_base, wav2vec2_large, "
+              "wav2vec2_large_lv60k, wav2vec2_xlsr53, wav2vec2_xlsr_300m, wav2vec2_xlsr_1b, wav2vec2_xlsr_2b, hubert_base, "
+              "hubert_large, hubert_xlarge, wavlm_base, wavlm_base_plus, wavlm_large with a learned weighted sum of their "
+              "layers; "
               "video: frame_pool, r2plus1d_18; image: also timm:NAME, any timm model, e.g. timm:xception41, whose "
               "input size, mean/std and interpolation it brings (default: per modality, efficientnet_b0, "
               "audio_resnet18 or frame_pool)")
@@ -91,9 +95,14 @@ def synth(out: Path = typer.Argument(..., metavar="OUT", help="output folder (OU
 
 
 @app.command()
-def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder with real/ and fake/ (or train|val|test/real|fake)"),
-          out: str = typer.Argument("shards/data", metavar="OUT", help="output shard folder, or an s3:// or gs:// "
-                                    "URL (built in a temporary folder, then uploaded, the manifest last)"),
+def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder with real/ and fake/ (or train|val|test/real|fake); "
+                                          "with --merge, the first part folder"),
+          out: Optional[str] = typer.Argument(None, metavar="OUT", help="output shard folder, or an s3:// or gs:// URL "
+                                              "(built in a temporary folder, then uploaded, the manifest last) "
+                                              "(default: shards/data); with --part, this part's folder; with "
+                                              "--merge, the second part folder"),
+          more_parts: Optional[List[Path]] = typer.Argument(None, metavar="PART_DIR", help="with --merge: the further "
+                                                            "part folders (default: none)"),
           modality: str = typer.Option("auto", help="auto, image, audio or video"),
           split: str = typer.Option("0.8,0.1,0.1", help="train,val,test fractions (ignored for pre-split input)"),
           seed: int = typer.Option(0, help="seed for the split and per-class limits"),
@@ -142,8 +151,24 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                                               "of each clip (default: spread over the clip; 8 with --debias)"),
           max_pixels: int = typer.Option(100_000_000, help="pictures and video frames over this many pixels are rejected from their header, before decoding (0: no limit)"),
           max_seconds: float = typer.Option(3600.0, help="audio and video longer than this are rejected from their header (0: no limit)"),
+          part: Optional[str] = typer.Option(None, metavar="K/N", help="pack on N machines: prepare this machine's "
+                                             "share K (1 to N) of INPUT into OUT, a part folder, for --merge "
+                                             "(default: pack all of INPUT here)"),
+          merge: Optional[Path] = typer.Option(None, metavar="OUT", help="write the shards into OUT from the N part "
+                                               "folders given as arguments (dfp shard --merge OUT PART_DIR...; "
+                                               "the options come from the parts), as one machine would have "
+                                               "(default: no merge)"),
           quiet: bool = typer.Option(False, help="no progress bar")):
     """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
+    if merge is not None:
+        return _merge_parts(merge, [input_dir, *([Path(out)] if out else []), *(more_parts or [])], part, quiet)
+    if more_parts:
+        raise UsageError(f"unexpected argument {more_parts[0]}: dfp shard takes INPUT and OUT "
+                         "(part folders only with --merge OUT)")
+    out = out or "shards/data"
+    from .storage import is_url
+    if part is not None and is_url(out):
+        raise UsageError(f"--part writes a part folder for --merge on local or shared disk; give a folder, not {out}")
     _check_shard_args(input_dir, out, modality, split, class_map, check)
     _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
     _check_face_args(faces, modality, face_margin, face_size, face_quality)
@@ -162,7 +187,11 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
                          face_quality=face_quality, debias=debias, reencode=reencode, jpeg_quality=jpeg_quality,
                          chroma=chroma, resize_rule=resize_rule, image_codec=image_codec, trim_silence=trim_silence,
                          fps=fps, max_pixels=max_pixels, max_seconds=max_seconds)
-    from .storage import is_url
+    if part is not None:
+        from .parts import format_part_summary, pack_part, parse_part
+        k_of_n = parse_part(part)
+        typer.echo(format_part_summary(pack_part(input_dir, out, params, k_of_n, workers=workers, progress=not quiet)))
+        return
     if is_url(out):
         from .upload import build_and_upload
         summary = build_and_upload(input_dir, out, params, workers=workers, progress=not quiet)
@@ -180,6 +209,18 @@ def _shards_or_input(path: str) -> bool:
         return True
     v.existing("SHARDS_OR_INPUT", Path(path), "dir")
     return False
+
+
+def _merge_parts(out: Path, part_dirs: List[Path], part: Optional[str], quiet: bool) -> None:
+    if part is not None:
+        raise UsageError("--part and --merge: give --part K/N to each machine's packing, --merge once to join them")
+    v.output("--merge", out, "dir")
+    for d in part_dirs:
+        v.existing("PART_DIR", d, "dir")
+    from .parts import merge_parts
+    from .shards import format_summary
+    typer.echo(format_summary(merge_parts(out, part_dirs, progress=not quiet)))
+    typer.echo(f"shards: {out}")
 
 
 def _check_shard_args(input_dir: Path, out: str, modality: str, split: str, class_map: Optional[str], check: str) -> None:
@@ -410,9 +451,11 @@ def _check_train(a: dict) -> None:
     v.focal_alpha(a["focal_alpha"])
     v.class_weights(a["class_weights"])
     v.threshold_method(a["threshold_method"])
+    v.probe(a["freeze_backbone"], a["unfreeze_last"], a["cache_embeddings"], a["cache_views"])
     v.shards(a["shards"])
     v.cache(a["cache_dir"], a["cache_limit"])
-    v.existing("--weights", a["weights"], "file")
+    from .backbones import is_ssl
+    v.existing("--weights", a["weights"], "any" if is_ssl(a["model"]) else "file")  # a Hugging Face folder
     v.output("--out", a["out"], "dir")
     if a["overwrite"] and a["resume"]:
         raise UsageError("--overwrite starts a new run; --resume continues one: give one of them")
@@ -433,8 +476,12 @@ def train(ctx: typer.Context, shards: str = typer.Argument(..., metavar="SHARDS"
           seed: int = typer.Option(0, help="seed for initialisation, sampling and augmentation"),
           model: Optional[str] = typer.Option(None, help=MODEL_HELP + ". On a CPU without --model and --image-size, image and video runs use the CPU recipe: resnet18 (video: frame_pool over resnet18) at 64 px, lr 1e-3"),
           frame_backbone: str = typer.Option("efficientnet_b0", help="video frame_pool: the per-frame 2D backbone, an image model or timm:NAME"),
-          pretrained: bool = typer.Option(False, help="start from the library's pretrained weights: torchvision's ImageNet ones, or for timm:NAME the tag's through timm's hub (needs network or a cached download: the torch hub or Hugging Face cache)"),
-          weights: Optional[Path] = typer.Option(None, help="start from a local file: a dfp checkpoint or state dict, or the network's own state dict in its library's key layout (.safetensors, .pth or .bin; its classifier is left out) (default: none)"),
+          pretrained: bool = typer.Option(False, help="start from the library's pretrained weights: torchvision's ImageNet ones, for timm:NAME the tag's through timm's hub, for the SSL audio models torchaudio's bundle (needs network or a cached download: the torch hub or Hugging Face cache)"),
+          weights: Optional[Path] = typer.Option(None, help="start from a local file: a dfp checkpoint or state dict, or the network's own state dict in its library's key layout (.safetensors, .pth or .bin; its classifier is left out); SSL audio models also take a Hugging Face checkpoint (folder, or file with config.json beside it) or a fairseq .pt (default: none)"),
+          freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="train the head only: the backbone stays as loaded, in eval mode, without gradients (a linear probe; default: everything trains)"),
+          unfreeze_last: int = typer.Option(0, help="fine-tune only the backbone's last N blocks (stages or transformer blocks, per architecture: see README) and what follows them; the rest is frozen (0: off)"),
+          cache_embeddings: bool = typer.Option(False, "--cache-embeddings", help="with --freeze-backbone: embed every train/val/test sample once into RUN/embeddings and train the head on them every epoch (default: off)"),
+          cache_views: int = typer.Option(0, help="--cache-embeddings: cache K augmented views of each train sample instead of one un-augmented one (0: one, no augmentation)"),
           strategy: str = typer.Option("auto", help="auto: the imbalance ratio chooses loss, sampling, minority augmentation and SMOTE, except those you set (a set flag always applies); manual: the flags and their defaults"),
           loss: str = typer.Option("focal", help="focal, weighted_bce or bce (unset: auto picks focal)"),
           focal_alpha: str = typer.Option("0.25", help="weight of the fake class in focal loss, or 'auto' (= real share)"),
@@ -469,7 +516,8 @@ def train(ctx: typer.Context, shards: str = typer.Argument(..., metavar="SHARDS"
     cfg = TrainConfig(shards=str(shards), out=str(out), backend=backend, device=device, epochs=epochs,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, model=model,
                       frame_backbone=frame_backbone, pretrained=pretrained, weights=str(weights) if weights else None,
-                      strategy=strategy, loss=loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma, sampling=sampling,
+                      freeze_backbone=freeze_backbone, unfreeze_last=unfreeze_last,
+                      cache_embeddings=cache_embeddings, cache_views=cache_views, strategy=strategy, loss=loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma, sampling=sampling,
                       class_weights=class_weights, minority_augment=minority_augment, smote=smote, amp=amp,
                       compile=compile, workers=workers, image_size=image_size, audio_seconds=audio_seconds,
                       max_samples_per_class=max_samples_per_class, epoch_len=epoch_len, patience=patience,

@@ -35,7 +35,8 @@ def eval_options(ckpt: dict, batch_size: int, workers: int = 2) -> LoaderOptions
     pre = ckpt["preprocess"]
     norm = {k: tuple(pre[k]) if k != "interpolation" else pre[k] for k in ("mean", "std", "interpolation") if pre.get(k)}
     return LoaderOptions(batch_size=batch_size, train=False, image_size=pre["image_size"],
-                         audio_seconds=pre["audio_seconds"], workers=workers, **norm)
+                         audio_seconds=pre["audio_seconds"], workers=workers,
+                         audio_input=pre.get("audio_input") or "logmel", **norm)
 
 
 def _now() -> str:

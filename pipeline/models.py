@@ -9,6 +9,10 @@ Inputs:
   image  (B, 3, H, W)                   efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large,
                                         timm:NAME (any timm model, see backbones.py)
   audio  (B, 1, n_mels, T) log-mel      audio_resnet18: ResNet-18 whose first conv takes 1 channel
+         (B, samples) 16 kHz waveform   wav2vec2_base, wav2vec2_xlsr_300m, hubert_base, wavlm_base, ... (see
+                                        backbones.SSL_BUNDLES): torchaudio's SSL network, a learned softmax-weighted
+                                        sum of its layers, mean over time (ssl.py; keys backbone.ssl.<torchaudio
+                                        key>, backbone.mix.weight)
   video  (B, T, 3, H, W)                frame_pool: a 2D image backbone per frame, mean over time;
                                         r2plus1d_18: torchvision's (2+1)D ResNet (permutes to (B, 3, T, H, W) inside)
 All work with ``channels_last`` (4-D) / ``channels_last_3d`` (r2plus1d_18) memory formats.
@@ -20,7 +24,9 @@ timm's hub (the Hugging Face cache is used offline). ``weights_file`` (``.safete
 or a plain torchvision / timm state dict of the underlying network (e.g. a downloaded ``resnet18-f37072fd.pth`` or
 a timm ``model.safetensors``; its classifier, of any number of classes, is ignored), the offline replacement for
 ``--pretrained``. ``module.`` (DDP) and
-``_orig_mod.`` (torch.compile) key prefixes are accepted.
+``_orig_mod.`` (torch.compile) key prefixes are accepted. The SSL front-ends take their weights through torchaudio's
+bundles (``pretrained``) or a torchaudio, Hugging Face or fairseq file (ssl.py); their architecture travels in the
+checkpoint (``model_config``).
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ from torch import nn
 
 from .errors import ModelError
 
-from .backbones import AUDIO_MODELS, DEFAULT_MODEL, IMAGE_MODELS, MODELS, VIDEO_MODELS, is_timm, takes  # noqa: F401
+from .backbones import (AUDIO_MODELS, DEFAULT_MODEL, IMAGE_MODELS, MODELS, VIDEO_MODELS, is_ssl, is_timm,  # noqa: F401
+                        takes)
 
 # torchvision attribute path of the final Linear of each underlying network
 _FINAL = {"efficientnet_b0": "classifier.1", "efficientnet_b4": "classifier.1", "resnet18": "fc", "resnet50": "fc",
@@ -79,9 +86,16 @@ class Detector(nn.Module):
         self.head = head
         self.name = name
         self.modality = modality
+        self.frozen_modules: list[nn.Module] = []  # set by pipeline.freeze
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x)).squeeze(-1)
+
+    def train(self, mode: bool = True) -> "Detector":
+        super().train(mode)
+        for m in self.frozen_modules:  # frozen parts keep their BatchNorm statistics and no dropout
+            m.eval()
+        return self
 
     def extra_repr(self) -> str:
         return f"name={self.name}, modality={self.modality}"
@@ -231,10 +245,19 @@ def _load_strict(module: nn.Module, sd: dict, path: str, name: str, ignore: tupl
 
 
 def build_model(name: str, modality: str, pretrained: bool = False, weights_file: str | None = None,
-                frame_backbone: str = "efficientnet_b0", image_size: int | None = None) -> Detector:
+                frame_backbone: str = "efficientnet_b0", image_size: int | None = None,
+                config: dict | None = None) -> Detector:
     """A ``Detector`` with (B,) logits; see the module docstring for inputs and weights. Raises ModelError.
-    image_size: the input side, for timm models built for one size (most ViTs); others take any size."""
+    image_size: the input side, for timm models built for one size (most ViTs); others take any size.
+    config: a recorded architecture (``model_config``, the SSL front-ends'), as a checkpoint holds it."""
     _check(name, modality, frame_backbone)
+    if is_ssl(name):
+        from .ssl import ssl_backbone
+        backbone, dfp_sd = ssl_backbone(name, pretrained, weights_file, config)
+        model = Detector(backbone, nn.Linear(backbone.dim, 1), name, modality)
+        if dfp_sd is not None:
+            _load_strict(model, dfp_sd, str(weights_file), name)
+        return model
     arch = _arch(name, frame_backbone)
     sd, is_dfp = _read_weights(str(weights_file)) if weights_file else (None, False)
     net, dim, classifier = _network(name, arch, pretrained, image_size)
@@ -261,6 +284,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def model_config(model: nn.Module) -> dict | None:
+    """The architecture a checkpoint records so ``build_model(..., config=)`` rebuilds it (SSL front-ends; None for
+    the others, which their name fixes)."""
+    return getattr(_unwrap(model).backbone, "arch", None)
 
 
 def embed_and_head(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear]:

@@ -126,8 +126,9 @@ def _limit_per_class(cands: list[Candidate], limit: int | None, seed: int) -> tu
     return kept, rejects
 
 
-def _check_paths(inp: Path, out: Path) -> None:
-    """OUT is empty, absent or a previous dfp build: nothing of the user's is replaced by shards."""
+def _check_paths(inp: Path, out: Path, foreign=None) -> None:
+    """OUT is empty, absent or a previous dfp build (`foreign` judges which, for a part folder: parts.py):
+    nothing of the user's is replaced by shards."""
     if not inp.exists():
         raise InputError(f"INPUT {inp} does not exist")
     ri, ro = inp.resolve(), out.resolve()
@@ -139,7 +140,7 @@ def _check_paths(inp: Path, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"OUT {out} exists and is not a folder")
     if out.is_dir():
-        foreign = _foreign_entry(out)
+        foreign = (foreign or _foreign_entry)(out)
         if foreign is not None:
             raise InputError(f"OUT {out} holds {foreign}, which dfp shard did not write: give an empty or new "
                              "folder, or a previous dfp shard output")
@@ -201,10 +202,18 @@ def _build(inp: Path, out: Path, params: ShardParams, workers: int | None, progr
     plan = _plan(inp, params)
     build = out / BUILD_DIR
     shard_rows, counts, failed = _pack(plan, build, params, workers, progress)
+    return _finish(out, str(inp.resolve()), params, plan, (shard_rows, counts, failed), t0)
+
+
+def _finish(out: Path, input_path: str, params: ShardParams, plan: "_Plan", packed: tuple, t0: float) -> dict:
+    """Move the shards built under OUT/.building into place, then rejects.jsonl, then the manifest; the summary.
+    `packed`: what `_pack` returns. A merge of parts (parts.py) ends here too."""
+    shard_rows, counts, failed = packed
+    build = out / BUILD_DIR
     rejects = sorted(plan.rejects + failed, key=lambda r: r["source"])
     _move_into_place(build, out)
     atomic.write_text(out / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
-    write_manifest(out, _manifest(inp, params, plan, shard_rows, counts, len(rejects)))
+    write_manifest(out, _manifest(input_path, params, plan, shard_rows, counts, len(rejects)))
     # removed after the manifest: until then a rerun sees an interrupted build (.building), not foreign files
     shutil.rmtree(build, ignore_errors=True)
     seconds = time.time() - t0
@@ -294,9 +303,13 @@ def _pack(plan: _Plan, build: Path, params: ShardParams, workers: int | None, pr
             pool.terminate()
         if not done:  # nothing of an unfinished build is reused (the next build starts afresh): free its space
             shutil.rmtree(build, ignore_errors=True)
+    return sort_rows(sink.rows), sink.counts, failed
+
+
+def sort_rows(rows: list[dict]) -> list[dict]:
+    """Manifest rows in shard order (split, class, path)."""
     order = {s: i for i, s in enumerate(SPLITS)}
-    sink.rows.sort(key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
-    return sink.rows, sink.counts, failed
+    return sorted(rows, key=lambda r: (order[r["split"]], CLASSES.index(r["class"]), r["path"]))
 
 
 def _faces_first(plan: _Plan, spill: Path, pool, progress: bool, failed: list):
@@ -390,10 +403,10 @@ def _move_into_place(build: Path, out: Path) -> None:
         os.replace(build / s, old)
 
 
-def _manifest(inp: Path, params: ShardParams, plan: _Plan, shard_rows: list, counts: dict, rejected: int) -> dict:
+def _manifest(input_path: str, params: ShardParams, plan: _Plan, shard_rows: list, counts: dict, rejected: int) -> dict:
     modality = plan.modality
     p = asdict(params)
-    p.update(modality=modality, max_side=plan.media_params["max_side"], input=str(inp.resolve()),
+    p.update(modality=modality, max_side=plan.media_params["max_side"], input=input_path,
              face_step=plan.media_params["faces"], **{k: plan.media_params[k] for k in CONTROLS})
     return {"format": FORMAT, "tool": f"dfp {__version__}", "modality": modality, "classes": list(CLASSES),
             "payload": payload_exts(modality, params.frames, _image_ext(plan.media_params)),

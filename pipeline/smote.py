@@ -7,23 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
-from .engine import all_gather_objects, autocast
 
-
-@torch.no_grad()
 def embeddings(embed, loader, device, amp_dtype, d):
-    feats, labels = [], []
-    for x, y, _ in loader:
-        with autocast(device, amp_dtype):
-            e = embed(x)
-        feats.append(e.float().cpu().numpy())
-        labels.append(y.cpu().numpy())
-    f = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
-    lab = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
-    if d.enabled:  # every rank gets all rows, so every rank fits the same head
-        parts = all_gather_objects((f, lab), d)
-        f, lab = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    """(rows, D) embeddings and labels of everything `loader` yields, all ranks' rows on every rank."""
+    from .embcache import extract
+    _, f, lab = extract(embed, loader, device, amp_dtype, d)
     return f, lab
 
 
@@ -38,11 +28,14 @@ def _summary(labels, scores) -> dict:
     return {"f1_tuned": v["f1"] if v["f1_tuned"] is None else v["f1_tuned"], "auc": v["auc"]}
 
 
-def smote_refit_head(model, cfg, device, amp_dtype, d, eval_loader, val_loader, log=print) -> dict:
+def smote_refit_head(model, cfg, device, amp_dtype, d, eval_loader, val_loader, log=print, cached: bool = False) -> dict:
+    """`cached`: the loaders yield cached embeddings (--cache-embeddings), which SMOTE then balances as they are."""
     from imblearn.over_sampling import SMOTE
     from sklearn.linear_model import LogisticRegression
     from .models import embed_and_head
     embed, head = embed_and_head(model)
+    if cached:
+        embed = nn.Identity()
     model.eval()
     log("SMOTE: extracting train and val embeddings")
     xtr, ytr = embeddings(embed, eval_loader("train"), device, amp_dtype, d)

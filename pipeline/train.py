@@ -54,6 +54,10 @@ class TrainConfig:
     frame_backbone: str = "efficientnet_b0"
     pretrained: bool = False
     weights: str | None = None
+    freeze_backbone: bool = False  # train the head only (pipeline/freeze.py)
+    unfreeze_last: int = 0  # with a frozen backbone, fine-tune its last N blocks (0: none)
+    cache_embeddings: bool = False  # frozen backbone: embed every sample once (pipeline/embcache.py)
+    cache_views: int = 0  # augmented train views in the cache (0: one view, no augmentation)
     strategy: str = "auto"  # auto | manual
     loss: str = "focal"
     focal_alpha: str = "0.25"
@@ -165,9 +169,10 @@ def _write_history(path: Path, rows: list[dict]) -> None:
 
 def _normalisation(cfg: TrainConfig) -> dict:
     """mean, std and resize interpolation of the model's backbone (timm: its pretrained configuration)."""
-    from .backbones import input_arch, input_config
+    from .backbones import audio_input, input_arch, input_config
     pre = input_config(input_arch(cfg.model, cfg.frame_backbone))
-    return {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]), "interpolation": pre["interpolation"]}
+    return {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]), "interpolation": pre["interpolation"],
+            "audio_input": audio_input(cfg.model)}
 
 
 def _preprocess(cfg: TrainConfig, manifest: dict) -> dict:
@@ -176,7 +181,7 @@ def _preprocess(cfg: TrainConfig, manifest: dict) -> dict:
     return {"image_size": cfg.image_size, "audio_seconds": cfg.audio_seconds,
             "sample_rate": manifest.get("sample_rate"), "frames": manifest.get("frames"),
             "max_side": manifest["params"].get("max_side"), "mean": list(norm["mean"]), "std": list(norm["std"]),
-            "interpolation": norm["interpolation"],
+            "interpolation": norm["interpolation"], "audio_input": norm["audio_input"],
             "faces": manifest["params"].get("face_step"), **storage_controls(manifest["params"])}
 
 
@@ -197,6 +202,8 @@ def _check_splits(manifest: dict, shards: str, limit: int | None) -> dict[str, i
 def run_training(cfg: TrainConfig, log=print, given: set[str] | None = None, overwrite: bool = False) -> Path:
     """`given`: the options set on the command line; on --resume they are applied or refused (see resume.py).
     `overwrite`: a run already in `cfg.out` is moved aside (to RUN.old-TIME) instead of refused."""
+    from .validate import probe
+    probe(cfg.freeze_backbone, cfg.unfreeze_last, cfg.cache_embeddings, cfg.cache_views)
     device, d = _setup_device(cfg.device)
     with _run_dir(cfg, d, overwrite, log):
         return _run(cfg, device, d, log, given)
@@ -251,7 +258,7 @@ def _run(cfg: TrainConfig, device, d: Dist, log, given: set[str] | None) -> Path
     say(f"device: {device}{f' x{d.world_size} ranks' if d.enabled else ''}, backend: {cfg.backend}, model: {cfg.model}, "
         f"modality: {manifest['modality']}")
     _say_decisions(cfg, decision, train_counts, manifest, say)
-    run = _build(cfg, manifest, decision, train_counts, device, d)
+    run = _build(cfg, manifest, decision, train_counts, device, d, ckpt, say)
     say(f"precision: {run.amp_dtype or 'fp32'}{' + GradScaler' if run.scaler else ''}; "
         f"{run.steps_per_epoch} steps/epoch/rank")
     pos = _restore(run, ckpt, changed, say) if ckpt else Position(world_size=d.world_size, batch_size=cfg.batch_size)
@@ -289,7 +296,7 @@ def _run(cfg: TrainConfig, device, d: Dist, log, given: set[str] | None) -> Path
     if best_state is None:  # resumed after the last improvement: the best weights are on disk
         best_state = checkpoint.load(out / "best_model.pth", map_location="cpu")
     finish_run(cfg, out, run.model, device, run.amp_dtype, d, run.eval_loader, run.val_loader, best_state,
-               config_record, log=say)
+               config_record, log=say, net=run.scorer)
     _say_storage(cfg.shards, say)
     _teardown(run, d)
     return out
@@ -315,6 +322,8 @@ class _Run:
     val_loader: object
     eval_loader: object
     base_state: dict
+    scorer: torch.nn.Module  # what scores the loaders' batches: the model, or its head over cached embeddings
+    notes: dict  # config.json's "freeze" and "embedding_cache"
 
     @property
     def steps_per_epoch(self) -> int:
@@ -362,11 +371,14 @@ def _decide(cfg: TrainConfig, manifest: dict, given: set[str], device_type: str,
         by = {k: BY_USER if k in given else c["by"] for k, c in recorded.items() if k not in STRATEGY_FIELDS}
         decision["choices"].update({k: c for k, c in recorded.items() if k in STRATEGY_FIELDS})
     from .errors import ModelError
-    from .backbones import DEFAULT_MODEL, MODELS, input_arch, input_config, takes
+    from .backbones import DEFAULT_MODEL, MODELS, SSL_SAMPLE_RATE, input_arch, input_config, is_ssl, takes
     model_name = cfg.model or DEFAULT_MODEL[modality]
     if not takes(model_name, modality):
         raise ModelError(f"--model {model_name} does not take {modality} input; choose one of {', '.join(MODELS[modality])}"
                          + (" or timm:NAME" if modality == "image" else ""))
+    if is_ssl(model_name) and (manifest.get("sample_rate") or SSL_SAMPLE_RATE) != SSL_SAMPLE_RATE:
+        raise ModelError(f"--model {model_name} takes {SSL_SAMPLE_RATE} Hz audio but {cfg.shards} holds "
+                         f"{manifest['sample_rate']} Hz; rebuild the shards with dfp shard --sample-rate {SSL_SAMPLE_RATE}")
     cfg = replace(cfg, model=model_name, backend=resolve_backend(cfg.backend))
     size = input_config(input_arch(cfg.model, cfg.frame_backbone))["image_size"]
     if size and saved is None and "image_size" not in given:  # a timm model's own size, unless --image-size says so
@@ -384,7 +396,8 @@ def _cache_options(cfg: TrainConfig) -> dict:
     return {"cache_dir": cfg.cache_dir, "cache_limit": limit}
 
 
-def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict, device, d: Dist) -> _Run:
+def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict, device, d: Dist,
+           ckpt: dict | None = None, say=print) -> _Run:
     modality = manifest["modality"]
     sampling = decision["sampling"]
     if isinstance(sampling, str) and "=" in sampling:
@@ -393,33 +406,68 @@ def _build(cfg: TrainConfig, manifest: dict, decision: dict, train_counts: dict,
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, image_size=cfg.image_size, audio_seconds=cfg.audio_seconds,
                   workers=cfg.workers, max_samples_per_class=cfg.max_samples_per_class, **_normalisation(cfg),
                   **_cache_options(cfg))
-    train_loader = make_loader(cfg.shards, "train", cfg.backend, device, LoaderOptions(
-        train=True, sampling=sampling, epoch_len=cfg.epoch_len, minority_augment=cfg.minority_augment, **common),
-        d.rank, d.world_size, manifest)
+    train_options = LoaderOptions(train=True, sampling=sampling, epoch_len=cfg.epoch_len,
+                                  minority_augment=cfg.minority_augment, **common)
     eval_loader = lambda split: make_loader(cfg.shards, split, cfg.backend, device, LoaderOptions(train=False, **common),
                                             d.rank, d.world_size, manifest)
+    from . import freeze
     from .losses import make_loss
-    from .models import build_model
+    from .models import build_model, model_config
     model = build_model(cfg.model, modality, cfg.pretrained, cfg.weights, cfg.frame_backbone,
                         image_size=cfg.image_size).to(device)
+    if ckpt is not None:  # the run's own weights before anything is computed from them (the embedding cache)
+        model.load_state_dict(ckpt["model"])
+    notes = {"freeze": freeze.apply(model, cfg.freeze_backbone, cfg.unfreeze_last)}
+    if notes["freeze"]:
+        f = notes["freeze"]
+        say(f"backbone: {f['backbone']}; {f['trainable_parameters']:,} trainable parameters, "
+            f"{f['frozen_parameters']:,} frozen")
     if device.type == "cuda" and modality != "audio":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    amp_dtype, scaler = amp_setup(device, cfg.amp)
+    scorer = model
+    if cfg.cache_embeddings:
+        train_loader, eval_loader, notes["embedding_cache"] = _cached_loaders(
+            cfg, model, manifest, train_options, eval_loader, device, amp_dtype, d, say)
+        from .embcache import HeadNet
+        scorer = HeadNet(model.head)
+    else:
+        train_loader = make_loader(cfg.shards, "train", cfg.backend, device, train_options, d.rank, d.world_size,
+                                   manifest)
+    optimizer = torch.optim.AdamW(freeze.trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(
         cfg.epochs * steps, max(1, int(cfg.warmup_epochs * steps))))
-    amp_dtype, scaler = amp_setup(device, cfg.amp)
-    net = model
+    net = scorer
     if d.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(scorer, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
     # "choices" travels in every checkpoint: a resumed run keeps the record of who chose what
     base_state = {"config": asdict(cfg), "modality": modality, "classes": list(CLASSES), "preprocess": _preprocess(cfg, manifest),
-                  "choices": decision["choices"]}
+                  "choices": decision["choices"], "model_config": model_config(model)}
     return _Run(cfg, device, d, Path(cfg.out), modality, model, net,
                 make_loss(cfg.loss, train_counts, cfg.focal_alpha, cfg.focal_gamma).to(device), optimizer, scheduler,
-                amp_dtype, scaler, train_loader, eval_loader("val"), eval_loader, base_state)
+                amp_dtype, scaler, train_loader, eval_loader("val"), eval_loader, base_state, scorer, notes)
+
+
+def _cached_loaders(cfg, model, manifest, train_options, eval_loader, device, amp_dtype, d: Dist, say):
+    """--cache-embeddings: (train loader, split -> eval loader) over RUN/embeddings, and its config.json record.
+    The head trains on the plan the image loader would draw (same sampler, same per-class weights)."""
+    from . import embcache
+    from .sampling import EpochSampler
+    real = {s: eval_loader(s) for s in embcache.SPLITS}
+    views = make_loader(cfg.shards, "train", cfg.backend, device, replace(train_options, sampling="natural",
+                        epoch_len=None), d.rank, d.world_size, manifest) if cfg.cache_views else None
+    norm = _normalisation(cfg)
+    preprocess = {"image_size": cfg.image_size, "audio_seconds": cfg.audio_seconds, **norm}
+    data, record = embcache.prepare(cfg, model, real, views, shards_digest(manifest), preprocess,
+                                    str(amp_dtype or "fp32"), device, amp_dtype, d, Path(cfg.out), say)
+    labels = real["train"].index.labels
+    sampler = EpochSampler(labels, train_options.sampling, train_options.epoch_len or len(labels), cfg.seed, d.rank,
+                           d.world_size, cfg.batch_size)
+    train, evals = embcache.loaders(data, real, sampler, cfg, device, d)
+    return train, evals, record
 
 
 def _restore(run: _Run, ckpt: dict, changed: dict, say) -> Position:
@@ -563,7 +611,7 @@ def _config_record(cfg, decision, manifest, run: _Run) -> dict:
             "dataset": {"shards": _where(cfg.shards), "modality": manifest["modality"],
                         "splits": manifest["splits"]},
             "world_size": run.d.world_size, "precision": str(run.amp_dtype or "fp32"), "device": str(run.device),
-            "device_requested": cfg.device}
+            "device_requested": cfg.device, **{k: v for k, v in run.notes.items() if v}}
 
 
 def _say_storage(shards: str, say) -> None:
@@ -613,14 +661,18 @@ def _tensorboard_writer():
     return SummaryWriter
 
 
-def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loader, best_state, config_record, log=print):
-    """Best weights -> optional SMOTE head -> val/test predictions -> tuned threshold -> metrics and report."""
+def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loader, best_state, config_record, log=print,
+               net=None):
+    """Best weights -> optional SMOTE head -> val/test predictions -> tuned threshold -> metrics and report.
+    `net`: what scores the loaders' batches when they are not the model's inputs (the head over cached embeddings)."""
     best = {**best_state, "model": best_state["model"]}
     model.load_state_dict(best["model"])
+    net = model if net is None else net
     smote_info = None
     if cfg.smote:
         from .smote import smote_refit_head
-        smote_info = smote_refit_head(model, cfg, device, amp_dtype, d, eval_loader, val_loader, log=log)
+        smote_info = smote_refit_head(model, cfg, device, amp_dtype, d, eval_loader, val_loader, log=log,
+                                      cached=net is not model)
         best["model"] = model.state_dict()
     preds, lost = {}, {}
     for split in ("val", "test"):
@@ -628,7 +680,7 @@ def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loa
         if len(loader.index) == 0:
             continue
         before = (loader.skipped, loader.rescued_batches)
-        keys, labels, scores, _ = predict(model, loader, device, amp_dtype, progress=cfg.progress and d.main, desc=split)
+        keys, labels, scores, _ = predict(net, loader, device, amp_dtype, progress=cfg.progress and d.main, desc=split)
         lost[split] = reduce_sum([loader.skipped - before[0], loader.rescued_batches - before[1]], d, device)
         keys, labels, scores = gather_predictions(keys, labels, scores, d)
         meta = all_gather_objects(loader.sample_meta(keys[d.rank::d.world_size]), d)

@@ -224,3 +224,16 @@ def int_list(name: str, value: str, low: int = 1) -> tuple[int, ...]:
     if min(items) < low:
         raise UsageError(f"{flag(name)} {value!r}: every size must be at least {low}")
     return items
+
+
+def probe(freeze_backbone: bool, unfreeze_last: int, cache_embeddings: bool, cache_views: int) -> None:
+    """--freeze-backbone, --unfreeze-last, --cache-embeddings and --cache-views, together."""
+    minimum(0, unfreeze_last=unfreeze_last, cache_views=cache_views)
+    if cache_embeddings and unfreeze_last:
+        raise UsageError(f"--cache-embeddings needs a backbone that does not change; --unfreeze-last {unfreeze_last} "
+                         "trains part of it: drop one of them")
+    if cache_embeddings and not freeze_backbone:
+        raise UsageError("--cache-embeddings needs a frozen backbone: add --freeze-backbone")
+    if cache_views and not cache_embeddings:
+        raise UsageError(f"--cache-views {cache_views}: views of cached embeddings; add --cache-embeddings "
+                         "--freeze-backbone, or drop --cache-views")

@@ -27,6 +27,7 @@ from .decode import LoaderConfig
 from .index import ShardIndex
 
 BACKENDS = ("torch", "dali")
+AUDIO_INPUTS = ("logmel", "waveform")
 
 
 @dataclass
@@ -50,6 +51,7 @@ class LoaderOptions:
     interpolation: str = "bilinear"  # of the evaluation resize
     cache_dir: str | None = None  # shards at a URL: whole shards cached here (else ranged reads); see loaders.remote
     cache_limit: int = 0  # bytes the cache folder may hold
+    audio_input: str = "logmel"  # audio: "logmel" (B, 1, n_mels, frames) or "waveform" (B, samples), the model's
 
 
 class Chunks:
@@ -85,8 +87,11 @@ class Loader:
         sr = index.manifest.get("sample_rate") or 16000
         share = STRONG_SHARE if (opts.train and opts.minority_augment and minority) else 0.0
         feat = AudioFeatures(sample_rate=sr, seconds=opts.audio_seconds)
+        if opts.audio_input not in AUDIO_INPUTS:
+            raise InputError(f"audio input {opts.audio_input!r}: choose {' or '.join(AUDIO_INPUTS)}")
         self.cfg = LoaderConfig(self.modality, opts.image_size, feat, share, opts.train,
-                                mean=tuple(opts.mean), std=tuple(opts.std), interpolation=opts.interpolation)
+                                mean=tuple(opts.mean), std=tuple(opts.std), interpolation=opts.interpolation,
+                                audio_input=opts.audio_input)
         self.epoch, self.start_batch = 0, 0
         self.skipped = 0
         self.delivered = np.zeros(len(CLASSES), np.int64)
@@ -182,8 +187,12 @@ class Loader:
 
     def _finish(self, data: torch.Tensor, positions: np.ndarray | None, b: int) -> torch.Tensor:
         """Device transfer and the last, cheap steps on the device: normalisation, log-mel, masks
-        (`positions`: the rows' plan positions in training, which choose their recipes)."""
+        (`positions`: the rows' plan positions in training, which choose their recipes). Waveforms for an SSL
+        front-end go as they are: gain and noise are applied already, and time/frequency masks are a
+        spectrogram's."""
         x = data.to(self.device, non_blocking=True)
+        if self.modality == "audio" and self.cfg.audio_input == "waveform":
+            return x
         if self.modality == "audio":
             if x.dim() == 2:  # waveforms from the torch backend
                 x = torch_log_mel(x, self.cfg.audio)

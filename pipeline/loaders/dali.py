@@ -94,9 +94,10 @@ def image_eval_graph(jpegs, size: int, decode, interpolation: str = "bilinear"):
     return fn.resize(img, resize_x=size, resize_y=size, antialias=True, interp_type=interp)
 
 
-def audio_graph(flac, params, feat, on_gpu: bool):
+def audio_graph(flac, params, feat, on_gpu: bool, waveform: bool = False):
     """Decode, crop (random start in training, else from the start) or pad to a fixed length, gain and
-    noise in training, then the log-mel spectrogram where DALI runs."""
+    noise in training, then the log-mel spectrogram where DALI runs (`waveform`: the waveform itself, for
+    SSL front-ends)."""
     from nvidia.dali import fn, math as dmath, types
     audio, _ = fn.decoders.audio(flac, dtype=types.FLOAT, downmix=True, sample_rate=feat.sample_rate)
     n = feat.samples
@@ -111,6 +112,8 @@ def audio_graph(flac, params, feat, on_gpu: bool):
         audio = audio * params["gain"] + params["noise"] * params["sigma"]
     if on_gpu:
         audio = audio.gpu()
+    if waveform:
+        return audio
     # torchaudio's window (periodic Hann) so both backends compute the same features
     window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(feat.win_length) / feat.win_length)).tolist()
     spec = fn.spectrogram(audio, nfft=feat.n_fft, window_length=feat.win_length, window_step=feat.hop_length,
@@ -152,7 +155,7 @@ def build_pipeline(cfg, batch_size: int, on_gpu: bool, device_id, source, n_payl
         if on_gpu and hw_decoder_load is not None:
             decode["hw_decoder_load"] = hw_decoder_load
         if cfg.modality == "audio":
-            return audio_graph(payload[0], params, cfg.audio, on_gpu)
+            return audio_graph(payload[0], params, cfg.audio, on_gpu, cfg.audio_input == "waveform")
         if cfg.modality == "image":
             # Images are normalised where DALI runs (the GPU, or DALI's threads on a CPU) rather than on
             # the training process's main thread; the colour step then writes float straight into it.

@@ -30,6 +30,7 @@ class LoaderConfig:
     mean: tuple[float, ...] = MEAN  # the model's normalisation and eval-resize interpolation (run's preprocess)
     std: tuple[float, ...] = STD
     interpolation: str = "bilinear"
+    audio_input: str = "logmel"  # "waveform": backends deliver the (B, samples) waveform, not a log-mel
 
 
 def _decode_jpeg(b: bytes) -> torch.Tensor | None:
@@ -137,7 +138,7 @@ def visual_sample(comps: list[bytes], cfg: LoaderConfig, strong: bool) -> torch.
 
 
 def audio_sample(comps: list[bytes], cfg: LoaderConfig, strong: bool, rng: np.random.Generator) -> np.ndarray | None:
-    """A fixed-length waveform; the log-mel is computed per batch (`augment.torch_log_mel`)."""
+    """A fixed-length waveform; the log-mel, where the model takes one, is computed per batch (`augment.torch_log_mel`)."""
     x = _decode_audio(comps[0], cfg.audio.sample_rate)
     if x is None:
         return None
