@@ -181,6 +181,7 @@ def test_train_from_s3_with_cache_equals_the_local_run_and_writes_no_secret(s3, 
     config = json.loads((run / "config.json").read_text())
     assert config["dataset"]["shards"] == url
     assert any(line.startswith("storage: 0 transient") for line in logged)
+    assert not any(KEY_ID in str(line) or SECRET in str(line) for line in logged)
     for p in run.rglob("*"):
         if p.is_file():
             data = p.read_bytes()
@@ -252,6 +253,7 @@ def test_a_deleted_object_stops_train_with_one_line_naming_it(s3, shards, tmp_pa
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and gone in lines[0] and "not found" in lines[0], r.stderr
+    assert SECRET not in r.stderr + r.stdout and KEY_ID not in r.stderr + r.stdout
     assert not (tmp_path / "run").exists()
 
 
