@@ -147,9 +147,13 @@ _HOLDER = textwrap.dedent("""
     import os, sys, time
     from pipeline.lock import FolderLock
     FolderLock(sys.argv[1]).acquire()
-    if sys.argv[2] == "fork" and os.fork() == 0:  # a worker that outlives its killed parent
-        time.sleep(60)
-        os._exit(0)
+    if sys.argv[2] == "fork":
+        ready_r, ready_w = os.pipe()
+        if os.fork() == 0:  # a worker that outlives its killed parent
+            os.write(ready_w, b"x")  # fork() returns here after the lock's at-fork handler ran in this child
+            time.sleep(60)
+            os._exit(0)
+        os.read(ready_r, 1)  # "held" only once the worker exists: a loaded machine may not have run it yet
     print("held", flush=True)
     time.sleep(60)
 """)
