@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from factory import audio_tree, copy_run, image_tree, smooth_image, video_tree, write_jpeg
+from factory import audio_tree, copy_run, dfp_in_process, image_tree, smooth_image, video_tree, write_jpeg
 from pipeline.shards import ShardParams, build_shards
 from pipeline.train import TrainConfig, decide_strategy, run_training
 
@@ -148,13 +148,7 @@ def _cli(*args, env=None, **kw):
 
 
 def _dfp(*args, monkeypatch, capsys):
-    """`dfp ARGS` in this process (cli.main, as the entry point runs it): (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["dfp", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        from pipeline import cli
-        cli.main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+    return dfp_in_process(args, monkeypatch, capsys)
 
 
 def _train_args(shards, out, backend, epochs=2):
