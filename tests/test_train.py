@@ -244,19 +244,30 @@ def _torchrun(shards, out, ranks: int, port: int, backend="torch"):
     return r
 
 
+@pytest.fixture(scope="module")
+def two_rank_run(tiny_image_shards, tmp_path_factory):
+    """One torchrun run of 2 ranks (gloo, torch loader), read by both torchrun tests."""
+    out = tmp_path_factory.mktemp("torchrun") / "run"
+    _torchrun(tiny_image_shards, out, 2, 29517)
+    return out
+
+
 @pytest.mark.slow
-def test_torchrun_runs_always_exit(image_shards, tmp_path):
-    """A teardown deadlock (reducer destroying gloo's group with the GIL held) hung about one run in six."""
-    for i, ranks in enumerate((2, 3, 2)):
-        _torchrun(image_shards, tmp_path / f"run{i}", ranks, 29521 + i, backend="dali" if i == 2 else "torch")
-        config = json.loads((tmp_path / f"run{i}" / "config.json").read_text())
+def test_torchrun_runs_always_exit(two_rank_run, image_shards, tmp_path):
+    """A teardown deadlock (reducer destroying gloo's group with the GIL held) hung about one run in six.
+    Three runs: two_rank_run's (2 ranks, torch), then 3 ranks (torch) and 2 ranks (dali) here."""
+    runs = [(two_rank_run, 2)]
+    for i, (ranks, backend) in enumerate(((3, "torch"), (2, "dali")), start=1):
+        _torchrun(image_shards, tmp_path / f"run{i}", ranks, 29521 + i, backend=backend)
+        runs.append((tmp_path / f"run{i}", ranks))
+    for out, ranks in runs:
+        config = json.loads((out / "config.json").read_text())
         assert config["distributed"] == {"world_size": ranks, "weights_identical": True}
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_gloo(image_shards, tmp_path):
-    out = tmp_path / "run"
-    _torchrun(image_shards, out, 2, 29517)
+def test_torchrun_two_ranks_gloo(two_rank_run):
+    out = two_rank_run
     k0 = (out / "keys_rank0_epoch0.txt").read_text().split()
     k1 = (out / "keys_rank1_epoch0.txt").read_text().split()
     assert len(k0) == len(k1) > 0
