@@ -12,8 +12,8 @@ from pipeline.shards import ShardParams, build_shards
 @pytest.mark.slow
 def test_bench_all_toy_scale(tmp_path):
     out = tmp_path / "bench.json"
-    # 32x32 training: CPUs without bf16 instructions emulate it, tens of times slower than fp32
-    res = bench_all(24, out, tmp_path / "work", batches=2, train_batches=2, train_image_size=32, memory_sizes=(300, 600),
+    # 64x64 training: CPUs without bf16 instructions emulate it, tens of times slower than fp32 at 224
+    res = bench_all(24, out, tmp_path / "work", batches=2, train_batches=2, train_image_size=64, memory_sizes=(300, 600),
                     sampler_sizes=(10_000,), log=lambda *a: None, rounds=2)
     saved = json.loads(out.read_text())
     assert saved["samples"] == 24 and saved["machine"]["cpu_cores"] >= 1
@@ -36,7 +36,7 @@ def test_bench_all_toy_scale(tmp_path):
         ratios = sorted(a / b for a, b in zip(r["rounds"], seed_rounds))
         assert r["vs_seed"] == pytest.approx(sum(ratios) / 2) and r["vs_seed_range"] == pytest.approx(ratios)
     assert [r["precision"] for r in saved["train"]] == ["fp32", "torch.bfloat16"]
-    assert all(0 <= r["data_wait_share"] <= 1 and r["image_size"] == 32 for r in saved["train"])
+    assert all(0 <= r["data_wait_share"] <= 1 and r["image_size"] == 64 for r in saved["train"])
     assert [(r["backend"], r["samples"]) for r in saved["memory"]] == [("torch", 300), ("torch", 600), ("dali", 300), ("dali", 600)]
     assert all(100 < r["peak_rss_mb"] < 4000 for r in saved["memory"])
     assert saved["sampler"][0]["plan_len"] == 10_000
