@@ -1,7 +1,10 @@
-"""Tiny media files made inside the tests: ordinary, unusual and corrupt."""
+"""Tiny media files made inside the tests: ordinary, unusual and corrupt; writable copies of shared runs; `dfp`
+called in the test's own process."""
 from __future__ import annotations
 
 import io
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +136,25 @@ def write_av(path: Path, frames: int = 3, w: int = 32, h: int = 32, seconds: flo
         c.mux(vs.encode())
         c.mux(aus.encode())
     return path
+
+
+def copy_run(run: Path, dest: Path, keep_last: bool = False) -> Path:
+    """A writable copy of a shared finished run (conftest's tiny_image_run), without eval/, and without last.pth
+    unless keep_last (tune and evaluate need only best_model.pth and the saved results)."""
+    ignore = ("eval",) if keep_last else ("last.pth", "eval")
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns(*ignore))
+    return dest
+
+
+def dfp_in_process(args, monkeypatch, capsys) -> tuple[int, str, str]:
+    """`dfp ARGS` through cli.main, as the entry point runs it, without a process start: (exit code, stdout,
+    stderr). The real process is for what only a process shows (a SIGKILL, torchrun, what gets imported)."""
+    from pipeline import cli
+    monkeypatch.setattr(sys, "argv", ["dfp", *map(str, args)])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -1,17 +1,12 @@
 """Benchmarks at toy scale: the report's structure and accounting, never a speed."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from factory import image_tree
+from factory import dfp_in_process, image_tree
 from pipeline.bench import bench_all, format_table
 from pipeline.shards import ShardParams, build_shards
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -49,14 +44,14 @@ def test_bench_all_toy_scale(tmp_path):
     assert "dfp / tar speed" in table and "vs plain PyTorch" in table
 
 
-def test_bench_loader_cli_json(tmp_path):
+def test_bench_loader_cli_json(tmp_path, monkeypatch, capsys):
     image_tree(tmp_path / "in", 12, 4)
     build_shards(tmp_path / "in", tmp_path / "s", ShardParams(), workers=1, progress=False)
     out = tmp_path / "loader.json"
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "loader", str(tmp_path / "s"), "--backend", "dali",
-                        "--device", "cpu", "--batch-size", "8", "--batches", "3", "--warmup", "1", "--json", str(out)],
-                       capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0, r.stderr
+    code, _, err = dfp_in_process(["bench", "loader", tmp_path / "s", "--backend", "dali", "--device", "cpu",
+                                   "--batch-size", "8", "--batches", "3", "--warmup", "1", "--json", out],
+                                  monkeypatch, capsys)
+    assert code == 0, err
     row = json.loads(out.read_text())
     assert {"backend", "device", "samples", "seconds", "samples_per_s", "class_counts"} <= set(row)
     assert row["backend"] == "dali" and row["device"] == "cpu" and row["samples"] == 24

@@ -1,5 +1,6 @@
 """`dfp evaluate CKPT A B ...`: one cross-dataset table whose rows are each set's own metrics at the checkpoint's
-threshold, beside each set's own folder; bad input stops before anything is written. One tiny run for the module."""
+threshold, beside each set's own folder; bad input stops before anything is written. The session's tiny run
+(conftest.py) is the checkpoint."""
 import json
 import shutil
 import sys
@@ -14,7 +15,6 @@ from pipeline.errors import InputError
 from pipeline.predictions import read_prediction_table
 from pipeline.shards import ShardParams, build_shards
 from pipeline.thresholds import all_thresholds
-from pipeline.train import TrainConfig, run_training
 
 QUIET = dict(device="cpu", log=lambda *a: None)
 
@@ -30,20 +30,17 @@ def _video_tree(root: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory):
-    """(run, own, copy, other): the run's own shards, a copy under the same folder name, another dataset."""
+def sets(tmp_path_factory, tiny_image_shards, tiny_image_run):
+    """(run, own, copy, other): the session's run and its own shards (conftest.py), a copy under the same folder
+    name, another dataset."""
     root = tmp_path_factory.mktemp("crossdata")
-    image_tree(root / "in", 18, 9)
-    own = root / "a" / "shards"
-    build_shards(root / "in", own, ShardParams(split="0.6,0.2,0.2"), workers=1, progress=False)
+    own = tiny_image_shards
     copy = root / "b" / "shards"
     shutil.copytree(own, copy)
     other = root / "other"
     build_shards(_video_tree(root / "vid", seed=1), other, ShardParams(split="0.4,0.2,0.4", group_depth=1),
                  workers=1, progress=False)
-    cfg = TrainConfig(shards=str(own), out=str(root / "run"), backend="torch", device="cpu", epochs=1,
-                      batch_size=4, image_size=32, workers=0, progress=False, model="resnet18")
-    return run_training(cfg, log=lambda *a: None), own, copy, other
+    return tiny_image_run, own, copy, other
 
 
 def _run_main(argv: list, monkeypatch, capsys) -> tuple[int, str, str]:

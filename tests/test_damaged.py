@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from factory import smooth_image, tone, write_jpeg, write_video
+from factory import dfp_in_process, smooth_image, tone, write_jpeg, write_video
 from pipeline.formats import read_manifest
 from pipeline.loaders import LoaderOptions, make_loader
 from pipeline.media import MediaError, prepare
@@ -236,7 +236,7 @@ def test_shard_and_predict_take_the_limits_and_reject_bad_values(tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_gives_an_oversized_picture_an_error_row(tmp_path):
+def test_predict_gives_an_oversized_picture_an_error_row(tmp_path, monkeypatch, capsys):
     from factory import image_tree
     from test_predict import untrained_checkpoint
     image_tree(tmp_path / "in", 6, 4)
@@ -245,10 +245,9 @@ def test_predict_gives_an_oversized_picture_an_error_row(tmp_path):
     rng = np.random.default_rng(3)
     write_jpeg(tmp_path / "raw" / "ok.jpg", smooth_image(rng, 40, 30))
     bomb_png(tmp_path / "raw" / "bomb.png", side=200)
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", str(ckpt), str(tmp_path / "raw"), "--out",
-                        str(tmp_path / "p.csv"), "--device", "cpu", "--workers", "0", "--backend", "torch",
-                        "--max-pixels", "10000"], capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0, r.stderr
+    code, _, err = dfp_in_process(["predict", ckpt, tmp_path / "raw", "--out", tmp_path / "p.csv", "--device", "cpu",
+                                   "--workers", "0", "--backend", "torch", "--max-pixels", "10000"], monkeypatch, capsys)
+    assert code == 0, err
     import csv
     rows = {Path(x["path"]).name: x for x in csv.DictReader(open(tmp_path / "p.csv"))}
     assert rows["bomb.png"]["error"].startswith("too large: 200x200") and not rows["bomb.png"]["score"]

@@ -1,15 +1,13 @@
 """Public datasets as distributed: a tiny mock of each layout, with its real file names, folder
 trees and label-file formats, read into class, split, group and attack, with every file accounted for."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from factory import smooth_image, tone, write_av, write_jpeg, write_video
+from factory import dfp_in_process, smooth_image, tone, write_av, write_jpeg, write_video
 from pipeline.datasets import DatasetOptions, discover_dataset
 from pipeline.errors import InputError
 from pipeline.splits import resolve_splits
@@ -54,8 +52,6 @@ def labels(cands: dict) -> dict:
     return {s: (c.cls, c.split, c.group, c.attack) for s, c in cands.items()}
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True)
 
 
 # ---------------------------------------------------------------- folders
@@ -232,7 +228,7 @@ def got_split(cands: dict, original: str) -> str:
 
 
 # ---------------------------------------------------------------- ASVspoof 2019 LA and 5
-def test_asvspoof2019_la(tmp_path):
+def test_asvspoof2019_la(tmp_path, monkeypatch, capsys):
     la = tmp_path / "in" / "LA"
     rows = {"train": ["LA_0079 LA_T_1138215 - - bonafide", "LA_0079 LA_T_1271820 - A01 spoof",
                       "LA_0080 LA_T_0000001 - A02 spoof"],
@@ -258,9 +254,10 @@ def test_asvspoof2019_la(tmp_path):
     assert rejects["LA/ASVspoof2019_LA_asv_protocols/ASVspoof2019.LA.asv.dev.gi.trl.txt"] == \
         "not a sample: not a media file"
     assert rejects["LA/ASVspoof2019_LA_cm_protocols/ASVspoof2019.LA.cm.dev.trl.txt"] == "protocol file, not a sample"
-    r = run_cli("stats", tmp_path / "in", "--dataset", "asvspoof2019", "--json")
-    assert r.returncode == 0, r.stderr
-    st = json.loads(r.stdout)
+    code, printed, err = dfp_in_process(["stats", tmp_path / "in", "--dataset", "asvspoof2019", "--json"], monkeypatch,
+                                        capsys)
+    assert code == 0, err
+    st = json.loads(printed)
     assert st["attacks"] == {"train": {"A01": 1}, "val": {"A03": 1}, "test": {"A11": 1}}
     assert st["splits"]["train"] == {"real": 1, "fake": 1}
 
@@ -396,7 +393,7 @@ def test_deepfakebench_json_frames_with_gaps_and_foreign_absolute_paths(tmp_path
 
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("case", ["unknown", "malformed", "missing_protocol", "bad_json"])
-def test_bad_dataset_input_exits_2_naming_the_file_and_line(tmp_path, case):
+def test_bad_dataset_input_exits_2_naming_the_file_and_line(tmp_path, case, monkeypatch, capsys):
     inp, out = tmp_path / "in", tmp_path / "out"
     flac(inp / "flac_T" / "T_1.flac")
     args = ["--dataset", "asvspoof5"]
@@ -408,9 +405,9 @@ def test_bad_dataset_input_exits_2_naming_the_file_and_line(tmp_path, case):
         args = ["--dataset", "table", "--protocol", tmp_path / "nope.csv"]
     else:
         args = ["--dataset", "deepfakebench", "--protocol", text(tmp_path / "x.json", '{"a": {\n"b": [}')]
-    r = run_cli("shard", inp, out, "--quiet", *args)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    line = r.stderr.strip()
+    code, _, err = dfp_in_process(["shard", inp, out, "--quiet", *args], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    line = err.strip()
     assert len(line.splitlines()) == 1
     assert {"unknown": "folders, table, ff++, celeb-df, dfdc, asvspoof2019, asvspoof5, in-the-wild, fakeavceleb",
             "malformed": "ASVspoof5.train.tsv line 2: expected ten",

@@ -1,5 +1,5 @@
 """dfp evaluate's folders (one per checkpoint, shard set and split) and dfp tune keeping the run's results,
-reports and the checkpoint's threshold history in step. One tiny run is trained once for the module."""
+reports and the checkpoint's threshold history in step. They share the session's one tiny run (conftest.py)."""
 import csv
 import json
 import shutil
@@ -9,39 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from factory import image_tree
+from factory import copy_run, image_tree
 from pipeline import checkpoint, evaluate as ev
 from pipeline.errors import InputError
 from pipeline.metrics import metric_dict
 from pipeline.predictions import read_prediction_table
-from pipeline.shards import ShardParams, build_shards
-from pipeline.train import TrainConfig, run_training
 
 QUIET = dict(device="cpu", log=lambda *a: None)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(shards, run): 27 images in 0.6/0.2/0.2, one epoch of resnet18 at 32 px."""
-    root = tmp_path_factory.mktemp("evaltune")
-    image_tree(root / "in", 18, 9)
-    shards = root / "a" / "shards"
-    build_shards(root / "in", shards, ShardParams(split="0.6,0.2,0.2"), workers=1, progress=False)
-    cfg = TrainConfig(shards=str(shards), out=str(root / "run"), backend="torch", device="cpu", epochs=1,
-                      batch_size=4, image_size=32, workers=0, progress=False, model="resnet18")
-    return shards, run_training(cfg, log=lambda *a: None)
-
-
-def _copy_run(run: Path, dest: Path) -> Path:
-    """The run without last.pth (tune and evaluate need only best_model.pth and the saved results)."""
-    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("last.pth", "eval"))
-    return dest
+@pytest.fixture
+def tiny(tiny_image_shards, tiny_image_run):
+    """(shards, run): conftest's session run (27 images in 0.6/0.2/0.2, one epoch of resnet18 at 32 px)."""
+    return tiny_image_shards, tiny_image_run
 
 
 @pytest.mark.slow
 def test_two_sets_with_one_folder_name_keep_two_evaluations(tiny, tmp_path):
     shards, run = tiny
-    run = _copy_run(run, tmp_path / "run")
+    run = copy_run(run, tmp_path / "run")
     other = tmp_path / "b" / "shards"  # another set under the same folder name
     shutil.copytree(shards, other)
     ckpt = run / "best_model.pth"
@@ -60,7 +46,7 @@ def test_two_sets_with_one_folder_name_keep_two_evaluations(tiny, tmp_path):
 @pytest.mark.slow
 def test_evaluation_report_names_checkpoint_set_and_split_and_only_that_split(tiny, tmp_path):
     shards, run = tiny
-    run = _copy_run(run, tmp_path / "run")
+    run = copy_run(run, tmp_path / "run")
     ev.evaluate(run / "best_model.pth", shards, "val", **QUIET)
     out = run / "eval" / "shards-val"
     text = (out / "training_results.txt").read_text()
@@ -81,7 +67,7 @@ def test_evaluation_report_names_checkpoint_set_and_split_and_only_that_split(ti
 @pytest.mark.slow
 def test_a_train_split_evaluation_gets_its_report(tiny, tmp_path):
     shards, run = tiny
-    run = _copy_run(run, tmp_path / "run")
+    run = copy_run(run, tmp_path / "run")
     ev.evaluate(run / "best_model.pth", shards, "train", **QUIET)
     text = (run / "eval" / "shards-train" / "training_results.txt").read_text()
     assert "TRAIN RESULTS" in text and "VAL RESULTS" not in text
@@ -121,7 +107,7 @@ def test_eval_folder_never_lands_on_another_evaluation(tmp_path):
 @pytest.mark.slow
 def test_tune_brings_metrics_report_and_evaluations_to_the_checkpoint(tiny, tmp_path):
     shards, run = tiny
-    run = _copy_run(run, tmp_path / "run")
+    run = copy_run(run, tmp_path / "run")
     ckpt_path = run / "best_model.pth"
     before = json.loads((run / "metrics.json").read_text())["chosen"]
     ev.evaluate(ckpt_path, shards, "test", **QUIET)
@@ -193,7 +179,7 @@ def test_evaluation_applies_the_runs_val_calibration(tiny, tmp_path):
     """The LLR fitted on the training run's val travels in the checkpoint: evaluating the run's own test split
     gives back the run's test block (calibration, minDCF, actDCF, Cllr), not figures on the raw logit."""
     shards, run = tiny
-    run = _copy_run(run, tmp_path / "run")
+    run = copy_run(run, tmp_path / "run")
     trained = json.loads((run / "metrics.json").read_text())["test"]
     assert trained["llr"]["fitted_on"] == "val"
     assert checkpoint.load(run / "best_model.pth")["calibration"] == json.loads(

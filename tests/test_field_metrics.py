@@ -358,11 +358,8 @@ def test_bad_dcf_exits_2(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_dfp_metrics_reproduces_a_training_runs_test_block(tmp_path, monkeypatch, capsys):
-    from test_train import tiny_config, tiny_shards
-    from pipeline.train import run_training
-    out = run_training(tiny_config(tiny_shards(tmp_path, "image"), tmp_path / "run", model="resnet18"),
-                       log=lambda *a: None)
+def test_dfp_metrics_reproduces_a_training_runs_test_block(tiny_image_run, tmp_path, monkeypatch, capsys):
+    out = tiny_image_run  # only read: dfp metrics writes to --json
     code, _, err = _run_cli([out / "predictions_test.csv", "--val", out / "predictions_val.csv",
                              "--json", tmp_path / "block.json"], monkeypatch, capsys)
     assert code == 0, err

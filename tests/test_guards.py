@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from factory import image_tree
+from factory import copy_run, image_tree
 from pipeline import cli
 from pipeline.errors import InputError
 from pipeline.lock import LOCK_FILE, FolderLock
@@ -147,9 +147,13 @@ _HOLDER = textwrap.dedent("""
     import os, sys, time
     from pipeline.lock import FolderLock
     FolderLock(sys.argv[1]).acquire()
-    if sys.argv[2] == "fork" and os.fork() == 0:  # a worker that outlives its killed parent
-        time.sleep(60)
-        os._exit(0)
+    if sys.argv[2] == "fork":
+        ready_r, ready_w = os.pipe()
+        if os.fork() == 0:  # a worker that outlives its killed parent
+            os.write(ready_w, b"x")  # fork() returns here after the lock's at-fork handler ran in this child
+            time.sleep(60)
+            os._exit(0)
+        os.read(ready_r, 1)  # "held" only once the worker exists: a loaded machine may not have run it yet
     print("held", flush=True)
     time.sleep(60)
 """)
@@ -256,16 +260,13 @@ def test_a_second_train_into_one_run_is_refused_naming_the_holder(shards, tmp_pa
 
 # ---------------------------------------------------------------- resume and a finished run
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A real one-epoch run on shards of its own (tests re-pack them)."""
-    from pipeline.train import TrainConfig, run_training
+def finished(tmp_path_factory, tiny_image_run):
+    """The session's finished one-epoch run (conftest.py) with shards of its own (tests re-pack them), packed
+    from the same images with the same options: the same bytes, so the run's recorded digest is theirs."""
     root = tmp_path_factory.mktemp("finished")
     image_tree(root / "in", 18, 9)
     build_shards(root / "in", root / "shards", ShardParams(split="0.6,0.2,0.2"), workers=1, progress=False)
-    cfg = TrainConfig(shards=str(root / "shards"), out=str(root / "run"), backend="torch", device="cpu", epochs=1,
-                      batch_size=4, image_size=32, workers=0, progress=False, model="resnet18", report=False,
-                      epoch_len=8)
-    run_training(cfg, log=lambda *a: None)
+    copy_run(tiny_image_run, root / "run", keep_last=True)
     return root
 
 

@@ -1,7 +1,5 @@
 """`dfp predict` scores raw files exactly as `dfp evaluate` scores the same files packed in shards."""
 import csv
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -9,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from factory import audio_tree, image_tree, smooth_image, video_tree, write_jpeg
+from factory import audio_tree, dfp_in_process, image_tree, smooth_image, video_tree, write_jpeg
 from pipeline import checkpoint
 from pipeline.evaluate import eval_options, evaluate
 from pipeline.formats import CLASSES, read_manifest
@@ -19,7 +17,6 @@ from pipeline.predict import predict_files
 from pipeline.shards import ShardParams, build_shards
 from pipeline.train import TrainConfig, _preprocess
 
-REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-4
 MODELS = {"image": "resnet18", "audio": "audio_resnet18", "video": "frame_pool"}
 TREES = {"image": lambda p: image_tree(p, 18, 9), "audio": audio_tree, "video": video_tree}
@@ -106,7 +103,7 @@ def test_the_backends_score_differently_so_the_match_is_no_accident(tmp_path_fac
 
 
 @pytest.mark.slow
-def test_unpreparable_and_undecodable_files_get_error_rows(tmp_path):
+def test_unpreparable_and_undecodable_files_get_error_rows(tmp_path, monkeypatch, capsys):
     raw = tmp_path / "raw"
     rng = np.random.default_rng(0)
     for i in range(3):
@@ -117,10 +114,9 @@ def test_unpreparable_and_undecodable_files_get_error_rows(tmp_path):
     image_tree(tmp_path / "in", 6, 4)
     build_shards(tmp_path / "in", tmp_path / "shards", ShardParams(), workers=1, progress=False)
     ckpt = untrained_checkpoint(tmp_path / "shards", tmp_path / "model.pth", "dali")
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", str(ckpt), str(raw), "--out",
-                        str(tmp_path / "p.csv"), "--device", "cpu", "--workers", "0", "--backend", "dali"],
-                       capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0, r.stderr
+    code, _, err = dfp_in_process(["predict", ckpt, raw, "--out", tmp_path / "p.csv", "--device", "cpu", "--workers",
+                                   "0", "--backend", "dali"], monkeypatch, capsys)
+    assert code == 0, err
     rows = {Path(x["path"]).name: x for x in csv.DictReader(open(tmp_path / "p.csv"))}
     assert list(rows) == ["broken.jpg", "ok0.jpg", "ok1.jpg", "ok2.jpg", "tail.jpg"]
     assert rows["broken.jpg"]["error"].startswith("not media") and not rows["broken.jpg"]["score"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from factory import audio_tree, image_tree, smooth_image, video_tree, write_jpeg
+from factory import audio_tree, copy_run, dfp_in_process, image_tree, smooth_image, video_tree, write_jpeg
 from pipeline.shards import ShardParams, build_shards
 from pipeline.train import TrainConfig, decide_strategy, run_training
 
@@ -32,9 +32,10 @@ def tiny_config(shards, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.fixture(scope="module")
-def image_shards(tmp_path_factory):
-    return tiny_shards(tmp_path_factory.mktemp("imgs"), "image")
+@pytest.fixture
+def image_shards(tiny_image_shards):
+    """The session's 27 tiny images (conftest.py); read only."""
+    return tiny_image_shards
 
 
 RUN_FILES = ["best_model.pth", "last.pth", "config.json", "history.csv", "predictions_val.csv", "predictions_test.csv",
@@ -141,8 +142,13 @@ def test_nonfinite_loss_steps_are_skipped_then_stop(image_shards):
 
 
 def _cli(*args, env=None, **kw):
+    """The real `dfp` process: for what only a process shows (a SIGKILL, torchrun)."""
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, env=env, **kw)
+
+
+def _dfp(*args, monkeypatch, capsys):
+    return dfp_in_process(args, monkeypatch, capsys)
 
 
 def _train_args(shards, out, backend, epochs=2):
@@ -158,10 +164,11 @@ def _history(out):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "dali"])
-def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_run(image_shards, tmp_path, backend):
-    full = tmp_path / "full"
-    r = _cli(*_train_args(image_shards, full, backend))
-    assert r.returncode == 0, r.stderr
+def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_run(image_shards, tmp_path, backend, monkeypatch,
+                                                                     capsys):
+    full = tmp_path / "full"  # uninterrupted, in this process; the killed one is a real process
+    code, _, err = _dfp(*_train_args(image_shards, full, backend), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, _train_args(image_shards, out, backend))],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -187,25 +194,27 @@ def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_run(image_shard
 
 
 @pytest.mark.slow
-def test_resume_applies_changeable_flags_and_refuses_the_rest(image_shards, tmp_path):
+def test_resume_applies_changeable_flags_and_refuses_the_rest(image_shards, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    r = _cli(*_train_args(image_shards, out, "torch", epochs=1))
-    assert r.returncode == 0, r.stderr
+    code, _, err = _dfp(*_train_args(image_shards, out, "torch", epochs=1), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
     before = (out / "last.pth").read_bytes()
     for flag, value, needle in (("--seed", "3", "--seed 3"), ("--loss", "bce", "--loss bce"),
                                 ("--image-size", "48", "--image-size 48"), ("--out", tmp_path / "x", "--out")):
-        r = _cli("train", image_shards, "--resume", out, flag, value, "--device", "cpu")
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+        code, _, err = _dfp("train", image_shards, "--resume", out, flag, value, "--device", "cpu",
+                            monkeypatch=monkeypatch, capsys=capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
     other = tmp_path / "other"
     image_tree(other / "in", 6, 6)
     build_shards(other / "in", other / "shards", ShardParams(), workers=1, progress=False)
-    r = _cli("train", other / "shards", "--resume", out, "--device", "cpu")
-    assert r.returncode == 2 and "shards differ" in r.stderr
+    code, _, err = _dfp("train", other / "shards", "--resume", out, "--device", "cpu", monkeypatch=monkeypatch,
+                        capsys=capsys)
+    assert code == 2 and "shards differ" in err
     assert (out / "last.pth").read_bytes() == before  # a refused resume leaves the run alone
-    r = _cli("train", image_shards, "--resume", out, "--epochs", "2", "--batch-size", "8", "--lr", "1e-3",
-             "--quiet", "--no-report", "--device", "cpu")
-    assert r.returncode == 0, r.stderr
+    code, _, err = _dfp("train", image_shards, "--resume", out, "--epochs", "2", "--batch-size", "8", "--lr", "1e-3",
+                        "--quiet", "--no-report", "--device", "cpu", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
     config = json.loads((out / "config.json").read_text())
     assert config["epochs"] == 2 and config["batch_size"] == 8 and config["lr"] == 1e-3
     assert config["resumed"] == [{"at_epoch": 2, "at_batch": 0, "changed": {
@@ -235,19 +244,30 @@ def _torchrun(shards, out, ranks: int, port: int, backend="torch"):
     return r
 
 
+@pytest.fixture(scope="module")
+def two_rank_run(tiny_image_shards, tmp_path_factory):
+    """One torchrun run of 2 ranks (gloo, torch loader), read by both torchrun tests."""
+    out = tmp_path_factory.mktemp("torchrun") / "run"
+    _torchrun(tiny_image_shards, out, 2, 29517)
+    return out
+
+
 @pytest.mark.slow
-def test_torchrun_runs_always_exit(image_shards, tmp_path):
-    """A teardown deadlock (reducer destroying gloo's group with the GIL held) hung about one run in six."""
-    for i, ranks in enumerate((2, 3, 2)):
-        _torchrun(image_shards, tmp_path / f"run{i}", ranks, 29521 + i, backend="dali" if i == 2 else "torch")
-        config = json.loads((tmp_path / f"run{i}" / "config.json").read_text())
+def test_torchrun_runs_always_exit(two_rank_run, image_shards, tmp_path):
+    """A teardown deadlock (reducer destroying gloo's group with the GIL held) hung about one run in six.
+    Three runs: two_rank_run's (2 ranks, torch), then 3 ranks (torch) and 2 ranks (dali) here."""
+    runs = [(two_rank_run, 2)]
+    for i, (ranks, backend) in enumerate(((3, "torch"), (2, "dali")), start=1):
+        _torchrun(image_shards, tmp_path / f"run{i}", ranks, 29521 + i, backend=backend)
+        runs.append((tmp_path / f"run{i}", ranks))
+    for out, ranks in runs:
+        config = json.loads((out / "config.json").read_text())
         assert config["distributed"] == {"world_size": ranks, "weights_identical": True}
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_gloo(image_shards, tmp_path):
-    out = tmp_path / "run"
-    _torchrun(image_shards, out, 2, 29517)
+def test_torchrun_two_ranks_gloo(two_rank_run):
+    out = two_rank_run
     k0 = (out / "keys_rank0_epoch0.txt").read_text().split()
     k1 = (out / "keys_rank1_epoch0.txt").read_text().split()
     assert len(k0) == len(k1) > 0
@@ -262,7 +282,7 @@ def test_torchrun_two_ranks_gloo(image_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_training_inputs_exit_2(tmp_path, image_shards):
+def test_bad_training_inputs_exit_2(tmp_path, image_shards, monkeypatch, capsys):
     one = tmp_path / "one"
     rng = np.random.default_rng(0)
     for i in range(6):
@@ -286,31 +306,32 @@ def test_bad_training_inputs_exit_2(tmp_path, image_shards):
     (tmp_path / "r4").mkdir()
     (tmp_path / "r4" / "last.pth").write_bytes(b"not a checkpoint")
     cases[3] = (["train", image_shards, "--resume", tmp_path / "r4"], "unreadable")
+    monkeypatch.chdir(tmp_path)  # the cases without --out would name a default folder here
     for args, needle in cases:
-        r = _cli(*args)
-        assert r.returncode == 2, (args, r.stderr)
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+        code, _, err = _dfp(*args, monkeypatch=monkeypatch, capsys=capsys)
+        assert code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
 
 
 @pytest.mark.slow
-def test_evaluate_tune_predict_and_report_commands(image_shards, tmp_path):
-    out = run_training(tiny_config(image_shards, tmp_path / "run", model="resnet18"), log=lambda *a: None)
-    r = _cli("evaluate", out / "best_model.pth", image_shards, "--split", "test", "--out", tmp_path / "ev", "--device", "cpu")
-    assert r.returncode == 0, r.stderr
+def test_evaluate_tune_predict_and_report_commands(image_shards, tiny_image_run, tmp_path, monkeypatch, capsys):
+    def dfp(*args):
+        code, _, err = _dfp(*args, monkeypatch=monkeypatch, capsys=capsys)
+        assert code == 0, err
+    out = copy_run(tiny_image_run, tmp_path / "run")  # the session's run of tiny_config(image_shards, model="resnet18")
+    dfp("evaluate", out / "best_model.pth", image_shards, "--split", "test", "--out", tmp_path / "ev", "--device", "cpu")
     ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     run_metrics = json.loads((out / "metrics.json").read_text())
     assert ev["test"]["auc"] == pytest.approx(run_metrics["test"]["auc"], abs=1e-6)
-    r = _cli("tune", out / "best_model.pth", image_shards, "--method", "youden", "--device", "cpu")
-    assert r.returncode == 0, r.stderr
+    dfp("tune", out / "best_model.pth", image_shards, "--method", "youden", "--device", "cpu")
     ckpt = torch.load(out / "best_model.pth", weights_only=True)
     assert ckpt["threshold"]["method"] == "youden"
     assert ckpt["threshold"]["value"] == pytest.approx(run_metrics["thresholds"]["youden"], abs=1e-6)
     folder = tmp_path / "raw"
     image_tree(folder, 3, 2)
     (folder / "real" / "broken.jpg").write_bytes(b"\xff\xd8 nope")
-    r = _cli("predict", out / "best_model.pth", folder, "--out", tmp_path / "p.csv", "--device", "cpu")
-    assert r.returncode == 0, r.stderr
+    dfp("predict", out / "best_model.pth", folder, "--out", tmp_path / "p.csv", "--device", "cpu")
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == 6
     broken = [x for x in rows if x["path"].endswith("broken.jpg")][0]
@@ -319,8 +340,8 @@ def test_evaluate_tune_predict_and_report_commands(image_shards, tmp_path):
         if not x["error"]:
             assert x["label"] == ("fake" if float(x["score"]) >= ckpt["threshold"]["value"] else "real")
     (out / "report.html").unlink()
-    r = _cli("report", out)
-    assert r.returncode == 0 and (out / "report.html").stat().st_size > 10000
+    dfp("report", out)
+    assert (out / "report.html").stat().st_size > 10000
 
 
 @pytest.mark.slow
