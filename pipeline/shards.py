@@ -75,9 +75,10 @@ class ShardParams:
 DEBIAS = {"reencode": True, "chroma": "420", "resize_rule": "crop", "trim_silence": True, "fps": 8.0}
 OFF = {"reencode": False, "chroma": None, "resize_rule": "fit", "trim_silence": False, "fps": None}
 CONTROLS = (*OFF, "jpeg_quality", "image_codec")
-# --debias without --jpeg-quality (images stored as JPEG): one quality for the whole build, no higher than the
-# compression nearly all JPEG inputs carry, so that no source's earlier JPEG compression survives the re-encoding
-# (Grommelt et al. 2024, "Fake or JPEG?": compress all alike). Read from the headers of at most `most` inputs
+# --debias without --jpeg-quality (images stored as JPEG): one quality for the whole build, no finer than nearly
+# all JPEG inputs were compressed, so that their earlier compression no longer shows after the re-encoding (a real
+# JPEG stored finer than it was compressed has fewer bytes per pixel than a lossless fake; Grommelt et al. 2024,
+# "Fake or JPEG?": compress all alike). Read from the headers of at most `most` inputs
 # spread over the plan; the `percentile` (lower) of their estimates, both classes together, within low..high.
 DEBIAS_QUALITY = {"percentile": 5, "low": 50, "high": 95, "most": 5000}
 
