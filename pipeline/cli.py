@@ -128,12 +128,14 @@ def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder wi
           face_size: int = typer.Option(256, help="--faces: crop side in pixels"),
           face_quality: int = typer.Option(95, help="--faces: JPEG quality of the crops (1-100)"),
           debias: bool = typer.Option(False, "--debias", help="store both classes alike: --reencode --chroma 420 "
-                                      "--resize-rule crop (square for video) --trim-silence --fps 8 unless given "
-                                      "(see README)"),
+                                      "--resize-rule crop (square for video) --trim-silence --fps 8 and, for images, "
+                                      "a --jpeg-quality no finer than the JPEG inputs' (their 5th-percentile "
+                                      "estimate, 50-95) unless given (see README)"),
           reencode: Optional[bool] = typer.Option(None, "--reencode/--no-reencode", help="images: re-encode every "
                                                   "file; no JPEG keeps its original bytes (default: off; on with --debias)"),
           jpeg_quality: Optional[int] = typer.Option(None, help="JPEG quality of stored images and frames, 1-100 "
-                                                     "(default 95 images, 90 video frames)"),
+                                                     "(default 95 images, 90 video frames; with --debias, images: "
+                                                     "the JPEG inputs' 5th-percentile estimate within 50-95)"),
           chroma: Optional[str] = typer.Option(None, help="JPEG chroma subsampling of stored images and frames: 420 "
                                                "or 444 (default: the encoder's, 420)"),
           resize_rule: Optional[str] = typer.Option(None, help="size rule for images and frames, with --max-side S: "

@@ -75,6 +75,12 @@ class ShardParams:
 DEBIAS = {"reencode": True, "chroma": "420", "resize_rule": "crop", "trim_silence": True, "fps": 8.0}
 OFF = {"reencode": False, "chroma": None, "resize_rule": "fit", "trim_silence": False, "fps": None}
 CONTROLS = (*OFF, "jpeg_quality", "image_codec")
+# --debias without --jpeg-quality (images stored as JPEG): one quality for the whole build, no finer than nearly
+# all JPEG inputs were compressed, so that their earlier compression no longer shows after the re-encoding (a real
+# JPEG stored finer than it was compressed has fewer bytes per pixel than a lossless fake; Grommelt et al. 2024,
+# "Fake or JPEG?": compress all alike). Read from the headers of at most `most` inputs
+# spread over the plan; the `percentile` (lower) of their estimates, both classes together, within low..high.
+DEBIAS_QUALITY = {"percentile": 5, "low": 50, "high": 95, "most": 5000}
 
 
 def storage_controls(p: dict) -> dict:
@@ -200,6 +206,7 @@ def build_shards(input_dir: str | os.PathLike, out_dir: str | os.PathLike, param
 def _build(inp: Path, out: Path, params: ShardParams, workers: int | None, progress: bool) -> dict:
     t0 = time.time()
     plan = _plan(inp, params)
+    _choose_quality(plan, params)
     build = out / BUILD_DIR
     shard_rows, counts, failed = _pack(plan, build, params, workers, progress)
     return _finish(out, str(inp.resolve()), params, plan, (shard_rows, counts, failed), t0)
@@ -222,6 +229,7 @@ def _finish(out: Path, input_path: str, params: ShardParams, plan: "_Plan", pack
             "shards": len(shard_rows), "bytes": sum(r["bytes"] for r in shard_rows), "seconds": seconds,
             "splits": counts, "read": len(plan.cands), "modality": plan.modality,
             "files_per_s": len(plan.cands) / max(seconds, 1e-9),  # files opened: not rejects found before packing
+            "jpeg_quality_choice": plan.quality_choice,
             "warnings": empty_class_warnings(counts, plan.fractions, plan.presplit, plan.cands,
                                              any(c.group for c in plan.cands))}
 
@@ -236,6 +244,7 @@ class _Plan:
     val_fraction: float
     seed: int
     presplit: bool | None = None  # None: not split yet (--faces splits the files that have a face, in _pack)
+    quality_choice: dict | None = None  # how --debias chose the JPEG quality (`_choose_quality`)
 
 
 def _plan(inp: Path, params: ShardParams) -> _Plan:
@@ -253,6 +262,40 @@ def _plan(inp: Path, params: ShardParams) -> _Plan:
     if not media_params["faces"]:
         _split(plan, cands)
     return plan
+
+
+def _choose_quality(plan: _Plan, params: ShardParams) -> None:
+    """--debias, images, JPEG storage and no --jpeg-quality: set the plan's one quality from the JPEG inputs'
+    quantisation tables (DEBIAS_QUALITY), read in plan order in this process, so the choice is the same
+    whatever --workers; 95 (the highest allowed) when no input is a JPEG."""
+    m = plan.media_params
+    if not (params.debias and params.jpeg_quality is None and plan.modality == "image" and not m["faces"]
+            and m["image_codec"] == "jpeg"):
+        return
+    rule, n = DEBIAS_QUALITY, len(plan.cands)
+    pick = np.unique(np.linspace(0, n - 1, min(n, rule["most"])).round().astype(int))
+    est = sorted(q for q in (_header_quality(plan.cands[i].path) for i in pick) if q is not None)
+    low = est[int(rule["percentile"] / 100 * (len(est) - 1))] if est else rule["high"]
+    quality = int(min(rule["high"], max(rule["low"], low)))
+    m["jpeg_quality"] = quality
+    plan.quality_choice = {
+        "quality": quality, "read": len(pick), "jpeg_inputs": len(est),
+        "estimates": {"min": est[0], "max": est[-1]} if est else None,
+        "rule": f"the {rule['percentile']}th percentile (lower) of the JPEG inputs' quality estimates "
+                f"(quantisation tables), both classes together, within {rule['low']}-{rule['high']}; "
+                f"{rule['high']} when none is a JPEG"}
+
+
+def _header_quality(path) -> float | None:
+    """The JPEG quality estimate of one input from its quantisation tables (audit/image.py), or None for a file
+    that is not a readable JPEG (the packer rejects or re-encodes it as usual)."""
+    from PIL import Image
+    from .audit.image import jpeg_quality
+    try:
+        with Image.open(path) as im:
+            return jpeg_quality(im.quantization) if im.format == "JPEG" and im.quantization else None
+    except Exception:  # unreadable here is the packer's to reject, with its reason
+        return None
 
 
 def _split(plan: _Plan, cands: list) -> None:
@@ -408,6 +451,8 @@ def _manifest(input_path: str, params: ShardParams, plan: _Plan, shard_rows: lis
     p = asdict(params)
     p.update(modality=modality, max_side=plan.media_params["max_side"], input=input_path,
              face_step=plan.media_params["faces"], **{k: plan.media_params[k] for k in CONTROLS})
+    if plan.quality_choice:
+        p["jpeg_quality_choice"] = plan.quality_choice
     return {"format": FORMAT, "tool": f"dfp {__version__}", "modality": modality, "classes": list(CLASSES),
             "payload": payload_exts(modality, params.frames, _image_ext(plan.media_params)),
             "sample_rate": params.sample_rate if modality == "audio" else None,
@@ -453,6 +498,12 @@ def format_summary(s: dict) -> str:
         lines.append(f"rejected {s['rejected']} files ({why}); see rejects.jsonl")
     else:
         lines.append("rejected 0 files")
+    choice = s.get("jpeg_quality_choice")
+    if choice:
+        seen = choice["estimates"]
+        lines.append(f"--debias: every image stored at JPEG quality {choice['quality']} ("
+                     + (f"{choice['jpeg_inputs']} JPEG inputs estimated at {seen['min']:.0f}-{seen['max']:.0f}; "
+                        if seen else "no JPEG input; ") + choice["rule"] + ")")
     lines += s.get("warnings", [])
     return "\n".join(lines)
 

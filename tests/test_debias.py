@@ -1,6 +1,7 @@
 """`dfp shard --debias`: both classes stored alike (one JPEG quality, subsampling and size; no leading or trailing
 silence; one frame rate), recorded in the manifest and applied the same way by `dfp predict`."""
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from factory import tone, write_video
 from pipeline import checkpoint, cli
+from pipeline.audit.image import jpeg_quality
 from pipeline.formats import read_manifest
 from pipeline.loaders import make_loader
 from pipeline.loaders.index import ShardIndex
@@ -118,12 +120,50 @@ def test_debias_stores_every_image_with_one_quality_subsampling_and_size(images,
     assert {im.size for im in ims} == {(SIDE, SIDE)}
     aucs = feature_aucs(samples)
     print("--debias:", aucs)
-    # Bytes per pixel is left out: the reals' earlier JPEG compression took detail the fakes still have, and no
-    # re-encoding gives it back (printed above; a lower --jpeg-quality narrows it). The next test shows that the
-    # packer adds no such trace of its own.
-    assert max(v for k, v in aucs.items() if k != "bytes_per_pixel") <= 0.7
+    # bytes per pixel too: stored no finer than the reals' coarsest compression, no real keeps more detail's worth
+    # of bytes than a fake does
+    assert max(aucs.values()) <= 0.7
     p = read_manifest(shards)["params"]
-    assert (p["debias"], p["reencode"], p["jpeg_quality"], p["chroma"], p["resize_rule"]) == (True, True, 95, "420", "crop")
+    lowest = min(jpeg_quality(Image.open(f).quantization) for f in (images / "real").iterdir())
+    assert (p["debias"], p["reencode"], p["chroma"], p["resize_rule"]) == (True, True, "420", "crop")
+    assert p["jpeg_quality"] == lowest == jpeg_quality(ims[0].quantization)  # 5th percentile of 10: the lowest
+    assert p["jpeg_quality_choice"]["jpeg_inputs"] == 10 and p["jpeg_quality_choice"]["quality"] == lowest
+
+
+def test_debias_quality_is_the_inputs_low_percentile_within_bounds_unless_given(tmp_path):
+    """Both classes' JPEGs count; one outlier in 22 is below the 5th percentile; a quality below 50 is raised to
+    50; --jpeg-quality wins over the choice."""
+    rng = np.random.default_rng(3)
+
+    def save(cls, q):
+        (tmp_path / "in" / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(texture(rng, SIDE, SIDE)).save(tmp_path / "in" / cls / f"{q}.jpg", quality=q)
+    for q in range(70, 90):
+        save("real", q)
+    for q in (30, 80):
+        save("fake", q)
+    p = read_manifest(_pack(tmp_path / "in", tmp_path / "a", debias=True))["params"]
+    assert p["jpeg_quality"] == 70 and p["jpeg_quality_choice"]["estimates"] == {"min": 30.0, "max": 89.0}
+    save("fake", 35)
+    assert read_manifest(_pack(tmp_path / "in", tmp_path / "b", debias=True))["params"]["jpeg_quality"] == 50
+    p = read_manifest(_pack(tmp_path / "in", tmp_path / "c", debias=True, jpeg_quality=88))["params"]
+    assert p["jpeg_quality"] == 88 and "jpeg_quality_choice" not in p
+
+
+def test_dfp_audit_of_debiased_shards_is_clean_where_the_default_packing_is_flagged(tmp_path):
+    """The real command on the stored samples: fake PNGs of one size vs real JPEGs of many sizes and qualities."""
+    from typer.testing import CliRunner
+    inp = nuisance_images(tmp_path / "in", 20)
+    got = {}
+    for name, kw in (("plain", {}), ("debiased", {"debias": True})):
+        res = CliRunner().invoke(cli.app, ["audit", str(_pack(inp, tmp_path / name, **kw)), "--json",
+                                           str(tmp_path / f"{name}.json"), "--quiet"])
+        assert res.exit_code == 0, res.output
+        got[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    print({k: (a["combined_auc"], {f["name"]: f["auc"] for f in a["features"]}) for k, a in got.items()})
+    assert got["plain"]["combined_auc"] >= 0.9 and "size_share" in got["plain"]["flagged"]
+    assert got["debiased"]["combined_auc"] <= 0.7 and got["debiased"]["flagged"] == []
+    assert max(f["auc"] for f in got["debiased"]["features"]) <= 0.7
 
 
 def test_debias_leaves_no_trace_of_its_own_where_only_the_size_differs(tmp_path):
@@ -135,6 +175,8 @@ def test_debias_leaves_no_trace_of_its_own_where_only_the_size_differs(tmp_path)
     print("lossless sources: default", before, "--debias", after)
     assert before["storage"] >= 0.9
     assert max(after.values()) <= 0.7
+    choice = read_manifest(tmp_path / "debiased")["params"]["jpeg_quality_choice"]
+    assert (choice["quality"], choice["jpeg_inputs"], choice["estimates"]) == (95, 0, None)  # no JPEG input
 
 
 def test_each_control_is_its_own_option_and_an_explicit_one_wins_over_debias(images, tmp_path):
@@ -269,6 +311,8 @@ def test_predict_prepares_raw_files_as_debias_packed_them(modality, tmp_path):
     assert max(abs(float(rows[src]["score"]) - s) for src, s in ev.items()) <= TOL
     pre = checkpoint.load(ckpt)["preprocess"]
     assert (pre["resize_rule"], pre["trim_silence"], pre["fps"]) == ("square" if modality == "video" else "crop", True, 10.0)
+    if modality == "image":  # the quality --debias chose from these inputs' tables, applied to the raw files too
+        assert pre["jpeg_quality"] == read_manifest(root / "shards")["params"]["jpeg_quality"] < 95
 
 
 BAD = [("--chroma 411", "--chroma '411': choose 420 or 444"),
