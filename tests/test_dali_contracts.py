@@ -89,3 +89,33 @@ def test_a_batch_kept_from_the_loader_is_unchanged_by_later_batches(tmp_path_fac
         torch.cuda.synchronize()
     assert torch.equal(kept, snapshot)
     assert all(not torch.equal(kept, x) for x in later)
+
+
+def test_a_forked_child_inherits_everything_frozen_before_any_after_fork_hook_runs(monkeypatch):
+    """A DALI pipeline freed by the cycle collector in a forked child crashes it; threading's own after-fork hook
+    (registered first) allocates and can trigger that collection, so freezing in the child is too late."""
+    import gc
+    import os
+    from pipeline.loaders import dali as dali_loader
+    r, w = os.pipe()
+    armed = [False]
+
+    def probe():  # registered before the guard, as threading's hook is: it runs before the guard's child hook
+        if armed[0]:
+            os.write(w, b"1" if gc.get_freeze_count() else b"0")
+
+    os.register_at_fork(after_in_child=probe)
+    monkeypatch.setattr(dali_loader, "_fork_guarded", False)
+    dali_loader._guard_forks()
+    before = gc.get_freeze_count()
+    armed[0] = True
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    finally:
+        armed[0] = False
+    assert os.read(r, 1) == b"1"
+    assert gc.get_freeze_count() == before  # the parent thawed
+    os.close(r), os.close(w)

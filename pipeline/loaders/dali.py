@@ -29,17 +29,30 @@ from .decode import Decodability, decodes
 
 _MAX_THREADS = 8
 _fork_guarded = False
+_inherited = False
 
 
 def _guard_forks() -> None:
-    """A forked child (a DataLoader worker, say) inherits this process's DALI pipelines and batches
-    but not DALI's threads: if its cycle collector frees one, the child hangs or crashes (both seen).
-    Freezing what the child inherited keeps the collector away from those objects; what the child
-    creates itself is collected as usual."""
+    """A forked child (a DataLoader or packing worker, say) inherits this process's DALI pipelines and batches
+    but not DALI's threads: if its cycle collector frees one, the child hangs or crashes (both seen, the crash
+    inside threading's own after-fork hook, which runs before any hook registered here). So everything is frozen
+    just before the fork, as gc.freeze's documentation advises for fork without exec: the child's collector never
+    visits what it inherited, and what the child creates itself is collected as usual. The parent thaws at once
+    unless it is itself such a child, whose inherited objects must stay frozen."""
     global _fork_guarded
     if not _fork_guarded:
-        os.register_at_fork(after_in_child=gc.freeze)
+        os.register_at_fork(before=gc.freeze, after_in_parent=_thaw, after_in_child=_mark_inherited)
         _fork_guarded = True
+
+
+def _thaw() -> None:
+    if not _inherited:
+        gc.unfreeze()
+
+
+def _mark_inherited() -> None:
+    global _inherited
+    _inherited = True
 
 
 def image_train_graph(jpegs, params: dict, size: int, decode, finish=None):
