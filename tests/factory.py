@@ -158,3 +158,12 @@ def dfp_in_process(args, monkeypatch, capsys) -> tuple[int, str, str]:
         code = e.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def same_threads_env() -> dict:
+    """The environment for a `dfp` process whose numbers are compared with a run in this process: torch's intra-op
+    thread count changes the order of float sums, and a module of this suite sets this process to one thread."""
+    import os
+
+    import torch
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}

@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-from factory import image_tree  # noqa: E402
+from factory import image_tree, same_threads_env  # noqa: E402
 from pipeline import storage  # noqa: E402
 from pipeline.shards import ShardParams, build_shards  # noqa: E402
 from pipeline.train import TrainConfig, run_training  # noqa: E402
@@ -200,7 +200,7 @@ def test_a_run_on_s3_killed_mid_run_resumes_to_the_uninterrupted_history(s3, sha
     args = ["train", url, "--out", out, "--epochs", "2", "--batch-size", "4", "--image-size", "32", "--workers", "0",
             "--device", "cpu", "--model", "resnet18", "--backend", "torch", "--no-report", "--quiet", "--patience",
             "0", "--epoch-len", "8", "--save-every", "1", "--cache-dir", cache]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO, env=same_threads_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while not (out / "last.pth").exists() and time.time() < deadline and proc.poll() is None:
@@ -210,7 +210,8 @@ def test_a_run_on_s3_killed_mid_run_resumes_to_the_uninterrupted_history(s3, sha
     proc.wait()
     done = len(_history(out)) if (out / "history.csv").exists() else 0
     assert done < 2
-    r = _cli("train", url, "--resume", out, "--quiet", "--no-report", "--device", "cpu", "--cache-dir", cache)
+    r = _cli("train", url, "--resume", out, "--quiet", "--no-report", "--device", "cpu", "--cache-dir", cache,
+             env=same_threads_env())
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout
     _same_history(local_run, out)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from factory import audio_tree, copy_run, dfp_in_process, image_tree, smooth_image, video_tree, write_jpeg
+from factory import (audio_tree, copy_run, dfp_in_process, image_tree, same_threads_env, smooth_image, video_tree,
+                     write_jpeg)
 from pipeline.shards import ShardParams, build_shards
 from pipeline.train import TrainConfig, decide_strategy, run_training
 
@@ -171,7 +172,7 @@ def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_run(image_shard
     assert code == 0, err
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, _train_args(image_shards, out, backend))],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=REPO, env=same_threads_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (out / "last.pth").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -180,7 +181,8 @@ def test_sigkill_mid_epoch_then_resume_replays_the_uninterrupted_run(image_shard
     saved = torch.load(out / "last.pth", weights_only=True)["position"]
     assert saved["epoch"] == 0 and saved["batch"] in (2, 4)  # killed mid-epoch 1
     assert saved["totals"]["samples"] == 4 * saved["batch"]  # the epoch's partial sums travel with it
-    r = _cli("train", image_shards, "--resume", out, "--quiet", "--no-report", "--device", "cpu")
+    r = _cli("train", image_shards, "--resume", out, "--quiet", "--no-report", "--device", "cpu",
+             env=same_threads_env())
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout
     want, got = _history(full), _history(out)
