@@ -213,6 +213,14 @@ def _read_weights(path: str) -> tuple[dict, bool]:
     except Exception as e:  # unpickling refusal, truncated file, not a torch file ...
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelError(f"--weights {path}: not a readable weights file ({first})") from None
+    sd = state_dict_in(obj, path)
+    is_dfp = all(k.startswith(("backbone.", "head.")) for k in sd)
+    return sd, is_dfp
+
+
+def state_dict_in(obj, path: str) -> dict:
+    """The tensors by name a loaded weights file holds (itself, or under 'model' / 'state_dict'), without the
+    wrappers' key prefixes; a one-line ModelError when it holds none."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):
@@ -220,9 +228,7 @@ def _read_weights(path: str) -> tuple[dict, bool]:
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
         raise ModelError(f"--weights {path}: holds no state dict (expected tensors by name, or a checkpoint with 'model')")
-    sd = _strip_prefixes(obj)
-    is_dfp = all(k.startswith(("backbone.", "head.")) for k in sd)
-    return sd, is_dfp
+    return _strip_prefixes(obj)
 
 
 def _load_strict(module: nn.Module, sd: dict, path: str, name: str, ignore: tuple[str, ...] = ()) -> None:

@@ -182,15 +182,8 @@ def read_weights(path) -> tuple[dict, dict | None, bool]:
     if _is_fairseq(obj):
         return _from_fairseq(obj, path), _fairseq_arch(obj, path), False
     arch = obj.get("model_config") if isinstance(obj, dict) and isinstance(obj.get("model_config"), dict) else None
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        raise ModelError(f"--weights {path}: holds no state dict (expected tensors by name, or a checkpoint with 'model')")
-    from .models import _strip_prefixes
-    sd = _strip_prefixes(obj)
+    from .models import state_dict_in
+    sd = state_dict_in(obj, path)
     if all(k.startswith(("backbone.", "head.")) for k in sd):
         return sd, arch or _config_beside(p, path), True
     if any(k.startswith("encoder.transformer.") for k in sd):

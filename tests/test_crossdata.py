@@ -3,13 +3,12 @@ threshold, beside each set's own folder; bad input stops before anything is writ
 (conftest.py) is the checkpoint."""
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from factory import image_tree, smooth_image, write_jpeg
+from factory import dfp_in_process, image_tree, smooth_image, write_jpeg
 from pipeline import checkpoint, cli, crossdata, evaluate as ev
 from pipeline.errors import InputError
 from pipeline.predictions import read_prediction_table
@@ -43,17 +42,6 @@ def sets(tmp_path_factory, tiny_image_shards, tiny_image_run):
     return tiny_image_run, own, copy, other
 
 
-def _run_main(argv: list, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["dfp", *map(str, argv)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _error_line(err: str) -> str:
     lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
@@ -71,7 +59,7 @@ def test_table_rows_are_each_sets_own_metrics_at_the_checkpoints_threshold(sets,
     ckpt = run / "best_model.pth"
     stored = checkpoint.load(ckpt)["threshold"]["value"]
     out = tmp_path / "cross"
-    code, printed, err = _run_main(["evaluate", ckpt, own, copy, other, "--device", "cpu", "--out", out],
+    code, printed, err = dfp_in_process(["evaluate", ckpt, own, copy, other, "--device", "cpu", "--out", out],
                                    monkeypatch, capsys)
     assert code == 0, err
     doc = json.loads((out / "cross_dataset.json").read_text())
@@ -170,7 +158,7 @@ def test_bad_sets_exit_2_with_one_line_and_write_nothing(small_set, case, tmp_pa
     ckpt, shards = small_set
     second = tmp_path / "absent" if case == "missing" else tmp_path / "in" / ".." / "shards"
     out = tmp_path / "cross"
-    code, _, err = _run_main(["evaluate", ckpt, shards, second, "--device", "cpu", "--out", out], monkeypatch, capsys)
+    code, _, err = dfp_in_process(["evaluate", ckpt, shards, second, "--device", "cpu", "--out", out], monkeypatch, capsys)
     assert code == 2
     line = _error_line(err)
     assert str(second) in line and ("not found" in line if case == "missing" else "given twice" in line)
