@@ -94,11 +94,12 @@ def pack_part(input_dir, part_dir, params, part: tuple[int, int], workers: int |
 
 
 def _pack_part(inp: Path, folder: Path, params, part: tuple[int, int], workers, progress: bool) -> dict:
-    from .shards import _plan
+    from .shards import _choose_quality, _plan
     t0 = time.time()
     k, n = part
     (folder / PART_FILE).unlink(missing_ok=True)  # first: until the new one is written, this is no finished part
     plan = _plan(inp, params)
+    _choose_quality(plan, params)  # over the whole plan, as a one-machine build chooses it
     lo, hi = share(len(plan.cands), k, n)
     rlo, rhi = share(len(plan.rejects), k, n)
     try:
@@ -111,7 +112,8 @@ def _pack_part(inp: Path, folder: Path, params, part: tuple[int, int], workers, 
            "input": str(inp.resolve()), "params": asdict(params),
            "plan_info": {"modality": plan.modality, "media_params": plan.media_params,
                          "fractions": list(plan.fractions), "val_fraction": plan.val_fraction, "seed": plan.seed,
-                         "presplit": plan.presplit, "files": len(plan.cands), "rejects": len(plan.rejects)},
+                         "presplit": plan.presplit, "files": len(plan.cands), "rejects": len(plan.rejects),
+                         "quality_choice": plan.quality_choice},
            "range": [lo, hi], "rejects_range": [rlo, rhi], "rejects": plan.rejects[rlo:rhi],
            "samples": {"file": SAMPLES, "bytes": (folder / SAMPLES).stat().st_size, "sha256": digest},
            "failed": failed}
@@ -252,6 +254,7 @@ def _merge(out: Path, docs: list[tuple[Path, dict]], progress: bool) -> dict:
     rejects = [r for _, doc in docs for r in doc["rejects"]]
     plan = _Plan(info["modality"], info["media_params"], cands, rejects, tuple(info["fractions"]),
                  info["val_fraction"], info["seed"], info["presplit"])
+    plan.quality_choice = info.get("quality_choice")
     if plan_digest(plan, params) != first["plan"] or len(rejects) != info["rejects"]:
         raise InputError(f"the parts in {', '.join(str(f) for f, _ in docs)} do not add up to the plan they "
                          "record; pack the parts again")

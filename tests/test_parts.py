@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from factory import audio_tree, corrupt_images, image_tree, smooth_image, unusual_images, video_tree, write_jpeg
 from pipeline import cli
@@ -64,6 +65,15 @@ def test_images_in_three_parts_equal_one_build_with_size_and_count_cut_shards(tm
     m = read_manifest(single)
     assert len(m["shards"]) >= 6 and min(r["samples"] for r in m["shards"]) < 4  # --max-size cut some shards
     assert m["rejected"] >= 5
+    assert_same_build(inp, single, merged)
+
+
+def test_debias_parts_store_the_quality_a_one_machine_build_chooses_over_all_inputs(tmp_path):
+    inp = image_tree(tmp_path / "in", n_real=6, n_fake=4)
+    for i, q in enumerate((55, 70)):  # the lowest qualities sit in one part: every part must still use them
+        Image.fromarray(smooth_image(np.random.default_rng(i), 64, 48)).save(inp / "real" / f"low{i}.jpg", quality=q)
+    single, merged = single_and_merged(inp, tmp_path, 2, order=range(2), debias=True, max_side=48)
+    assert read_manifest(single)["params"]["jpeg_quality"] < 95
     assert_same_build(inp, single, merged)
 
 
