@@ -23,6 +23,7 @@ from ..errors import FormatError, InputError
 from ..formats import CLASSES, read_manifest
 from ..predictions import SampleMeta
 from ..sampling import EpochSampler, eval_indices, rank_slice
+from ..stats import minority_class
 from .decode import LoaderConfig
 from .index import ShardIndex
 
@@ -78,12 +79,11 @@ class Loader:
         self.index, self.opts, self.device, self.backend = index, opts, torch.device(device), backend
         self.rank, self.world_size = rank, world_size
         self.modality = index.modality
-        counts = index.class_counts()
         if opts.minority is not None:
             minority = tuple(CLASSES.index(c) for c in opts.minority)
         else:
-            lo = min(range(len(CLASSES)), key=lambda c: (counts[CLASSES[c]], c))
-            minority = (lo,) if counts[CLASSES[lo]] < counts[CLASSES[1 - lo]] else ()
+            low = minority_class(index.class_counts())
+            minority = () if low is None else (CLASSES.index(low),)
         sr = index.manifest.get("sample_rate") or 16000
         share = STRONG_SHARE if (opts.train and opts.minority_augment and minority) else 0.0
         feat = AudioFeatures(sample_rate=sr, seconds=opts.audio_seconds)
