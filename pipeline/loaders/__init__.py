@@ -11,7 +11,6 @@ same batch shape and count.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 
 from ..augment import (AUDIO, MEAN, STD, STRONG_SHARE, AudioFeatures, normalize_images, spec_masks, strong_views,
                        torch_log_mel)
-from ..errors import FormatError, InputError
+from ..errors import FormatError, InputError, warn
 from ..formats import CLASSES, read_manifest
 from ..predictions import SampleMeta
 from ..sampling import EpochSampler, eval_indices, rank_slice
@@ -166,8 +165,9 @@ class Loader:
             y = torch.from_numpy(labels.astype(np.float32)).to(self.device, non_blocking=True)
             yield x, y, [self.index.key(i) for i in good]
         if self.skipped > skipped_before:
-            print(f"warning: skipped {self.skipped - skipped_before} unreadable sample(s) in {self.index.root} "
-                  f"split {self.index.split} this epoch", file=sys.stderr)
+            share = f" (on rank 0 of {self.world_size})" if self.world_size > 1 else ""
+            warn(f"skipped {self.skipped - skipped_before} unreadable sample(s) in {self.index.root} "
+                 f"split {self.index.split} this epoch{share}", rank=self.rank)
         self.start_batch = 0
 
     def _produce(self):
