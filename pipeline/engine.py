@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import TrainingError
+from .errors import TrainingError, warn
 
 
 # ---------------------------------------------------------------- distributed
@@ -136,7 +135,7 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, device, amp_dt
         bar.close()
     seconds = time.perf_counter() - t0
     if skipped:
-        print(f"warning: skipped {skipped} step(s) with a non-finite loss", file=sys.stderr)
+        warn(f"skipped {skipped} step(s) with a non-finite loss")
     return {"loss_sum": total_loss, "samples": samples, "steps": steps, "seconds": seconds, "data_wait": wait,
             "nonfinite_steps": skipped}
 

@@ -1,8 +1,11 @@
 """Every error `dfp` turns into one line and an exit code: 2 for bad input, 1 for a check or run that failed.
 
-Imports nothing, so the command line can map exceptions to exit codes without loading torch.
+Imports nothing of dfp's (and no torch), so the command line can map exceptions to exit codes cheaply.
 """
 from __future__ import annotations
+
+import os
+import sys
 
 
 class UsageError(Exception):
@@ -44,3 +47,13 @@ def exit_code(e: BaseException) -> int | None:
     if isinstance(e, CHECK_FAILED):
         return 1
     return None
+
+
+def warn(message: str, rank: int | None = None) -> None:
+    """`warning: message` on stderr from rank 0 only: under torchrun every rank meets the same condition, and the
+    counts a run reports are summed over the ranks on rank 0. `rank`: the caller's own where it has one, else
+    torchrun's RANK."""
+    if rank is None:
+        rank = int(os.environ.get("RANK") or 0)
+    if rank == 0:
+        print(f"warning: {message}", file=sys.stderr)

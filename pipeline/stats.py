@@ -22,6 +22,8 @@ RECOMMENDED = {
 
 
 def imbalance_ratio(counts: dict[str, int]) -> float:
+    """Larger class count over smaller: 1.0 when the counts are equal, inf when one class has no samples, nan when
+    neither has any. The one ratio every caller words (stats, training's strategy, the report)."""
     values = [counts.get(c, 0) for c in CLASSES]
     lo, hi = min(values), max(values)
     if hi == 0:
@@ -35,8 +37,19 @@ def severity(ratio: float) -> str:
     return "moderate" if ratio <= 5 else "severe"
 
 
-def minority_class(counts: dict[str, int]) -> str:
-    return min(CLASSES, key=lambda c: (counts.get(c, 0), c))
+def minority_class(counts: dict[str, int]) -> str | None:
+    """The class with fewer samples (a class with none is the minority); None when the counts are equal, empty
+    included: a balanced split has no minority, so nothing is done for one (the loader's minority augmentation)."""
+    values = {c: counts.get(c, 0) for c in CLASSES}
+    if len(set(values.values())) == 1:
+        return None
+    return min(CLASSES, key=values.__getitem__)
+
+
+def majority_class(counts: dict[str, int]) -> str | None:
+    """The other class than `minority_class`; None where that is None."""
+    low = minority_class(counts)
+    return None if low is None else next(c for c in CLASSES if c != low)
 
 
 def stats_from_splits(splits: dict[str, dict[str, int]], modality: str, source: str) -> dict:
@@ -47,7 +60,7 @@ def stats_from_splits(splits: dict[str, dict[str, int]], modality: str, source: 
     return {
         "source": source, "modality": modality, "splits": splits, "total": total,
         "per_split_ratio": {s: imbalance_ratio(c) for s, c in splits.items()},
-        "imbalance_ratio": ratio, "majority": max(CLASSES, key=lambda c: (basis.get(c, 0), c)),
+        "imbalance_ratio": ratio, "majority": majority_class(basis),
         "minority": minority_class(basis), "severity": sev, "recommended": RECOMMENDED[sev],
     }
 
@@ -99,8 +112,9 @@ def format_stats(st: dict) -> str:
         lines.append(f"  rejected before decoding: {st['not_packable']} files" + (f" ({why})" if why else "")
                      + "; dfp shard lists them in rejects.jsonl with the reason")
         lines.append(f"  {BEFORE_DECODING}")
-    lines.append(f"Imbalance ratio: {_fmt_ratio(st['imbalance_ratio'])} ({st['majority']}:{st['minority']}), "
-                 f"severity: {st['severity']}")
+    which = (f"{st['majority']}:{st['minority']}" if st["minority"]
+             else "no samples" if math.isnan(st["imbalance_ratio"]) else "balanced")
+    lines.append(f"Imbalance ratio: {_fmt_ratio(st['imbalance_ratio'])} ({which}), severity: {st['severity']}")
     lines.append("Recommended: " + " + ".join(st["recommended"]))
     lines += st.get("warnings", [])
     if "audit" in st:

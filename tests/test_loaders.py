@@ -183,6 +183,44 @@ def test_corrupt_samples_are_skipped_and_counted(image_shards, tmp_path, backend
     assert tr.skipped >= 1
 
 
+def test_the_skipped_samples_warning_comes_from_rank_0_only(image_shards, tmp_path, capsys):
+    """Each rank skips its own share; the run's total is rank 0's to report, so only rank 0 warns."""
+    out, _ = corrupt_copy(image_shards, tmp_path)
+    said = {}
+    for rank in (0, 1):
+        ev = make_loader(out, "train", "torch", "cpu", opts(train=False, batch_size=6), rank=rank, world_size=2)
+        for _ in ev:
+            pass
+        assert ev.skipped == 1  # the wrecked first sample is rank 0's, the truncated last one rank 1's
+        said[rank] = capsys.readouterr().err
+    assert said[0].startswith("warning: skipped 1 unreadable sample(s) in ") and "(on rank 0 of 2)" in said[0]
+    assert said[1] == ""
+
+
+@pytest.mark.parametrize("rank, shown", [(None, True), ("0", True), ("1", False)])
+def test_the_cache_limit_warning_prints_once_under_torchrun(tmp_path, monkeypatch, capsys, rank, shown):
+    from pipeline.loaders.remote import RemoteShards
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    RemoteShards(["http://127.0.0.1:9/a.tar"], [{"bytes": 2 << 30, "sha256": "0"}], str(tmp_path), 1 << 30)
+    err = capsys.readouterr().err
+    assert err == ("warning: 2.00 GiB of shards do not fit --cache-limit 1.00 GiB; reading samples by ranged "
+                   "reads instead\n" if shown else "")
+
+
+@pytest.mark.parametrize("data", [b"<html>not an index</html>\n", b"v1.2 1\njpg 0\n", b"v1.2 x\n", b"\xff\xfe"])
+def test_an_unreadable_index_at_a_url_is_one_format_error(monkeypatch, data):
+    from pipeline import storage
+    from pipeline.errors import FormatError, exit_code
+    from pipeline.loaders.index import _index_entries
+    monkeypatch.setattr(storage, "read_text", lambda url: data.decode("utf-8"))  # storage.read_text's decoding
+    with pytest.raises(FormatError, match=r"^http://h/s/train-real-000000.idx: unreadable shard index") as e:
+        _index_entries("http://h/s/train-real-000000.idx")
+    assert exit_code(e.value) == 2 and "\n" not in str(e.value)
+
+
 def test_dali_error_on_samples_that_decode_is_raised_not_rescued(image_shards, tmp_path, monkeypatch):
     """Only an undecodable sample may be skipped: when the CPU decoder reads every sample of the batch
     DALI failed on, the fault is DALI's and must surface."""

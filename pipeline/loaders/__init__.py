@@ -11,7 +11,6 @@ same batch shape and count.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +18,11 @@ import torch
 
 from ..augment import (AUDIO, MEAN, STD, STRONG_SHARE, AudioFeatures, normalize_images, spec_masks, strong_views,
                        torch_log_mel)
-from ..errors import FormatError, InputError
+from ..errors import FormatError, InputError, warn
 from ..formats import CLASSES, read_manifest
 from ..predictions import SampleMeta
 from ..sampling import EpochSampler, eval_indices, rank_slice
+from ..stats import minority_class
 from .decode import LoaderConfig
 from .index import ShardIndex
 
@@ -78,12 +78,11 @@ class Loader:
         self.index, self.opts, self.device, self.backend = index, opts, torch.device(device), backend
         self.rank, self.world_size = rank, world_size
         self.modality = index.modality
-        counts = index.class_counts()
         if opts.minority is not None:
             minority = tuple(CLASSES.index(c) for c in opts.minority)
         else:
-            lo = min(range(len(CLASSES)), key=lambda c: (counts[CLASSES[c]], c))
-            minority = (lo,) if counts[CLASSES[lo]] < counts[CLASSES[1 - lo]] else ()
+            low = minority_class(index.class_counts())
+            minority = () if low is None else (CLASSES.index(low),)
         sr = index.manifest.get("sample_rate") or 16000
         share = STRONG_SHARE if (opts.train and opts.minority_augment and minority) else 0.0
         feat = AudioFeatures(sample_rate=sr, seconds=opts.audio_seconds)
@@ -166,8 +165,9 @@ class Loader:
             y = torch.from_numpy(labels.astype(np.float32)).to(self.device, non_blocking=True)
             yield x, y, [self.index.key(i) for i in good]
         if self.skipped > skipped_before:
-            print(f"warning: skipped {self.skipped - skipped_before} unreadable sample(s) in {self.index.root} "
-                  f"split {self.index.split} this epoch", file=sys.stderr)
+            share = f" (on rank 0 of {self.world_size})" if self.world_size > 1 else ""
+            warn(f"skipped {self.skipped - skipped_before} unreadable sample(s) in {self.index.root} "
+                 f"split {self.index.split} this epoch{share}", rank=self.rank)
         self.start_batch = 0
 
     def _produce(self):

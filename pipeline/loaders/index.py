@@ -162,11 +162,10 @@ class ShardIndex:
 
 
 def _index_entries(idx_path: str) -> list:
-    if storage.is_url(idx_path):
-        import io
-        text = storage.read_text(idx_path)
-        return read_index_entries(io.StringIO(text), idx_path)
     try:
+        if storage.is_url(idx_path):
+            import io
+            return read_index_entries(io.StringIO(storage.read_text(idx_path)), idx_path)
         return read_index_entries(idx_path)
     except (OSError, ValueError, IndexError) as e:
         why = getattr(e, "strerror", None) or e

@@ -8,11 +8,11 @@ its bytes: no local disk, one request a sample, and a changed object is caught b
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import storage
+from ..errors import warn
 from ..shardcache import ShardCache
 
 CHECK_THREADS = 8
@@ -48,8 +48,8 @@ class RemoteShards:
             if sum(self.sizes) <= cache_limit:
                 self.cache = ShardCache(cache_dir, cache_limit)
             else:
-                print(f"warning: {sum(self.sizes) / 2**30:.2f} GiB of shards do not fit --cache-limit "
-                      f"{cache_limit / 2**30:.2f} GiB; reading samples by ranged reads instead", file=sys.stderr)
+                warn(f"{sum(self.sizes) / 2**30:.2f} GiB of shards do not fit --cache-limit "
+                     f"{cache_limit / 2**30:.2f} GiB; reading samples by ranged reads instead")
         self.counter = storage.shared_counter()
         self._fds: dict[int, int] = {}
         self._thread = None

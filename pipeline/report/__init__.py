@@ -24,7 +24,7 @@ import numpy as np
 from .. import atomic
 from ..formats import SPLITS
 from ..predictions import Predictions, read_prediction_table
-from .counts import format_ratio, imbalance_ratio, split_counts
+from .counts import format_ratio, split_counts
 from .html import HTML_FILE, render_html
 from .plots import (PLOTS, plot_confusion, plot_dataset_stats, plot_pr, plot_roc, plot_threshold_analysis,
                     plot_training_curves, png_bytes, render_plots)
@@ -32,7 +32,7 @@ from .text import SUMMARY_FILE, attack_table_lines, console_summary, report_note
 
 
 __all__ = ["HTML_FILE", "PLOTS", "SUMMARY_FILE", "attack_table_lines", "console_summary",
-           "format_ratio", "imbalance_ratio", "plot_confusion", "plot_dataset_stats", "plot_pr", "plot_roc",
+           "format_ratio", "plot_confusion", "plot_dataset_stats", "plot_pr", "plot_roc",
            "plot_threshold_analysis", "plot_training_curves", "png_bytes", "read_history", "render_html",
            "render_plots", "render_report", "report_notes", "split_counts", "summary_text", "write_json"]
 

@@ -4,29 +4,23 @@ from __future__ import annotations
 import math
 
 from ..formats import SPLITS
-from ..stats import imbalance_ratio as stats_ratio
-
-
-def imbalance_ratio(real: int, fake: int) -> float | None:
-    """majority / minority (`stats.imbalance_ratio`); None when a class is absent, which the report words itself."""
-    r = stats_ratio({"real": real, "fake": fake})
-    return r if math.isfinite(r) else None
+from ..stats import imbalance_ratio, majority_class
 
 
 def format_ratio(real: int, fake: int) -> str:
-    if real + fake == 0:
+    counts = {"real": real, "fake": fake}
+    r = imbalance_ratio(counts)
+    if math.isnan(r):
         return "empty"
-    r = imbalance_ratio(real, fake)
-    if r is None:
-        return f"single class ({'real' if fake == 0 else 'fake'} only)"
-    if real == fake:
-        return "1.00:1 (balanced)"
-    return f"{r:.2f}:1 ({'real' if real > fake else 'fake'} majority)"
+    if math.isinf(r):
+        return f"single class ({majority_class(counts)} only)"
+    major = majority_class(counts)
+    return f"{r:.2f}:1 ({major} majority)" if major else f"{r:.2f}:1 (balanced)"
 
 
 def short_ratio(real: int, fake: int) -> str:
-    r = imbalance_ratio(real, fake)
-    return f"{r:.2f}:1" if r is not None else format_ratio(real, fake)
+    r = imbalance_ratio({"real": real, "fake": fake})
+    return f"{r:.2f}:1" if math.isfinite(r) else format_ratio(real, fake)
 
 
 def split_counts(config: dict | None, metrics: dict | None = None) -> dict[str, dict[str, int]]:
