@@ -39,6 +39,8 @@ def option(default=MISSING, help: str = "", *, flag: str | None = None, metavar:
 
 @dataclass
 class TrainConfig:
+    """dfp train's settings. config.json and the checkpoints record them by field name, and a resume reads them
+    back by name (resume.merge_config): a renamed field would no longer load from older runs."""
     shards: str = option(help=SHARDS_HELP, metavar="SHARDS", argument=True)
     out: str = option("runs/exp", "run directory", path=True)
     device: str = option("auto", DEVICE_HELP)
@@ -63,12 +65,12 @@ class TrainConfig:
                                  "state dict in its library's key layout (.safetensors, .pth or .bin; its classifier "
                                  "is left out); SSL audio models also take a Hugging Face checkpoint (folder, or file "
                                  "with config.json beside it) or a fairseq .pt (default: none)", path=True)
-    # train the head only (pipeline/freeze.py)
+    # pipeline/freeze.py
     freeze_backbone: bool = option(False, "train the head only: the backbone stays as loaded, in eval mode, without "
                                    "gradients (a linear probe; default: everything trains)", flag="--freeze-backbone")
     unfreeze_last: int = option(0, "fine-tune only the backbone's last N blocks (stages or transformer blocks, per "
                                 "architecture: see README) and what follows them; the rest is frozen (0: off)")
-    # frozen backbone: embed every sample once (pipeline/embcache.py)
+    # pipeline/embcache.py
     cache_embeddings: bool = option(False, "with --freeze-backbone: embed every train/val/test sample once into "
                                     "RUN/embeddings and train the head on them every epoch (default: off)",
                                     flag="--cache-embeddings")
@@ -99,12 +101,11 @@ class TrainConfig:
     threshold_method: str = option("f1", "f1, youden, eer, precision:P or recall:R")
     resume: str | None = option(None, "continue the run in this directory from its last.pth (default: a new run)",
                                 path=True)
-    # also write last.pth every N training steps (0: at epoch ends only)
     save_every: int = option(0, "also write last.pth every N steps, for mid-epoch resume (0: epoch ends only)")
     tensorboard: bool = option(False, "also log each epoch's losses, val F1 and speed to RUN/tb for TensorBoard",
                                flag="--tensorboard")
     report: bool = option(True, "skip plots and report.html", flag="--no-report", negate="no_report")
-    # SHARDS at a URL: whole shards cached in this folder (else ranged reads)
+    # loaders/remote.py, shardcache.py
     cache_dir: str | None = option(None, CACHE_DIR_HELP, path=True)
     cache_limit: str = option("20G", CACHE_LIMIT_HELP, metavar="BYTES")
     progress: bool = option(True, "no progress bars", negate="quiet")
@@ -112,6 +113,7 @@ class TrainConfig:
 
 @dataclass
 class ShardParams:
+    """dfp shard's settings, recorded by field name in the manifest's `params` (and read back by --merge)."""
     modality: str = option("auto", "auto, image, audio or video")
     split: str = option("0.8,0.1,0.1", "train,val,test fractions (ignored for pre-split input)")
     seed: int = option(0, "seed for the split and per-class limits")
@@ -125,19 +127,18 @@ class ShardParams:
     dataset: str = option("folders", "how INPUT is laid out: " + ", ".join(DATASETS) + " (see README)")
     protocol: str | None = option(None, "the dataset's label/split file or folder (default: at its usual place in "
                                   "INPUT)", path=True)
-    # carved out of train where the input has no val split
     val_fraction: float = option(0.1, "share of train carved out as val where the input has no val split")
     ff_compression: str = option("c23", "ff++ and deepfakebench: raw, c23 or c40")
-    # None: per-modality default
+    # None: shards.DEFAULT_MAX_SIDE per modality
     max_side: int | None = option(None, "longest image/frame side (default 512 images, 256 video); JPEGs within it "
                                   "keep their bytes")
     sample_rate: int = option(16000, "audio: resample to this rate (mono FLAC)")
     frames: int = option(16, "video: frames sampled uniformly per clip")
-    # kept JPEGs: "decode" (prove they decode) or "structure" (headers + end marker)
+    # media/image.py CHECKS
     check: str = option("decode", "JPEGs kept as they are: 'decode' proves each decodes; 'structure' only parses "
                         "headers and the end marker (faster; damage inside the compressed data is then caught by "
                         "`dfp verify` or skipped by the loaders)")
-    # face crops instead of whole images and frames (media/faces.py)
+    # media/faces.py
     faces: bool = option(False, "images and video: store the largest face, aligned and cropped square, instead of "
                          "the whole picture (see README, Face crops)", flag="--faces")
     face_margin: float = option(1.3, "--faces: crop side as a multiple of the detected box")
@@ -147,34 +148,29 @@ class ShardParams:
     debias: bool = option(False, "store both classes alike: --reencode --chroma 420 --resize-rule crop (square for "
                           "video) --trim-silence --fps 8 and, for images, a --jpeg-quality no finer than the JPEG "
                           "inputs' (their 5th-percentile estimate, 50-95) unless given (see README)", flag="--debias")
-    # images: every file re-encoded, none keeps its original JPEG bytes
     reencode: bool | None = option(None, "images: re-encode every file; no JPEG keeps its original bytes (default: "
                                    "off; on with --debias)", flag="--reencode/--no-reencode")
-    # None: 95 for images, 90 for video frames
+    # None: media/image.py and media/video.py JPEG_QUALITY
     jpeg_quality: int | None = option(None, "JPEG quality of stored images and frames, 1-100 (default 95 images, 90 "
                                       "video frames; with --debias, images: the JPEG inputs' 5th-percentile "
                                       "estimate within 50-95)")
-    # "420" or "444"; None: the encoder's default (4:2:0)
     chroma: str | None = option(None, "JPEG chroma subsampling of stored images and frames: 420 or 444 (default: "
                                 "the encoder's, 420)")
-    # "fit" (the default), "longer", "square" or "crop" (media/image.py `resize`)
+    # media/image.py `resize`
     resize_rule: str | None = option(None, "size rule for images and frames, with --max-side S: fit (shrink the "
                                      "longer side to S), longer (longer side exactly S), square (shorter side S, "
                                      "centre-cropped SxS) or crop (centre SxS at the picture's own scale; smaller "
                                      "ones enlarged) (default: fit; with --debias crop for images, square for video)")
-    # or "png": images and frames stored losslessly
     image_codec: str = option("jpeg", "jpeg, or png to store images and frames losslessly (both classes alike; every "
                               "file re-encoded)")
-    # audio: cut leading and trailing silence (media/audio.py `silence_bounds`)
+    # media/audio.py `silence_bounds`
     trim_silence: bool | None = option(None, "audio: cut leading and trailing silence (10 ms frames 40 dB below the "
                                        "loudest; 20 ms margin) (default: off; on with --debias)",
                                        flag="--trim-silence/--no-trim-silence")
-    # video: frames taken at this rate (media/video.py `rate_indices`); None: spread uniformly
+    # media/video.py `rate_indices`
     fps: float | None = option(None, "video: take --frames frames at this rate from the middle of each clip "
                                "(default: spread over the clip; 8 with --debias)")
-    # larger pictures and frames are rejected from their header (0: no limit)
     max_pixels: int = option(100_000_000, "pictures and video frames over this many pixels are rejected from their "
                              "header, before decoding (0: no limit)")
-    # longer audio and video are rejected from their header (0: no limit)
     max_seconds: float = option(3600.0, "audio and video longer than this are rejected from their header (0: no "
                                 "limit)")
