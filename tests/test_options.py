@@ -211,3 +211,12 @@ def test_every_model_name_is_built_and_listed_in_the_help():
     model_help = next(p.help for p in COMMANDS["train"].params if p.name == "model")
     for name in (*names.IMAGE_MODELS, *names.AUDIO_MODELS, *names.VIDEO_MODELS):
         assert re.search(rf"(?<![\w:]){name}(?!\w)", model_help), f"--model help does not list {name}"
+
+
+def test_the_names_and_the_configs_import_nothing_heavy():
+    import subprocess
+    import sys
+    code = ("import sys, pipeline.config, pipeline.names; "
+            "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'typer') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
