@@ -220,3 +220,13 @@ def test_the_names_and_the_configs_import_nothing_heavy():
             "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'typer') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["stats", "audit"])
+def test_options_as_for_dfp_shard_default_as_dfp_shard(command):
+    defaults = {f.name: f.default for f in dataclasses.fields(ShardParams)}
+    shared = [p for p in COMMANDS[command].params if p.name in defaults]
+    assert len(shared) >= 7
+    for p in shared:
+        assert p.default == defaults[p.name], f"dfp {command} --{p.name.replace('_', '-')} defaults to {p.default!r}, " \
+                                              f"dfp shard to {defaults[p.name]!r}"
