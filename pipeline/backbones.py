@@ -12,20 +12,12 @@ from __future__ import annotations
 import difflib
 
 from .errors import ModelError
+from .names import AUDIO_MODELS, DEFAULT_MODEL, IMAGE_MODELS, SSL_MODELS, VIDEO_MODELS  # noqa: F401
 
-IMAGE_MODELS = ("efficientnet_b0", "efficientnet_b4", "resnet18", "resnet50", "mobilenet_v3_large")
 # speech SSL front-ends: dfp name -> torchaudio.pipelines bundle (architecture, weights URL, sample rate)
-SSL_BUNDLES = {"wav2vec2_base": "WAV2VEC2_BASE", "wav2vec2_large": "WAV2VEC2_LARGE",
-               "wav2vec2_large_lv60k": "WAV2VEC2_LARGE_LV60K", "wav2vec2_xlsr53": "WAV2VEC2_XLSR53",
-               "wav2vec2_xlsr_300m": "WAV2VEC2_XLSR_300M", "wav2vec2_xlsr_1b": "WAV2VEC2_XLSR_1B",
-               "wav2vec2_xlsr_2b": "WAV2VEC2_XLSR_2B", "hubert_base": "HUBERT_BASE", "hubert_large": "HUBERT_LARGE",
-               "hubert_xlarge": "HUBERT_XLARGE", "wavlm_base": "WAVLM_BASE", "wavlm_base_plus": "WAVLM_BASE_PLUS",
-               "wavlm_large": "WAVLM_LARGE"}
+SSL_BUNDLES = {name: name.upper() for name in SSL_MODELS}
 SSL_SAMPLE_RATE = 16000  # every bundle above was pretrained on 16 kHz audio
-AUDIO_MODELS = ("audio_resnet18", *SSL_BUNDLES)
-VIDEO_MODELS = ("frame_pool", "r2plus1d_18")
 MODELS = {"image": IMAGE_MODELS, "audio": AUDIO_MODELS, "video": VIDEO_MODELS}
-DEFAULT_MODEL = {"image": "efficientnet_b0", "audio": "audio_resnet18", "video": "frame_pool"}
 TIMM = "timm:"
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")

@@ -4,45 +4,26 @@ Exit codes: 0 success, 1 a check failed, 2 bad input or arguments (one line, no 
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from . import validate as v
+from .config import (BATCH_HELP, CACHE_DIR_HELP, CACHE_LIMIT_HELP, DEVICE_HELP, MODEL_HELP, SHARDS_HELP, SIZE,
+                     SIZE_HELP, ShardParams, TrainConfig)
 from .errors import InputError, UsageError, exit_code
+from .names import BACKENDS, COMPRESSIONS, DATASETS, LOSSES, MODALITIES, SAMPLINGS, SPLITS
 
-MODALITIES = ("image", "audio", "video")
-BACKENDS = ("auto", "dali", "torch")
-SPLITS = ("train", "val", "test")
-SAMPLINGS = ("inverse", "sqrt", "natural")
-LOSSES = ("focal", "weighted_bce", "bce")
-# --dataset names (the keys of pipeline.datasets.MODULES, listed here so that --help imports nothing)
-DATASETS = ("folders", "table", "ff++", "celeb-df", "dfdc", "asvspoof2019", "asvspoof5", "in-the-wild",
-            "fakeavceleb", "deepfakebench")
 # Every backbone downsamples 32x: below 32 px its last feature map is padding around less than one cell,
 # so training runs without error and learns nothing.
 MIN_IMAGE_SIZE = 32
-# Help texts of options that several commands share, so that one concept reads the same everywhere.
-DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
-BATCH_HELP = "samples per batch"
-SIZE = "<size>"  # --image-size: the side of a square input in pixels (synth also takes WxH)
-SIZE_HELP = "images and video frames: the side in pixels of the square they are resized and cropped to"
-SHARDS_HELP = "shard folder from dfp shard, or its URL (s3://, gs://, http(s)://)"
-CACHE_DIR_HELP = ("SHARDS at a URL: fetch whole shards into this folder ahead of the plan, shared by the processes "
-                  "of one node (default: none, each sample is a ranged read)")
-CACHE_LIMIT_HELP = "most bytes --cache-dir may hold, e.g. 20G or 500M; the least recently used shards go first (default: 20G)"
 JSON_OUT_HELP = "also write the results to this JSON file (default: text only)"
-MODEL_HELP = ("image: efficientnet_b0, efficientnet_b4, resnet18, resnet50, mobilenet_v3_large; audio: audio_resnet18 "
-              "(log-mel), or on raw 16 kHz waveforms torchaudio's SSL front-ends wav2vec2_base, wav2vec2_large, "
-              "wav2vec2_large_lv60k, wav2vec2_xlsr53, wav2vec2_xlsr_300m, wav2vec2_xlsr_1b, wav2vec2_xlsr_2b, hubert_base, "
-              "hubert_large, hubert_xlarge, wavlm_base, wavlm_base_plus, wavlm_large with a learned weighted sum of their "
-              "layers; "
-              "video: frame_pool, r2plus1d_18; image: also timm:NAME, any timm model, e.g. timm:xception41, whose "
-              "input size, mean/std and interpolation it brings (default: per modality, efficientnet_b0, "
-              "audio_resnet18 or frame_pool)")
 CKPT_HELP = "a run's best_model.pth, or the run folder holding it"
 EVAL_BACKEND_HELP = "loader: auto (the checkpoint's), dali or torch"
 
@@ -72,6 +53,62 @@ def _echo_err(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
 
 
+# ---------------------------------------------------------------- options built from config.py's fields
+def _param(name: str, annotation, info) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+def _field_param(f: dataclasses.Field, hint) -> inspect.Parameter:
+    """The command-line parameter of one config field, as its metadata (config.option) declares it."""
+    m = f.metadata
+    default = ... if f.default is dataclasses.MISSING else f.default
+    if m["path"]:
+        hint = Optional[Path] if default is None else Path
+        default = Path(default) if isinstance(default, str) else default
+    decls = [m["flag"]] if m["flag"] else []
+    if m["negate"]:
+        return _param(m["negate"], bool, typer.Option(not default, *decls, help=m["help"]))
+    if m["argument"]:
+        return _param(f.name, hint, typer.Argument(default, metavar=m["metavar"], help=m["help"]))
+    return _param(f.name, hint, typer.Option(default, *decls, metavar=m["metavar"], help=m["help"]))
+
+
+def _config_params(cls, head=(), after: Optional[dict] = None, tail=()) -> list[inspect.Parameter]:
+    """`head`, one parameter per field of `cls` (each followed by the parameters `after` lists for it), `tail`."""
+    hints, after = typing.get_type_hints(cls), after or {}
+    fields = [p for f in dataclasses.fields(cls) for p in (_field_param(f, hints[f.name]), *after.get(f.name, ()))]
+    return [*head, *fields, *tail]
+
+
+def _takes(*params: inspect.Parameter):
+    """The command's parameters, as Typer reads them (inspect.signature): `params`, after a typer.Context
+    parameter where the function's first one is annotated so."""
+    def wrap(fn):
+        first = next(iter(inspect.signature(fn, eval_str=True).parameters.values()))
+        ctx = [first] if first.annotation is typer.Context else []
+        fn.__signature__ = inspect.Signature([*ctx, *params])
+        return fn
+    return wrap
+
+
+def _option_names(cls) -> dict[str, str]:
+    """The command-line parameter of each field of `cls`, by name: `quiet` for `progress`, else the field's own."""
+    return {f.metadata["negate"] or f.name: f.name for f in dataclasses.fields(cls)}
+
+
+def _config_from(cls, args: dict):
+    """`cls` from a command's parameter values (config.option metadata read back); the others are left out."""
+    values = {}
+    for name, field_name in _option_names(cls).items():
+        meta, value = cls.__dataclass_fields__[field_name].metadata, args[name]
+        if meta["negate"]:
+            value = not value
+        elif meta["path"] and value is not None:
+            value = str(value)
+        values[field_name] = value
+    return cls(**values)
+
+
 @app.command()
 def synth(out: Path = typer.Argument(..., metavar="OUT", help="output folder (OUT/real, OUT/fake)"),
           modality: str = typer.Option("image", help="image, audio or video"),
@@ -94,111 +131,73 @@ def synth(out: Path = typer.Argument(..., metavar="OUT", help="output folder (OU
     typer.echo(f"wrote {res['real']} real and {res['fake']} fake {modality} files to {out}")
 
 
+_SHARD_PARAMS = _config_params(
+    ShardParams,
+    head=[_param("input_dir", Path, typer.Argument(..., metavar="INPUT", help="folder with real/ and fake/ (or "
+                                                   "train|val|test/real|fake); with --merge, the first part folder")),
+          _param("out", Optional[str], typer.Argument(None, metavar="OUT", help="output shard folder, or an s3:// or "
+                                                      "gs:// URL (built in a temporary folder, then uploaded, the "
+                                                      "manifest last) (default: shards/data); with --part, this "
+                                                      "part's folder; with --merge, the second part folder")),
+          _param("more_parts", Optional[List[Path]], typer.Argument(None, metavar="PART_DIR", help="with --merge: the "
+                                                                    "further part folders (default: none)"))],
+    after={"seed": [_param("workers", Optional[int], typer.Option(None, help="decode processes (default: all "
+                                                                              "cores)"))]},
+    tail=[_param("part", Optional[str], typer.Option(None, metavar="K/N", help="pack on N machines: prepare this "
+                                                     "machine's share K (1 to N) of INPUT into OUT, a part folder, "
+                                                     "for --merge (default: pack all of INPUT here)")),
+          _param("merge", Optional[Path], typer.Option(None, metavar="OUT", help="write the shards into OUT from the N "
+                                                       "part folders given as arguments (dfp shard --merge OUT "
+                                                       "PART_DIR...; the options come from the parts), as one "
+                                                       "machine would have (default: no merge)")),
+          _param("quiet", bool, typer.Option(False, help="no progress bar"))])
+
+
 @app.command()
-def shard(input_dir: Path = typer.Argument(..., metavar="INPUT", help="folder with real/ and fake/ (or train|val|test/real|fake); "
-                                          "with --merge, the first part folder"),
-          out: Optional[str] = typer.Argument(None, metavar="OUT", help="output shard folder, or an s3:// or gs:// URL "
-                                              "(built in a temporary folder, then uploaded, the manifest last) "
-                                              "(default: shards/data); with --part, this part's folder; with "
-                                              "--merge, the second part folder"),
-          more_parts: Optional[List[Path]] = typer.Argument(None, metavar="PART_DIR", help="with --merge: the further "
-                                                            "part folders (default: none)"),
-          modality: str = typer.Option("auto", help="auto, image, audio or video"),
-          split: str = typer.Option("0.8,0.1,0.1", help="train,val,test fractions (ignored for pre-split input)"),
-          seed: int = typer.Option(0, help="seed for the split and per-class limits"),
-          workers: Optional[int] = typer.Option(None, help="decode processes (default: all cores)"),
-          max_count: int = typer.Option(5000, help="max samples per shard"),
-          max_size: int = typer.Option(1_000_000_000, help="max bytes per shard"),
-          max_samples_per_class: Optional[int] = typer.Option(None, help="keep at most N files per class (seeded; default: all)"),
-          class_map: Optional[str] = typer.Option(None, help="folder names to classes, e.g. 'original,real=real manipulated,fake=fake' (default: real, fake and their synonyms, see README)"),
-          group_depth: int = typer.Option(0, help="keep files under the same sub-folder (this many levels below the class folder) in one split"),
-          dataset: str = typer.Option("folders", help="how INPUT is laid out: " + ", ".join(DATASETS) + " (see README)"),
-          protocol: Optional[Path] = typer.Option(None, help="the dataset's label/split file or folder (default: at its usual place in INPUT)"),
-          val_fraction: float = typer.Option(0.1, help="share of train carved out as val where the input has no val split"),
-          ff_compression: str = typer.Option("c23", help="ff++ and deepfakebench: raw, c23 or c40"),
-          max_side: Optional[int] = typer.Option(None, help="longest image/frame side (default 512 images, 256 video); JPEGs within it keep their bytes"),
-          sample_rate: int = typer.Option(16000, help="audio: resample to this rate (mono FLAC)"),
-          frames: int = typer.Option(16, help="video: frames sampled uniformly per clip"),
-          check: str = typer.Option("decode", help="JPEGs kept as they are: 'decode' proves each decodes; 'structure' "
-                                    "only parses headers and the end marker (faster; damage inside the compressed "
-                                    "data is then caught by `dfp verify` or skipped by the loaders)"),
-          faces: bool = typer.Option(False, "--faces", help="images and video: store the largest face, aligned and "
-                                     "cropped square, instead of the whole picture (see README, Face crops)"),
-          face_margin: float = typer.Option(1.3, help="--faces: crop side as a multiple of the detected box"),
-          face_size: int = typer.Option(256, help="--faces: crop side in pixels"),
-          face_quality: int = typer.Option(95, help="--faces: JPEG quality of the crops (1-100)"),
-          debias: bool = typer.Option(False, "--debias", help="store both classes alike: --reencode --chroma 420 "
-                                      "--resize-rule crop (square for video) --trim-silence --fps 8 and, for images, "
-                                      "a --jpeg-quality no finer than the JPEG inputs' (their 5th-percentile "
-                                      "estimate, 50-95) unless given (see README)"),
-          reencode: Optional[bool] = typer.Option(None, "--reencode/--no-reencode", help="images: re-encode every "
-                                                  "file; no JPEG keeps its original bytes (default: off; on with --debias)"),
-          jpeg_quality: Optional[int] = typer.Option(None, help="JPEG quality of stored images and frames, 1-100 "
-                                                     "(default 95 images, 90 video frames; with --debias, images: "
-                                                     "the JPEG inputs' 5th-percentile estimate within 50-95)"),
-          chroma: Optional[str] = typer.Option(None, help="JPEG chroma subsampling of stored images and frames: 420 "
-                                               "or 444 (default: the encoder's, 420)"),
-          resize_rule: Optional[str] = typer.Option(None, help="size rule for images and frames, with --max-side S: "
-                                                    "fit (shrink the longer side to S), longer (longer side "
-                                                    "exactly S), square (shorter side S, centre-cropped SxS) or "
-                                                    "crop (centre SxS at the picture's own scale; smaller ones "
-                                                    "enlarged) (default: fit; with --debias crop for images, "
-                                                    "square for video)"),
-          image_codec: str = typer.Option("jpeg", help="jpeg, or png to store images and frames losslessly (both "
-                                          "classes alike; every file re-encoded)"),
-          trim_silence: Optional[bool] = typer.Option(None, "--trim-silence/--no-trim-silence", help="audio: cut "
-                                                      "leading and trailing silence (10 ms frames 40 dB below the "
-                                                      "loudest; 20 ms margin) (default: off; on with --debias)"),
-          fps: Optional[float] = typer.Option(None, help="video: take --frames frames at this rate from the middle "
-                                              "of each clip (default: spread over the clip; 8 with --debias)"),
-          max_pixels: int = typer.Option(100_000_000, help="pictures and video frames over this many pixels are rejected from their header, before decoding (0: no limit)"),
-          max_seconds: float = typer.Option(3600.0, help="audio and video longer than this are rejected from their header (0: no limit)"),
-          part: Optional[str] = typer.Option(None, metavar="K/N", help="pack on N machines: prepare this machine's "
-                                             "share K (1 to N) of INPUT into OUT, a part folder, for --merge "
-                                             "(default: pack all of INPUT here)"),
-          merge: Optional[Path] = typer.Option(None, metavar="OUT", help="write the shards into OUT from the N part "
-                                               "folders given as arguments (dfp shard --merge OUT PART_DIR...; "
-                                               "the options come from the parts), as one machine would have "
-                                               "(default: no merge)"),
-          quiet: bool = typer.Option(False, help="no progress bar")):
+@_takes(*_SHARD_PARAMS)
+def shard(**a) -> None:
     """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
-    if merge is not None:
-        return _merge_parts(merge, [input_dir, *([Path(out)] if out else []), *(more_parts or [])], part, quiet)
-    if more_parts:
-        raise UsageError(f"unexpected argument {more_parts[0]}: dfp shard takes INPUT and OUT "
+    if a["merge"] is not None:
+        parts = [a["input_dir"], *([Path(a["out"])] if a["out"] else []), *(a["more_parts"] or [])]
+        return _merge_parts(a["merge"], parts, a["part"], a["quiet"])
+    if a["more_parts"]:
+        raise UsageError(f"unexpected argument {a['more_parts'][0]}: dfp shard takes INPUT and OUT "
                          "(part folders only with --merge OUT)")
-    out = out or "shards/data"
+    out = a["out"] or "shards/data"
+    _check_shard(a, out)
+    _pack(a["input_dir"], out, _config_from(ShardParams, a), a["part"], a["workers"], progress=not a["quiet"])
+
+
+def _check_shard(a: dict, out: str) -> None:
+    """a: dfp shard's parameters; out: OUT or its default."""
     from .storage import is_url
-    if part is not None and is_url(out):
+    if a["part"] is not None and is_url(out):
         raise UsageError(f"--part writes a part folder for --merge on local or shared disk; give a folder, not {out}")
-    _check_shard_args(input_dir, out, modality, split, class_map, check)
-    _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
-    _check_face_args(faces, modality, face_margin, face_size, face_quality)
-    _check_storage_args(faces, jpeg_quality, chroma, resize_rule, image_codec, fps)
-    v.minimum(1, max_count=max_count, max_size=max_size, frames=frames, sample_rate=sample_rate, workers=workers,
-              max_samples_per_class=max_samples_per_class)
-    v.minimum(0, seed=seed, group_depth=group_depth)
-    v.minimum(16, max_side=max_side)
-    v.minimum(0, max_pixels=max_pixels, max_seconds=max_seconds)
-    from .shards import ShardParams, build_shards, format_summary
-    params = ShardParams(modality=modality, split=split, seed=seed, max_count=max_count, max_size=max_size,
-                         max_samples_per_class=max_samples_per_class, class_map=class_map, group_depth=group_depth,
-                         max_side=max_side, sample_rate=sample_rate, frames=frames, check=check,
-                         dataset=dataset, protocol=str(protocol) if protocol else None, val_fraction=val_fraction,
-                         ff_compression=ff_compression, faces=faces, face_margin=face_margin, face_size=face_size,
-                         face_quality=face_quality, debias=debias, reencode=reencode, jpeg_quality=jpeg_quality,
-                         chroma=chroma, resize_rule=resize_rule, image_codec=image_codec, trim_silence=trim_silence,
-                         fps=fps, max_pixels=max_pixels, max_seconds=max_seconds)
+    _check_shard_args(a["input_dir"], out, a["modality"], a["split"], a["class_map"], a["check"])
+    _check_dataset_args(a["dataset"], a["protocol"], a["val_fraction"], a["ff_compression"])
+    _check_face_args(a["faces"], a["modality"], a["face_margin"], a["face_size"], a["face_quality"])
+    _check_storage_args(a["faces"], a["jpeg_quality"], a["chroma"], a["resize_rule"], a["image_codec"], a["fps"])
+    v.minimum(1, **_pick(a, "max_count", "max_size", "frames", "sample_rate", "workers", "max_samples_per_class"))
+    v.minimum(0, **_pick(a, "seed", "group_depth"))
+    v.minimum(16, max_side=a["max_side"])
+    v.minimum(0, **_pick(a, "max_pixels", "max_seconds"))
+
+
+def _pack(input_dir: Path, out: str, params: ShardParams, part: Optional[str], workers: Optional[int],
+          progress: bool) -> None:
+    """One machine's share (--part K/N) or the whole of INPUT, into a folder or to a URL."""
+    from .storage import is_url
     if part is not None:
         from .parts import format_part_summary, pack_part, parse_part
-        k_of_n = parse_part(part)
-        typer.echo(format_part_summary(pack_part(input_dir, out, params, k_of_n, workers=workers, progress=not quiet)))
+        typer.echo(format_part_summary(pack_part(input_dir, out, params, parse_part(part), workers=workers,
+                                                 progress=progress)))
         return
+    from .shards import build_shards, format_summary
     if is_url(out):
         from .upload import build_and_upload
-        summary = build_and_upload(input_dir, out, params, workers=workers, progress=not quiet)
+        summary = build_and_upload(input_dir, out, params, workers=workers, progress=progress)
     else:
-        summary = build_shards(input_dir, out, params, workers=workers, progress=not quiet)
+        summary = build_shards(input_dir, out, params, workers=workers, progress=progress)
     typer.echo(format_summary(summary))
     typer.echo(f"shards: {out}")
 
@@ -246,7 +245,7 @@ def _check_dataset_args(dataset: str, protocol: Optional[Path], val_fraction: fl
     v.existing("--protocol", protocol)
     if not 0 <= val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    v.choice("ff_compression", ff_compression, ("raw", "c23", "c40"))
+    v.choice("ff_compression", ff_compression, COMPRESSIONS)
 
 
 def _check_face_args(faces: bool, modality: str, margin: float, size: int, quality: int) -> None:
@@ -331,7 +330,6 @@ def stats(path: str = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sha
         parse_split(split)
     except InputError as e:
         raise UsageError(str(e)) from None
-    from .shards import ShardParams
     from .stats import dataset_stats, format_stats, json_safe
     st = dataset_stats(path, params=ShardParams(class_map=class_map, dataset=dataset, split=split,
                                                 protocol=str(protocol) if protocol else None,
@@ -383,31 +381,8 @@ def audit(path: str = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sha
     """Shortcut audit: properties that should not carry the label (format, JPEG quality, size, silence, sample
     rate, codec, ...), one AUC each real vs fake, and a grouped cross-validated classifier over all of them.
     Reads only: nothing is written into the audited folder."""
-    remote = _shards_or_input(path)
-    for label, out in (("--json", json_out), ("--plot", plot)):
-        v.output(label, out, "file")
-        if out is not None and not remote and Path(path).resolve() in out.resolve().parents:
-            raise UsageError(f"{label} {out}: inside the audited folder {path}; dfp audit writes nothing there, "
-                             "give a path outside it")
-    _check_dataset_args(dataset, protocol, 0.1, ff_compression)
-    v.choice("modality", modality, ("auto", *MODALITIES))
-    v.minimum(1, max_per_class=max_per_class, workers=workers)
-    v.minimum(0, seed=seed, group_depth=group_depth)
-    if not 0.5 <= flag_at <= 1:
-        raise UsageError(f"--flag-at must be in [0.5, 1], got {flag_at}")
-    if augmentation:
-        v.shards(path)
-        v.choice("backend", backend, BACKENDS)
-        v.device(device)
-        v.minimum(1, batches=batches, batch_size=batch_size)
-        v.minimum(MIN_IMAGE_SIZE, image_size=image_size)
-    try:
-        from .sources import parse_class_map
-        parse_class_map(class_map)
-    except InputError as e:
-        raise UsageError(str(e)) from None
-    from .audit import format_audit, plot_aucs, run_audit
-    from .shards import ShardParams
+    _check_audit(locals())
+    from .audit import format_audit, run_audit
     params = ShardParams(class_map=class_map, dataset=dataset, protocol=str(protocol) if protocol else None,
                          modality=modality, group_depth=group_depth, ff_compression=ff_compression, seed=seed)
     result = run_audit(path, params, max_per_class=max_per_class, flag_at=flag_at, seed=seed, progress=not quiet,
@@ -415,24 +390,63 @@ def audit(path: str = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sha
     if augmentation:
         from .audit import augmentation_report
         result["augmentation"] = augmentation_report(path, backend, device, batches, batch_size, image_size, seed)
+    _write_audit(result, json_out, plot)
+    typer.echo(format_audit(result))
+
+
+def _check_audit(a: dict) -> None:
+    """a: the audit command's parameters."""
+    remote = _shards_or_input(a["path"])
+    for label, out in (("--json", a["json_out"]), ("--plot", a["plot"])):
+        v.output(label, out, "file")
+        if out is not None and not remote and Path(a["path"]).resolve() in out.resolve().parents:
+            raise UsageError(f"{label} {out}: inside the audited folder {a['path']}; dfp audit writes nothing there, "
+                             "give a path outside it")
+    _check_dataset_args(a["dataset"], a["protocol"], 0.1, a["ff_compression"])
+    v.choice("modality", a["modality"], ("auto", *MODALITIES))
+    v.minimum(1, **_pick(a, "max_per_class", "workers"))
+    v.minimum(0, **_pick(a, "seed", "group_depth"))
+    if not 0.5 <= a["flag_at"] <= 1:
+        raise UsageError(f"--flag-at must be in [0.5, 1], got {a['flag_at']}")
+    if a["augmentation"]:
+        v.shards(a["path"])
+        v.choice("backend", a["backend"], BACKENDS)
+        v.device(a["device"])
+        v.minimum(1, **_pick(a, "batches", "batch_size"))
+        v.minimum(MIN_IMAGE_SIZE, image_size=a["image_size"])
+    try:
+        from .sources import parse_class_map
+        parse_class_map(a["class_map"])
+    except InputError as e:
+        raise UsageError(str(e)) from None
+
+
+def _write_audit(result: dict, json_out: Optional[Path], plot: Optional[Path]) -> None:
     from .atomic import write_bytes, write_json
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json(json_out, result)
     if plot:
+        from .audit import plot_aucs
         plot.parent.mkdir(parents=True, exist_ok=True)
         write_bytes(plot, plot_aucs(result))
-    typer.echo(format_audit(result))
 
 
-# cli options whose TrainConfig field has another name
-_TRAIN_FIELD = {"no_amp": "amp", "quiet": "progress", "no_report": "report"}
+# dfp train's options that are not TrainConfig fields, by the field each follows in --help
+_TRAIN_PARAMS = _config_params(TrainConfig, after={
+    "amp": [_param("no_amp", bool, typer.Option(False, "--no-amp", help="fp32 everywhere (same as --amp off)"))],
+    "resume": [_param("overwrite", bool, typer.Option(False, "--overwrite", help="--out holds a run: move it aside to "
+                                                      "OUT.old-TIME (printed) and start a new one there (default: "
+                                                      "refuse)"))]})
+# the field a non-field option sets
+_TRAIN_FIELD = {"no_amp": "amp"}
 
 
 def _given(ctx: typer.Context) -> set[str]:
     """The TrainConfig fields the user set on the command line (a resumed run applies or refuses exactly these)."""
     sources = {n: getattr(ctx.get_parameter_source(n), "name", "") for n in ctx.params}
-    return {_TRAIN_FIELD.get(n, n) for n, src in sources.items() if src in ("COMMANDLINE", "ENVIRONMENT")}
+    fields = _option_names(TrainConfig) | _TRAIN_FIELD
+    return {fields.get(n, n) for n, src in sources.items() if src in ("COMMANDLINE", "ENVIRONMENT")}
 
 
 def _pick(args: dict, *names: str) -> dict:
@@ -440,13 +454,14 @@ def _pick(args: dict, *names: str) -> dict:
 
 
 def _check_train(a: dict) -> None:
-    """a: the train command's locals() before its first statement, i.e. exactly its parameters.
+    """a: the train command's parameters.
 
     Cheap checks come first; torch is imported (for the device and the model names) only once they pass."""
     v.minimum(1, **_pick(a, "epochs", "batch_size", "epoch_len", "max_samples_per_class"))
-    v.minimum(0, **_pick(a, "seed", "workers", "patience", "save_every", "weight_decay", "focal_gamma"))
+    v.minimum(0, **_pick(a, "seed", "workers", "patience", "save_every", "weight_decay", "focal_gamma",
+                         "warmup_epochs"))
     v.minimum(MIN_IMAGE_SIZE, image_size=a["image_size"])
-    v.positive(**_pick(a, "lr", "audio_seconds"))
+    v.positive(**_pick(a, "lr", "audio_seconds", "clip"))
     for name, choices in (("backend", BACKENDS), ("strategy", ("auto", "manual")), ("loss", LOSSES),
                           ("amp", ("auto", "bf16", "fp16", "off")), ("sampling", SAMPLINGS)):
         v.choice(name, a[name], choices)
@@ -467,66 +482,14 @@ def _check_train(a: dict) -> None:
 
 
 @app.command()
-def train(ctx: typer.Context, shards: str = typer.Argument(..., metavar="SHARDS", help=SHARDS_HELP),
-          out: Path = typer.Option(Path("runs/exp"), help="run directory"),
-          device: str = typer.Option("auto", help=DEVICE_HELP),
-          backend: str = typer.Option("auto", help="loader backend: auto (dali if installed), dali or torch"),
-          epochs: int = typer.Option(10, help="passes over the train split (see --epoch-len)"),
-          batch_size: int = typer.Option(32, help=BATCH_HELP + " (per process under torchrun)"),
-          lr: float = typer.Option(3e-4, help="AdamW peak learning rate (the CPU recipe, see --model, uses 1e-3)"),
-          weight_decay: float = typer.Option(1e-4, help="AdamW weight decay"),
-          seed: int = typer.Option(0, help="seed for initialisation, sampling and augmentation"),
-          model: Optional[str] = typer.Option(None, help=MODEL_HELP + ". On a CPU without --model and --image-size, image and video runs use the CPU recipe: resnet18 (video: frame_pool over resnet18) at 64 px, lr 1e-3"),
-          frame_backbone: str = typer.Option("efficientnet_b0", help="video frame_pool: the per-frame 2D backbone, an image model or timm:NAME"),
-          pretrained: bool = typer.Option(False, help="start from the library's pretrained weights: torchvision's ImageNet ones, for timm:NAME the tag's through timm's hub, for the SSL audio models torchaudio's bundle (needs network or a cached download: the torch hub or Hugging Face cache)"),
-          weights: Optional[Path] = typer.Option(None, help="start from a local file: a dfp checkpoint or state dict, or the network's own state dict in its library's key layout (.safetensors, .pth or .bin; its classifier is left out); SSL audio models also take a Hugging Face checkpoint (folder, or file with config.json beside it) or a fairseq .pt (default: none)"),
-          freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="train the head only: the backbone stays as loaded, in eval mode, without gradients (a linear probe; default: everything trains)"),
-          unfreeze_last: int = typer.Option(0, help="fine-tune only the backbone's last N blocks (stages or transformer blocks, per architecture: see README) and what follows them; the rest is frozen (0: off)"),
-          cache_embeddings: bool = typer.Option(False, "--cache-embeddings", help="with --freeze-backbone: embed every train/val/test sample once into RUN/embeddings and train the head on them every epoch (default: off)"),
-          cache_views: int = typer.Option(0, help="--cache-embeddings: cache K augmented views of each train sample instead of one un-augmented one (0: one, no augmentation)"),
-          strategy: str = typer.Option("auto", help="auto: the imbalance ratio chooses loss, sampling, minority augmentation and SMOTE, except those you set (a set flag always applies); manual: the flags and their defaults"),
-          loss: str = typer.Option("focal", help="focal, weighted_bce or bce (unset: auto picks focal)"),
-          focal_alpha: str = typer.Option("0.25", help="weight of the fake class in focal loss, or 'auto' (= real share)"),
-          focal_gamma: float = typer.Option(2.0, help="focal loss: how much easy samples are down-weighted (0: none)"),
-          sampling: str = typer.Option("inverse", help="inverse, sqrt or natural (unset: auto picks from the imbalance)"),
-          class_weights: Optional[str] = typer.Option(None, help="per-sample class weights instead of --sampling, e.g. real=1,fake=3 (default: none)"),
-          minority_augment: bool = typer.Option(True, "--minority-augment/--no-minority-augment", help="the strong augmentation recipe for half of all training samples, both classes alike, so the minority's repeats get varied views (unset: auto, on unless the imbalance is mild)"),
-          smote: bool = typer.Option(False, "--smote/--no-smote", help="refit the head on SMOTE-balanced embeddings (unset: auto, on for severe imbalance)"),
-          amp: str = typer.Option("auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or off"),
-          no_amp: bool = typer.Option(False, "--no-amp", help="fp32 everywhere (same as --amp off)"),
-          compile: bool = typer.Option(False, "--compile", help="torch.compile the model"),
-          workers: int = typer.Option(2, help="loader worker processes (torch backend)"),
-          image_size: int = typer.Option(224, metavar=SIZE, help=SIZE_HELP + " (the CPU recipe, see --model, uses 64)"),
-          audio_seconds: float = typer.Option(4.0, help="audio: clip length in seconds"),
-          max_samples_per_class: Optional[int] = typer.Option(None, help="use at most N samples per class of each split (seeded; default: all)"), epoch_len: Optional[int] = typer.Option(None, help="samples drawn per epoch (default: train split size)"),
-          patience: int = typer.Option(5, help="early stopping: epochs without val F1 improvement (0: off)"),
-          threshold_method: str = typer.Option("f1", help="f1, youden, eer, precision:P or recall:R"),
-          resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its last.pth (default: a new run)"),
-          overwrite: bool = typer.Option(False, "--overwrite", help="--out holds a run: move it aside to "
-                                         "OUT.old-TIME (printed) and start a new one there (default: refuse)"),
-          save_every: int = typer.Option(0, help="also write last.pth every N steps, for mid-epoch resume (0: epoch ends only)"),
-          tensorboard: bool = typer.Option(False, "--tensorboard", help="also log each epoch's losses, val F1 and speed to RUN/tb for TensorBoard"),
-          no_report: bool = typer.Option(False, "--no-report", help="skip plots and report.html"),
-          cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
-          cache_limit: str = typer.Option("20G", metavar="BYTES", help=CACHE_LIMIT_HELP),
-          quiet: bool = typer.Option(False, help="no progress bars")):
+@_takes(*_TRAIN_PARAMS)
+def train(ctx: typer.Context, **a) -> None:
     """Train a real/fake detector and write the run directory (works under torchrun)."""
-    _check_train(locals())
-    if no_amp:
-        amp = "off"
-    from .train import TrainConfig, run_training
-    cfg = TrainConfig(shards=str(shards), out=str(out), backend=backend, device=device, epochs=epochs,
-                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, model=model,
-                      frame_backbone=frame_backbone, pretrained=pretrained, weights=str(weights) if weights else None,
-                      freeze_backbone=freeze_backbone, unfreeze_last=unfreeze_last,
-                      cache_embeddings=cache_embeddings, cache_views=cache_views, strategy=strategy, loss=loss, focal_alpha=focal_alpha, focal_gamma=focal_gamma, sampling=sampling,
-                      class_weights=class_weights, minority_augment=minority_augment, smote=smote, amp=amp,
-                      compile=compile, workers=workers, image_size=image_size, audio_seconds=audio_seconds,
-                      max_samples_per_class=max_samples_per_class, epoch_len=epoch_len, patience=patience,
-                      threshold_method=threshold_method, resume=str(resume) if resume else None, save_every=save_every,
-                      tensorboard=tensorboard, progress=not quiet, report=not no_report,
-                      cache_dir=str(cache_dir) if cache_dir else None, cache_limit=cache_limit)
-    run_training(cfg, given=_given(ctx), overwrite=overwrite)
+    _check_train(a)
+    if a["no_amp"]:
+        a["amp"] = "off"
+    from .train import run_training
+    run_training(_config_from(TrainConfig, a), given=_given(ctx), overwrite=a["overwrite"])
 
 
 def _use_cache(cache_dir: Optional[Path], cache_limit: str) -> None:

@@ -21,8 +21,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from .formats import CLASSES
-
-LOSSES = ("focal", "weighted_bce", "bce")
+from .names import LOSSES
 
 
 def _counts(counts: Sequence[int] | Mapping[str, int]) -> tuple[int, int]:

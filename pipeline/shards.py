@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, atomic, lock
+from .config import ShardParams
 from .errors import InputError
 from .lock import LOCK_FILE
 from .formats import (CLASSES, FORMAT, MANIFEST, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
@@ -34,41 +35,6 @@ from .splits import empty_class_warnings, resolve_splits
 BUILD_DIR = ".building"
 SPILL_DIR = "faces"  # under BUILD_DIR: --faces crops between the face step and the split
 DEFAULT_MAX_SIDE = {"image": 512, "video": 256, "audio": 0}
-
-
-@dataclass
-class ShardParams:
-    modality: str = "auto"
-    split: str = "0.8,0.1,0.1"
-    seed: int = 0
-    max_count: int = 5000
-    max_size: int = 1_000_000_000
-    max_samples_per_class: int | None = None
-    class_map: str | None = None
-    group_depth: int = 0
-    dataset: str = "folders"
-    protocol: str | None = None
-    val_fraction: float = 0.1  # carved out of train where the input has no val split
-    ff_compression: str = "c23"
-    max_side: int | None = None  # None: per-modality default
-    sample_rate: int = 16000
-    frames: int = 16
-    check: str = "decode"  # kept JPEGs: "decode" (prove they decode) or "structure" (headers + end marker)
-    faces: bool = False  # face crops instead of whole images and frames (media/faces.py)
-    face_margin: float = 1.3
-    face_size: int = 256
-    face_quality: int = 95
-    # Storage controls (README, Removing storage shortcuts); None: off, or on with --debias (DEBIAS below)
-    debias: bool = False
-    reencode: bool | None = None  # images: every file re-encoded, none keeps its original JPEG bytes
-    jpeg_quality: int | None = None  # None: 95 for images, 90 for video frames
-    chroma: str | None = None  # "420" or "444"; None: the encoder's default (4:2:0)
-    resize_rule: str | None = None  # "fit" (the default), "longer", "square" or "crop" (media/image.py `resize`)
-    image_codec: str = "jpeg"  # or "png": images and frames stored losslessly
-    trim_silence: bool | None = None  # audio: cut leading and trailing silence (media/audio.py `silence_bounds`)
-    fps: float | None = None  # video: frames taken at this rate (media/video.py `rate_indices`); None: spread uniformly
-    max_pixels: int = 100_000_000  # larger pictures and frames are rejected from their header (0: no limit)
-    max_seconds: float = 3600.0  # longer audio and video are rejected from their header (0: no limit)
 
 
 # --debias: what each storage control left unset becomes (video frames: "square"); OFF is the old packing

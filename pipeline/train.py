@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import atomic, checkpoint
+from .config import TrainConfig
 from .engine import (Dist, all_gather_objects, amp_setup, gather_predictions, init_distributed, predict,
                      reduce_sum, train_one_epoch, weights_checksum)
 from .errors import InputError, TrainingError
@@ -32,53 +33,6 @@ from .stats import RECOMMENDED, imbalance_ratio, severity
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_f1", "val_auc", "lr", "samples_per_s",
                   "val_f1_tuned", "data_wait", "nonfinite_steps", "skipped_samples", "rescued_batches"]
-
-
-@dataclass
-class TrainConfig:
-    shards: str
-    out: str = "runs/exp"
-    backend: str = "auto"  # auto: dali when it imports, else torch
-    device: str = "auto"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    clip: float = 1.0
-    seed: int = 0
-    max_samples_per_class: int | None = None
-    epoch_len: int | None = None
-    patience: int = 5
-    model: str | None = None  # default per modality
-    frame_backbone: str = "efficientnet_b0"
-    pretrained: bool = False
-    weights: str | None = None
-    freeze_backbone: bool = False  # train the head only (pipeline/freeze.py)
-    unfreeze_last: int = 0  # with a frozen backbone, fine-tune its last N blocks (0: none)
-    cache_embeddings: bool = False  # frozen backbone: embed every sample once (pipeline/embcache.py)
-    cache_views: int = 0  # augmented train views in the cache (0: one view, no augmentation)
-    strategy: str = "auto"  # auto | manual
-    loss: str = "focal"
-    focal_alpha: str = "0.25"
-    focal_gamma: float = 2.0
-    sampling: str = "inverse"
-    class_weights: str | None = None
-    minority_augment: bool = True
-    smote: bool = False
-    amp: str = "auto"
-    compile: bool = False
-    workers: int = 2
-    image_size: int = 224
-    audio_seconds: float = 4.0
-    threshold_method: str = "f1"
-    resume: str | None = None
-    save_every: int = 0  # also write last.pth every N training steps (0: at epoch ends only)
-    tensorboard: bool = False
-    progress: bool = True
-    report: bool = True
-    cache_dir: str | None = None  # SHARDS at a URL: whole shards cached in this folder (else ranged reads)
-    cache_limit: str = "20G"
 
 
 # ---------------------------------------------------------------- strategy

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..formats import is_utf8_name, source_text
+from ..names import COMPRESSIONS, DATASETS  # noqa: F401
 from ..sources import DEFAULT_CLASS_MAP, Discovery, select, walk_input
 
 # --dataset name -> module
 MODULES = {"folders": "folders", "table": "table", "ff++": "ffpp", "celeb-df": "celebdf", "dfdc": "dfdc",
            "asvspoof2019": "asvspoof2019", "asvspoof5": "asvspoof5", "in-the-wild": "inthewild",
            "fakeavceleb": "fakeavceleb", "deepfakebench": "deepfakebench"}
-NAMES = tuple(MODULES)
-COMPRESSIONS = ("raw", "c23", "c40")
+NAMES = DATASETS  # the keys of MODULES, in the order --help lists them
 
 
 @dataclass

@@ -20,13 +20,13 @@ from ..augment import (AUDIO, MEAN, STD, STRONG_SHARE, AudioFeatures, normalize_
                        torch_log_mel)
 from ..errors import FormatError, InputError, warn
 from ..formats import CLASSES, read_manifest
+from ..names import LOADER_BACKENDS as BACKENDS
 from ..predictions import SampleMeta
 from ..sampling import EpochSampler, eval_indices, rank_slice
 from ..stats import minority_class
 from .decode import LoaderConfig
 from .index import ShardIndex
 
-BACKENDS = ("torch", "dali")
 AUDIO_INPUTS = ("logmel", "waveform")
 
 
