@@ -18,7 +18,7 @@ from .loaders import make_loader, resolve_device
 from .loaders.memory import MemoryIndex
 from .media import MediaError, encoding, prepare
 from .shards import storage_controls
-from .sources import EXTENSIONS, walk_files
+from .datasets.sources import EXTENSIONS, walk_files
 
 CHUNK = 256  # files prepared and held in memory at once
 

@@ -21,7 +21,7 @@ from . import atomic
 from .calibration import Calibration
 from .dcf import DEFAULT_COSTS, CostModel
 from .errors import InputError
-from .sources import DEFAULT_CLASS_MAP
+from .datasets.sources import DEFAULT_CLASS_MAP
 from .thresholds import DEFAULT_THRESHOLD
 
 LABELS = DEFAULT_CLASS_MAP

@@ -28,7 +28,8 @@ from .formats import (CLASSES, FORMAT, MANIFEST, REJECTS, SPLITS, encode_sample,
 from .tarwriter import ShardWriter
 from .media import MediaError, prepare
 from .sampling import limit_per_class
-from .sources import Candidate, parse_class_map, parse_split
+from .datasets import DatasetOptions, discover
+from .datasets.sources import Candidate, parse_class_map, parse_split
 from .splits import empty_class_warnings, resolve_splits
 
 BUILD_DIR = ".building"
@@ -251,7 +252,7 @@ def _plan(inp: Path, params: ShardParams) -> _Plan:
     """What will be packed, in shard order (split, class, source), and what is rejected before packing
     (`dfp stats INPUT` previews this). With --faces the split waits for the face step (`_pack`)."""
     fractions = parse_split(params.split)
-    disc = discover_input(inp, params)
+    disc = discover(params.dataset, inp, params.modality, _dataset_options(params))
     modality = disc.modality
     media_params = {"max_side": params.max_side or DEFAULT_MAX_SIDE[modality], "sample_rate": params.sample_rate,
                     "frames": params.frames, "check": params.check, "faces": _face_settings(params, modality),
@@ -465,13 +466,11 @@ def _image_ext(media_params: dict) -> str:
     return encoding(media_params, "image").ext
 
 
-def discover_input(inp: Path, params: ShardParams):
-    """Candidates and rejects of INPUT read as `params.dataset`."""
-    from .datasets import DatasetOptions, discover_dataset
-    opts = DatasetOptions(protocol=Path(params.protocol) if params.protocol else None,
+def _dataset_options(params: ShardParams) -> DatasetOptions:
+    """How `params.dataset`'s layout reads INPUT, from the shard parameters."""
+    return DatasetOptions(protocol=Path(params.protocol) if params.protocol else None,
                           class_map=parse_class_map(params.class_map), group_depth=params.group_depth,
                           compression=params.ff_compression)
-    return discover_dataset(params.dataset, inp, params.modality, opts)
 
 
 def _labels(c: Candidate) -> dict:
