@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, atomic, lock
-from .errors import InputError
+from .errors import InputError, MediaError
 from .lock import LOCK_FILE
 from .formats import (CLASSES, FORMAT, MANIFEST, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
                       read_manifest, read_shard, sample_key, write_manifest)
 from .tarwriter import ShardWriter
-from .media import MediaError, prepare
+from .media import prepare
 from .sampling import limit_per_class
 from .datasets import DatasetOptions, discover
 from .datasets.sources import Candidate, parse_class_map, parse_split

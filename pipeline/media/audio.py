@@ -8,7 +8,7 @@ from math import gcd
 import numpy as np
 import soundfile as sf
 
-from . import MediaError
+from ..errors import MediaError
 from .video import DEFAULT_MAX_SECONDS
 
 
