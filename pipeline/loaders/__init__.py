@@ -21,7 +21,7 @@ from ..augment import (AUDIO, MEAN, STD, STRONG_SHARE, AudioFeatures, normalize_
                        torch_log_mel)
 from ..errors import FormatError, InputError
 from ..formats import CLASSES, read_manifest
-from ..predictions import SampleMeta
+from ..formats import SampleMeta
 from ..sampling import EpochSampler, eval_indices, rank_slice
 from .decode import LoaderConfig
 from .index import ShardIndex
