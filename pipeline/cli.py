@@ -288,7 +288,7 @@ def verify(shards: str = typer.Argument(..., metavar="SHARDS", help=SHARDS_HELP)
         problems, seen = verify_url(shards, progress=not quiet)
     else:
         v.existing("SHARDS", Path(shards), "dir")
-        from .shards import verify_shards
+        from .verify import verify_shards
         problems, seen = verify_shards(shards, progress=not quiet)
     if problems:
         typer.echo(f"FAILED: {len(problems)} problem(s) in {shards}", err=True)

@@ -19,7 +19,8 @@ from pipeline.loaders import LoaderOptions, make_loader
 from pipeline.errors import MediaError
 from pipeline.media import prepare
 from pipeline.media.image import jpeg_check
-from pipeline.shards import ShardParams, build_shards, verify_shards
+from pipeline.shards import ShardParams, build_shards
+from pipeline.verify import verify_shards
 
 REPO = Path(__file__).resolve().parents[1]
 

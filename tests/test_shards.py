@@ -12,7 +12,8 @@ from PIL import Image
 from factory import audio_tree, corrupt_images, image_tree, unusual_images, video_tree, write_jpeg, smooth_image
 from pipeline.errors import InputError
 from pipeline.formats import read_index, read_manifest, tar_samples
-from pipeline.shards import ShardParams, build_shards, verify_shards
+from pipeline.shards import ShardParams, build_shards
+from pipeline.verify import verify_shards
 
 
 
