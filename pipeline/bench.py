@@ -29,7 +29,7 @@ def machine() -> dict:
 
 
 def _files(root: Path) -> list[Path]:
-    from .sources import walk_files
+    from .datasets.sources import walk_files
     return [root / f.rel for f in walk_files(root)[0]]
 
 
@@ -149,8 +149,8 @@ def _seed_files(input_dir: Path, split: str) -> tuple[list[Path], list[int]]:
     """The images of one raw INPUT and their classes, read as `dfp shard` reads it (real/fake, train/real or the
     seed's train_real/test_fake); where INPUT names splits, only `split`'s files."""
     from .errors import InputError
-    from .sources import discover
-    found = discover(input_dir, "image").candidates
+    from .datasets import discover
+    found = discover("folders", input_dir, "image").candidates
     if any(c.split for c in found):
         found = [c for c in found if c.split == split]
         if not found:

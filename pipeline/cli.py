@@ -226,7 +226,7 @@ def _merge_parts(out: Path, part_dirs: List[Path], part: Optional[str], quiet: b
 
 def _check_shard_args(input_dir: Path, out: str, modality: str, split: str, class_map: Optional[str], check: str) -> None:
     from .media.image import CHECKS
-    from .sources import parse_class_map, parse_split
+    from .datasets.sources import parse_class_map, parse_split
     from .storage import is_url
     v.existing("INPUT", input_dir, "dir")
     if not is_url(out):
@@ -287,7 +287,7 @@ def verify(shards: str = typer.Argument(..., metavar="SHARDS", help=SHARDS_HELP)
         problems, seen = verify_url(shards, progress=not quiet)
     else:
         v.existing("SHARDS", Path(shards), "dir")
-        from .shards import verify_shards
+        from .verify import verify_shards
         problems, seen = verify_shards(shards, progress=not quiet)
     if problems:
         typer.echo(f"FAILED: {len(problems)} problem(s) in {shards}", err=True)
@@ -318,7 +318,7 @@ def stats(path: str = typer.Argument(..., metavar="SHARDS_OR_INPUT", help="a sha
 
     On a raw INPUT: what `dfp shard` with the same options would pack, before packing (files that fail to
     decode, and faceless files with --faces, are found only by packing)."""
-    from .sources import parse_class_map, parse_split
+    from .datasets.sources import parse_class_map, parse_split
     _shards_or_input(path)
     v.output("--plot", plot, "file")
     _check_dataset_args(dataset, protocol, val_fraction, ff_compression)
@@ -415,7 +415,7 @@ def _check_audit(a: dict) -> None:
         v.minimum(1, **_pick(a, "batches", "batch_size"))
         v.minimum(MIN_IMAGE_SIZE, image_size=a["image_size"])
     try:
-        from .sources import parse_class_map
+        from .datasets.sources import parse_class_map
         parse_class_map(a["class_map"])
     except InputError as e:
         raise UsageError(str(e)) from None

@@ -36,6 +36,11 @@ class LoaderError(RuntimeError):
     """DALI failed on a batch in which every sample decodes on its own: a pipeline fault, not bad data; exit 1."""
 
 
+class MediaError(Exception):
+    """One input file cannot be packed or scored; str(e) is its reason in rejects.jsonl or `dfp predict`'s error
+    column. No exit code: it names one file among many, and the run goes on without that file."""
+
+
 BAD_INPUT = (UsageError, InputError, FormatError, ModelError, CheckpointError)
 CHECK_FAILED = (TrainingError, LoaderError)
 

@@ -1,9 +1,10 @@
-"""The `dfp-shards/1` on-disk format: sample schema, manifest and DALI `.idx` files.
+"""The `dfp-shards/1` on-disk format: sample schema, manifest and DALI `.idx` files, and `SampleMeta`, what the
+loaders hand the evaluation of each sample's `KEY.json`.
 
 One sample is a group of adjacent tar members `KEY.cls`, `KEY.json` and the payload
 (`KEY.jpg`, `KEY.flac`, or video frames `KEY.f000.jpg`, `KEY.f001.jpg`, ...; `.png` in place of `.jpg` for
 shards packed with `--image-codec png`).
-Nothing here is ever pickled: payloads are media bytes, metadata is JSON.
+Nothing in a shard is pickled: payloads are media bytes, metadata is JSON.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import atomic
 from .errors import FormatError
@@ -60,6 +62,22 @@ def encode_sample(key: str, source: str, cls: str, payload: dict[str, bytes], me
               "json": json.dumps(info, sort_keys=True, ensure_ascii=False).encode("utf-8")}
     sample.update(payload)
     return sample
+
+
+class SampleMeta(NamedTuple):
+    """What the evaluation keeps of a sample's `KEY.json`: a tuple, not a dict, because there is one per sample."""
+    source: str = ""
+    group: str = ""
+    attack: str = ""
+
+    @classmethod
+    def from_json(cls, info: dict) -> "SampleMeta":
+        # JSON null, numbers (a numeric speaker id) and missing keys all become text, "" for none
+        return cls(*(_text(info.get(f)) for f in cls._fields))
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
 
 
 def payload_exts(modality: str, frames: int = 0, image_ext: str = IMAGE_EXT) -> list[str]:

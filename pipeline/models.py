@@ -30,8 +30,6 @@ checkpoint (``model_config``).
 """
 from __future__ import annotations
 
-import contextlib
-import sys
 from typing import Callable
 from urllib.error import URLError
 
@@ -40,6 +38,7 @@ import torchvision
 from torch import nn
 
 from .errors import ModelError
+from .weights import held_download_notice, load_file, load_strict, state_dict_in
 
 from .backbones import (AUDIO_MODELS, DEFAULT_MODEL, IMAGE_MODELS, MODELS, VIDEO_MODELS, is_ssl, is_timm,  # noqa: F401
                         takes)
@@ -125,38 +124,13 @@ def _torchvision_net(name: str, arch: str, pretrained: bool) -> nn.Module:
         return torchvision.models.get_model(arch, weights=None)
     try:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
-        with _held_download_notice():
+        with held_download_notice():
             return torchvision.models.get_model(arch, weights=weights)
     except (URLError, OSError, RuntimeError) as e:
         label = name if name == arch else f"{name} ({arch})"
         raise ModelError(f"--pretrained: could not fetch torchvision weights for {label} (offline?); run once "
                          f"online to fill the torch hub cache (TORCH_HOME), or use --weights FILE or drop "
                          f"--pretrained") from None
-
-
-class _HeldNotice:
-    """stdout that holds torch.hub's 'Downloading: ...' line back until the fetch succeeds, so a failed one leaves
-    only dfp's one-line error."""
-
-    def __init__(self, stream):
-        self.stream, self.held = stream, []
-
-    def write(self, text: str) -> int:
-        if self.held or text.startswith("Downloading: "):
-            self.held.append(text)
-            return len(text)
-        return self.stream.write(text)
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-@contextlib.contextmanager
-def _held_download_notice():
-    held = _HeldNotice(sys.stdout)
-    with contextlib.redirect_stdout(held):
-        yield
-    sys.stdout.write("".join(held.held))  # reached only when the fetch worked
 
 
 def _network(name: str, arch: str, pretrained: bool, image_size: int | None) -> tuple[nn.Module, int, tuple[str, ...]]:
@@ -187,27 +161,10 @@ def _set(module: nn.Module, path: str, new: nn.Module) -> None:
         setattr(owner, last, new)
 
 
-def _strip_prefixes(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        for p in ("module.", "_orig_mod."):
-            while k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    return out
-
-
-def _load_file(path: str):
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _read_weights(path: str) -> tuple[dict, bool]:
     """State dict from a file, and whether it is a dfp Detector's (else a plain torchvision / timm network's)."""
     try:
-        obj = _load_file(path)
+        obj = load_file(path)
     except FileNotFoundError:
         raise ModelError(f"--weights {path}: file not found") from None
     except Exception as e:  # unpickling refusal, truncated file, not a torch file ...
@@ -216,38 +173,6 @@ def _read_weights(path: str) -> tuple[dict, bool]:
     sd = state_dict_in(obj, path)
     is_dfp = all(k.startswith(("backbone.", "head.")) for k in sd)
     return sd, is_dfp
-
-
-def state_dict_in(obj, path: str) -> dict:
-    """The tensors by name a loaded weights file holds (itself, or under 'model' / 'state_dict'), without the
-    wrappers' key prefixes; a one-line ModelError when it holds none."""
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        raise ModelError(f"--weights {path}: holds no state dict (expected tensors by name, or a checkpoint with 'model')")
-    return _strip_prefixes(obj)
-
-
-def _load_strict(module: nn.Module, sd: dict, path: str, name: str, ignore: tuple[str, ...] = ()) -> None:
-    sd = {k: v for k, v in sd.items() if not k.startswith(ignore)}
-    expected = {k for k in module.state_dict() if not k.startswith(ignore)}
-    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        raise ModelError(f"--weights {path}: does not fit model {name}: {', '.join(parts)}")
-    try:
-        module.load_state_dict(sd, strict=False)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
-        detail = lines[0] if lines else str(e).strip().splitlines()[0]
-        raise ModelError(f"--weights {path}: does not fit model {name}: {detail[:300]}") from None
 
 
 def build_model(name: str, modality: str, pretrained: bool = False, weights_file: str | None = None,
@@ -262,14 +187,14 @@ def build_model(name: str, modality: str, pretrained: bool = False, weights_file
         backbone, dfp_sd = ssl_backbone(name, pretrained, weights_file, config)
         model = Detector(backbone, nn.Linear(backbone.dim, 1), name, modality)
         if dfp_sd is not None:
-            _load_strict(model, dfp_sd, str(weights_file), name)
+            load_strict(model, dfp_sd, str(weights_file), name)
         return model
     arch = _arch(name, frame_backbone)
     sd, is_dfp = _read_weights(str(weights_file)) if weights_file else (None, False)
     net, dim, classifier = _network(name, arch, pretrained, image_size)
     if sd is not None and not is_dfp:
         # a plain torchvision / timm state dict of `arch`; its classifier (any number of classes) is not used
-        _load_strict(net, sd, str(weights_file), name, ignore=classifier)
+        load_strict(net, sd, str(weights_file), name, ignore=classifier)
     if name == "audio_resnet18":
         old = net.conv1
         net.conv1 = nn.Conv2d(1, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
@@ -278,7 +203,7 @@ def build_model(name: str, modality: str, pretrained: bool = False, weights_file
     backbone = {"frame_pool": FramePool, "r2plus1d_18": Video3D}.get(name, lambda m: m)(net)
     model = Detector(backbone, nn.Linear(dim, 1), name, modality)
     if sd is not None and is_dfp:
-        _load_strict(model, sd, str(weights_file), name)
+        load_strict(model, sd, str(weights_file), name)
     return model
 
 

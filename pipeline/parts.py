@@ -25,7 +25,7 @@ from . import __version__, atomic, lock
 from .errors import InputError, UsageError
 from .formats import SPLITS
 from .lock import LOCK_FILE
-from .sources import Candidate
+from .datasets.sources import Candidate
 
 PART_FORMAT = "dfp-part/1"
 PART_FILE = "part.json"

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from . import atomic, checkpoint
 from .engine import amp_setup, predict
-from .errors import InputError
+from .errors import InputError, MediaError
 from .evaluate import eval_backend, eval_options
 from .formats import payload_exts, source_text
 from .loaders import make_loader, resolve_device
 from .loaders.memory import MemoryIndex
-from .media import MediaError, encoding, prepare
+from .media import encoding, prepare
 from .shards import storage_controls
-from .sources import EXTENSIONS, walk_files
+from .datasets.sources import EXTENSIONS, walk_files
 
 CHUNK = 256  # files prepared and held in memory at once
 

@@ -17,28 +17,12 @@ from typing import NamedTuple
 import numpy as np
 
 from . import atomic
-from .formats import CLASSES
+from .formats import CLASSES, SampleMeta
 
 FIELDS = ["key", "source", "label", "score", "group", "attack"]
 
 
-class SampleMeta(NamedTuple):
-    """What the evaluation keeps of a sample's `KEY.json`: a tuple, not a dict, because there is one per sample."""
-    source: str = ""
-    group: str = ""
-    attack: str = ""
-
-    @classmethod
-    def from_json(cls, info: dict) -> "SampleMeta":
-        # JSON null, numbers (a numeric speaker id) and missing keys all become text, "" for none
-        return cls(*(_text(info.get(f)) for f in cls._fields))
-
-
 UNKNOWN = SampleMeta()
-
-
-def _text(value) -> str:
-    return "" if value is None else str(value)
 
 
 class Predictions(NamedTuple):

@@ -1,6 +1,6 @@
 """`dfp verify URL`: every object of a shard set at a URL fetched into a temporary folder and verified there.
 
-The checks are `shards.verify_shards`'s own (checksums, counts, index files, decoding), so a shard set is
+The checks are `verify.verify_shards`'s own (checksums, counts, index files, decoding), so a shard set is
 judged the same wherever it lives; problems name the shards by their paths in the set. A missing object is a
 problem ("missing"), not an error. The whole set needs local disk for the length of the check (`$TMPDIR`).
 """
@@ -15,7 +15,7 @@ from .formats import MANIFEST, REJECTS, read_manifest
 
 
 def verify_url(url: str, progress: bool = True) -> tuple[list[str], dict]:
-    from .shards import verify_shards
+    from .verify import verify_shards
     url = url.rstrip("/")
     manifest = read_manifest(url)
     with tempfile.TemporaryDirectory(prefix="dfp-verify-") as tmp:

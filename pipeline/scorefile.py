@@ -21,7 +21,7 @@ from . import atomic
 from .calibration import Calibration
 from .dcf import DEFAULT_COSTS, CostModel
 from .errors import InputError
-from .sources import DEFAULT_CLASS_MAP
+from .datasets.sources import DEFAULT_CLASS_MAP
 from .thresholds import DEFAULT_THRESHOLD
 
 LABELS = DEFAULT_CLASS_MAP
@@ -184,7 +184,8 @@ def _row_keys(t: ScoreFile) -> list[str]:
 
 def _write_run(out: Path, doc: dict, files: dict[str, ScoreFile | None], method: str) -> None:
     """A run directory `dfp report` understands: metrics.json, predictions_{val,test}.csv, plots and the report."""
-    from .predictions import SampleMeta, write_predictions
+    from .formats import SampleMeta
+    from .predictions import write_predictions
     from .report import render_report
 
     out.mkdir(parents=True, exist_ok=True)

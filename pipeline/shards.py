@@ -1,4 +1,4 @@
-"""Pack an input folder into class-labeled WebDataset shards (`dfp-shards/1`), and verify them.
+"""Pack an input folder into class-labeled WebDataset shards (`dfp-shards/1`); verify.py checks them afterwards.
 
 Media preparation runs in a process pool; writing happens in the main process in a fixed
 order (split, class, source), so the bytes do not depend on worker count or timing.
@@ -22,14 +22,15 @@ import numpy as np
 
 from . import __version__, atomic, lock
 from .config import ShardParams
-from .errors import InputError
+from .errors import InputError, MediaError
 from .lock import LOCK_FILE
-from .formats import (CLASSES, FORMAT, MANIFEST, REJECTS, SPLITS, encode_sample, index_text, payload_exts, read_index,
-                      read_manifest, read_shard, sample_key, write_manifest)
+from .formats import (CLASSES, FORMAT, MANIFEST, REJECTS, SPLITS, encode_sample, index_text, payload_exts,
+                      sample_key, write_manifest)
 from .tarwriter import ShardWriter
-from .media import MediaError, prepare
+from .media import prepare
 from .sampling import limit_per_class
-from .sources import Candidate, parse_class_map, parse_split
+from .datasets import DatasetOptions, discover
+from .datasets.sources import Candidate, parse_class_map, parse_split
 from .splits import empty_class_warnings, resolve_splits
 
 BUILD_DIR = ".building"
@@ -217,7 +218,7 @@ def _plan(inp: Path, params: ShardParams) -> _Plan:
     """What will be packed, in shard order (split, class, source), and what is rejected before packing
     (`dfp stats INPUT` previews this). With --faces the split waits for the face step (`_pack`)."""
     fractions = parse_split(params.split)
-    disc = discover_input(inp, params)
+    disc = discover(params.dataset, inp, params.modality, _dataset_options(params))
     modality = disc.modality
     media_params = {"max_side": params.max_side or DEFAULT_MAX_SIDE[modality], "sample_rate": params.sample_rate,
                     "frames": params.frames, "check": params.check, "faces": _face_settings(params, modality),
@@ -431,13 +432,11 @@ def _image_ext(media_params: dict) -> str:
     return encoding(media_params, "image").ext
 
 
-def discover_input(inp: Path, params: ShardParams):
-    """Candidates and rejects of INPUT read as `params.dataset`."""
-    from .datasets import DatasetOptions, discover_dataset
-    opts = DatasetOptions(protocol=Path(params.protocol) if params.protocol else None,
+def _dataset_options(params: ShardParams) -> DatasetOptions:
+    """How `params.dataset`'s layout reads INPUT, from the shard parameters."""
+    return DatasetOptions(protocol=Path(params.protocol) if params.protocol else None,
                           class_map=parse_class_map(params.class_map), group_depth=params.group_depth,
                           compression=params.ff_compression)
-    return discover_dataset(params.dataset, inp, params.modality, opts)
 
 
 def _labels(c: Candidate) -> dict:
@@ -472,111 +471,3 @@ def format_summary(s: dict) -> str:
                         if seen else "no JPEG input; ") + choice["rule"] + ")")
     lines += s.get("warnings", [])
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- verify
-def _decode_check(modality: str, sample: dict[str, bytes], exts: list[str]) -> str | None:
-    """The loaders' test of each member (`jpeg_check` for JPEGs), so verify lists what they skip."""
-    from .media.audio import decode_flac
-    from .media.image import decode_jpeg, jpeg_check
-    try:
-        for ext in exts:
-            if ext not in sample:
-                return f"missing member .{ext}"
-            if ext.endswith("jpg"):
-                err = jpeg_check(sample[ext])
-                if err:
-                    return f"decode failed: .{ext}: {err}"
-            elif ext.endswith("png"):  # --image-codec png: PIL reads them in both loaders
-                arr = decode_jpeg(sample[ext])
-                if arr.ndim != 3 or arr.shape[2] != 3:
-                    return f".{ext} decodes to shape {arr.shape}"
-            elif ext == "flac":
-                x, _ = decode_flac(sample[ext])
-                if x.size == 0:
-                    return ".flac has no audio"
-    except Exception as e:
-        return f"decode failed: {type(e).__name__}: {e}"
-    return None
-
-
-def _verify_shard_file(root: Path, row: dict, problems: list[str]):
-    """Checksum, size, index and sample count of one shard; its samples, or None when it cannot be read."""
-    path = root / row["path"]
-    if not path.is_file():
-        problems.append(f"{row['path']}: missing")
-        return None
-    try:
-        digest, samples = read_shard(path)
-    except Exception:  # a damaged tar cannot match the recorded checksum anyway
-        digest = None
-    if path.stat().st_size != row["bytes"] or digest != row["sha256"]:
-        problems.append(f"{row['path']}: checksum mismatch (the shard changed after it was written)")
-        return None
-    try:
-        idx = read_index(path.with_suffix(".idx"))
-    except Exception as e:
-        problems.append(f"{row['path']}: unreadable index ({e})")
-        return None
-    if len(samples) != row["samples"]:
-        problems.append(f"{row['path']}: {len(samples)} samples, manifest says {row['samples']}")
-    if [{m.ext: (m.offset, m.size) for m in ms} for _, ms in samples] != idx:
-        problems.append(f"{row['path'].replace('.tar', '.idx')}: does not match the tar")
-    return samples
-
-
-def _read_samples(path: Path, samples):
-    with open(path, "rb") as f:
-        for key, members in samples:
-            data = {}
-            for m in members:
-                f.seek(m.offset)
-                data[m.ext] = f.read(m.size)
-            yield key, data
-
-
-def _verify_sample(row: dict, key: str, data: dict, modality: str, exts, problems: list[str]) -> None:
-    """Class file, metadata and a full decode of one sample."""
-    if data.get("cls") != str(CLASSES.index(row["class"])).encode():
-        problems.append(f"{row['path']}: sample {key} has class {data.get('cls')!r}, shard is {row['class']}")
-    try:
-        meta = json.loads(data.get("json", b"{}"))
-        if meta.get("class") != row["class"] or not meta.get("source"):
-            problems.append(f"{row['path']}: sample {key} metadata disagrees with its shard")
-    except json.JSONDecodeError:
-        problems.append(f"{row['path']}: sample {key} has unreadable metadata")
-    err = _decode_check(modality, data, exts)
-    if err:
-        problems.append(f"{row['path']}: sample {key}: {err}")
-
-
-def verify_shards(shards_dir: str | os.PathLike, progress: bool = True, max_problems: int = 20) -> tuple[list[str], dict]:
-    """Re-hash, re-count and decode every sample. Returns (problems, counts)."""
-    root = Path(shards_dir)
-    manifest = read_manifest(root)
-    modality, exts = manifest["modality"], manifest["payload"]
-    problems: list[str] = []
-    seen = {s: {c: 0 for c in CLASSES} for s in SPLITS}
-    rows = manifest["shards"]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=sum(r["samples"] for r in rows), unit="sample", desc="verifying", dynamic_ncols=True)
-    try:
-        for row in rows:
-            samples = _verify_shard_file(root, row, problems)
-            if samples is None:
-                continue
-            for key, data in _read_samples(root / row["path"], samples):
-                _verify_sample(row, key, data, modality, exts, problems)
-                if bar:
-                    bar.update(1)
-            seen[row["split"]][row["class"]] += len(samples)
-            if len(problems) >= max_problems:
-                break
-    finally:
-        if bar:
-            bar.close()
-    if not problems and seen != manifest["splits"]:
-        problems.append(f"manifest counts {manifest['splits']} differ from the shards' {seen}")
-    return problems, seen

@@ -33,6 +33,7 @@ from torch import nn
 
 from .backbones import SSL_BUNDLES
 from .errors import ModelError
+from .weights import held_download_notice, load_file, load_strict, state_dict_in
 
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 HF_PREFIXES = ("wav2vec2.", "hubert.", "wavlm.")
@@ -140,16 +141,14 @@ def ssl_backbone(name: str, pretrained: bool, weights_file, arch: dict | None = 
 
 
 def _load_network(net: nn.Module, sd: dict, where: str, name: str) -> None:
-    from .models import _load_strict
     sd = {k: v for k, v in _weight_norm_keys(sd).items() if not k.startswith("aux.")}  # an ASR model's CTC head
-    _load_strict(net, sd, where, name)
+    load_strict(net, sd, where, name)
 
 
 def pretrained_state(name: str) -> dict:
     """The bundle's weights through torchaudio (torch hub's cache, TORCH_HOME, is used when it holds them)."""
-    from .models import _held_download_notice
     try:
-        with _held_download_notice():
+        with held_download_notice():
             return _bundle(name)._get_state_dict(None)
     except (URLError, OSError, RuntimeError, ValueError) as e:
         raise ModelError(f"--pretrained: could not fetch torchaudio weights for {name} ({type(e).__name__}; "
@@ -182,7 +181,6 @@ def read_weights(path) -> tuple[dict, dict | None, bool]:
     if _is_fairseq(obj):
         return _from_fairseq(obj, path), _fairseq_arch(obj, path), False
     arch = obj.get("model_config") if isinstance(obj, dict) and isinstance(obj.get("model_config"), dict) else None
-    from .models import state_dict_in
     sd = state_dict_in(obj, path)
     if all(k.startswith(("backbone.", "head.")) for k in sd):
         return sd, arch or _config_beside(p, path), True
@@ -199,12 +197,11 @@ def read_weights(path) -> tuple[dict, dict | None, bool]:
 
 def _load(p: Path, shown) -> object:
     """The file's object; fairseq's argparse args are allowed, nothing else that is not tensors and plain values."""
-    from .models import _load_file
     if not p.is_file():
         raise ModelError(f"--weights {shown}: file not found")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return _load_file(str(p))
+            return load_file(str(p))
     except Exception as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):

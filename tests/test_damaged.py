@@ -16,9 +16,11 @@ from PIL import Image
 from factory import dfp_in_process, smooth_image, tone, write_jpeg, write_video
 from pipeline.formats import read_manifest
 from pipeline.loaders import LoaderOptions, make_loader
-from pipeline.media import MediaError, prepare
+from pipeline.errors import MediaError
+from pipeline.media import prepare
 from pipeline.media.image import jpeg_check
-from pipeline.shards import ShardParams, build_shards, verify_shards
+from pipeline.shards import ShardParams, build_shards
+from pipeline.verify import verify_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,7 +203,7 @@ def test_default_limit_rejects_a_20000_square_png_fast_and_small(tmp_path):
     """Decoding it took 20 s and 3.2 GB; from its header it is a fraction of a second in a small process."""
     bomb = bomb_png(tmp_path / "bomb.png")
     # VmHWM, not ru_maxrss: the latter keeps the forking test process's peak across exec
-    code = ("import re, time, sys; from pipeline.media import prepare, MediaError; t = time.time()\n"
+    code = ("import re, time, sys; from pipeline.media import prepare; from pipeline.errors import MediaError; t = time.time()\n"
             "try:\n    prepare(sys.argv[1], 'image', {'max_side': 512})\nexcept MediaError as e:\n    print(e)\n"
             "print(time.time() - t, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])")
     r = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from factory import dfp_in_process, smooth_image, tone, write_av, write_jpeg, write_video
-from pipeline.datasets import DatasetOptions, discover_dataset
+from pipeline.datasets import DatasetOptions, discover
 from pipeline.errors import InputError
 from pipeline.splits import resolve_splits
 from test_shards import accounting, all_samples, build
@@ -38,7 +38,7 @@ def text(path: Path, body: str) -> Path:
 
 def read(name: str, root: Path, modality: str = "auto", **opts):
     """{source: candidate}, {source: reject reason}; asserts every file under root is one or the other."""
-    d = discover_dataset(name, root, modality, DatasetOptions(**opts))
+    d = discover(name, root, modality, DatasetOptions(**opts))
     cands = {c.source: c for c in d.candidates}
     rejects = {r["source"]: r["reason"] for r in d.rejects}
     assert len(cands) == len(d.candidates) and len(rejects) == len(d.rejects)
@@ -421,4 +421,4 @@ def test_a_label_outside_the_class_map_names_its_line(tmp_path):
     jpg(inp / "a.jpg")
     proto = text(tmp_path / "t.csv", "path,label\na.jpg,real\na.jpg,maybe\n")
     with pytest.raises(InputError, match=r"t.csv line 3: label 'maybe'"):
-        discover_dataset("table", inp, "auto", DatasetOptions(protocol=proto))
+        discover("table", inp, "auto", DatasetOptions(protocol=proto))

@@ -19,7 +19,8 @@ from pipeline.loaders import make_loader
 from pipeline.loaders.index import ShardIndex
 from pipeline.media.audio import decode_flac
 from pipeline.media.video import rate_indices
-from pipeline.shards import ShardParams, build_shards, verify_shards
+from pipeline.shards import ShardParams, build_shards
+from pipeline.verify import verify_shards
 
 SIDE = 48
 

@@ -245,7 +245,7 @@ def test_disk_full_while_packing_is_one_line_and_frees_the_space(tmp_path, monke
     import errno
     from factory import image_tree
     from pipeline import tarwriter
-    from pipeline.shards import verify_shards
+    from pipeline.verify import verify_shards
     inp = image_tree(tmp_path / "in", n_real=6, n_fake=4)
     out = tmp_path / "out"
     assert _run_main(["shard", inp, out, "--workers", "1"], monkeypatch, capsys)[0] == 0

@@ -18,7 +18,8 @@ from pipeline import cli
 from pipeline.calibration import ECE_BINS, Calibration, fit, logit
 from pipeline.dcf import CostModel, act_dcf, cllr, min_dcf, parse_costs
 from pipeline.metrics import build_metrics, by_attack, split_report, video_metrics
-from pipeline.predictions import SampleMeta, attack_names, group_names, write_predictions
+from pipeline.formats import SampleMeta
+from pipeline.predictions import attack_names, group_names, write_predictions
 from pipeline.thresholds import eer_point, tune
 
 P_SPOOF, C_MISS, C_FA = 0.05, 1.0, 10.0

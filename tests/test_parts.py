@@ -14,7 +14,8 @@ from pipeline import cli
 from pipeline.errors import FormatError, InputError
 from pipeline.formats import read_manifest
 from pipeline.parts import PART_FILE, SAMPLES, merge_parts, pack_part, parse_part, share
-from pipeline.shards import ShardParams, build_shards, verify_shards
+from pipeline.shards import ShardParams, build_shards
+from pipeline.verify import verify_shards
 from test_shards import accounting
 
 

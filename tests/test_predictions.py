@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline.metrics import build_metrics
-from pipeline.predictions import SampleMeta, attack_names, read_prediction_table, read_predictions, write_predictions
+from pipeline.formats import SampleMeta
+from pipeline.predictions import attack_names, read_prediction_table, read_predictions, write_predictions
 from recompute import mismatches, read_csv, run_mismatches
 
 # An EfficientNet-B0 gave every sample this score; rounded to 8 decimals it falls below itself as a threshold.

@@ -373,7 +373,7 @@ def test_shard_to_s3_uploads_the_manifest_last_and_a_rerun_completes_it(s3, shar
 def test_verify_stats_and_audit_read_a_url_as_they_read_the_folder(http, shards):
     from pipeline.audit import run_audit
     from pipeline.remote_verify import verify_url
-    from pipeline.shards import verify_shards
+    from pipeline.verify import verify_shards
     from pipeline.stats import dataset_stats
     url, _ = http
     problems, seen = verify_url(url, progress=False)

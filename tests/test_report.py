@@ -168,7 +168,8 @@ def test_normal_choice_shows_no_fallback(tmp_path):
 
 def attack_run(tmp_path):
     """A run whose val and test fakes name their attack (one of them a single fake, some unnamed)."""
-    from pipeline.predictions import SampleMeta, write_predictions as write_csv
+    from pipeline.formats import SampleMeta
+    from pipeline.predictions import write_predictions as write_csv
     rng = np.random.default_rng(3)
     run = tmp_path / "run"
     run.mkdir()

@@ -12,7 +12,8 @@ from PIL import Image
 from factory import audio_tree, corrupt_images, image_tree, unusual_images, video_tree, write_jpeg, smooth_image
 from pipeline.errors import InputError
 from pipeline.formats import read_index, read_manifest, tar_samples
-from pipeline.shards import ShardParams, build_shards, verify_shards
+from pipeline.shards import ShardParams, build_shards
+from pipeline.verify import verify_shards
 
 
 
@@ -254,7 +255,7 @@ def test_split_is_stratified_and_seeded(tmp_path):
 
 def split_candidates(n_real: int, n_fake: int, groups: int = 0) -> list:
     """Candidates as discover makes them: one group per file, or files spread over `groups` folders."""
-    from pipeline.sources import Candidate
+    from pipeline.datasets.sources import Candidate
     out = []
     for cls, n in (("real", n_real), ("fake", n_fake)):
         for i in range(n):
@@ -435,7 +436,7 @@ def test_structure_check_packs_the_same_and_still_rejects_truncated(tmp_path):
 
 def test_unlistable_folder_is_a_clear_error_not_a_silent_loss(tmp_path, monkeypatch):
     import os
-    from pipeline import sources
+    from pipeline.datasets import discover, sources
     inp = image_tree(tmp_path / "in", n_real=3, n_fake=2)
     real_scandir = os.scandir
 
@@ -446,4 +447,4 @@ def test_unlistable_folder_is_a_clear_error_not_a_silent_loss(tmp_path, monkeypa
 
     monkeypatch.setattr(sources.os, "scandir", scandir)
     with pytest.raises(InputError, match="cannot list folder .*fake.*Permission denied"):
-        sources.discover(inp)
+        discover("folders", inp)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from factory import image_tree, smooth_image, write_jpeg
-from pipeline import sources
+from pipeline.datasets import discover, sources
 from pipeline.formats import read_manifest
 from test_shards import all_samples, build
 
@@ -92,7 +92,7 @@ def test_dangling_links_and_link_loops_are_rejected_and_the_walk_ends(tmp_path):
     (b / "to_a").symlink_to("../a")
     (inp / "fake" / "a").symlink_to(a)
     found = {}
-    walker = threading.Thread(target=lambda: found.update(d=sources.discover(inp)), daemon=True)
+    walker = threading.Thread(target=lambda: found.update(d=discover("folders", inp)), daemon=True)
     walker.start()
     walker.join(60)
     assert "d" in found, "the walk did not end"
@@ -142,7 +142,7 @@ def test_unreadable_link_targets_are_rejected_not_fatal(tmp_path, monkeypatch):
         return real_scandir(path)
 
     monkeypatch.setattr(sources.os, "scandir", scandir)
-    d = sources.discover(inp)
+    d = discover("folders", inp)
     rejects = {r["source"]: r["reason"] for r in d.rejects}
     assert rejects["fake/f.jpg"] == f"unreadable link target: {locked_file} (permission denied)"
     assert rejects["fake/d"] == f"unreadable link target: cannot list {locked_dir} (Permission denied)"

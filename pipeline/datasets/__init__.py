@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..formats import is_utf8_name, source_text
 from ..names import COMPRESSIONS, DATASETS  # noqa: F401
-from ..sources import DEFAULT_CLASS_MAP, Discovery, select, walk_input
+from .sources import DEFAULT_CLASS_MAP, Discovery, select, walk_input
 
 # --dataset name -> module
 MODULES = {"folders": "folders", "table": "table", "ff++": "ffpp", "celeb-df": "celebdf", "dfdc": "dfdc",
@@ -36,7 +36,9 @@ def module(name: str):
     return importlib.import_module(f"{__name__}.{MODULES[name]}")
 
 
-def discover_dataset(name: str, root, modality: str = "auto", opts: DatasetOptions | None = None) -> Discovery:
+def discover(name: str, root, modality: str = "auto", opts: DatasetOptions | None = None) -> Discovery:
+    """Candidates and rejects of INPUT read as the `--dataset name` layout; opts None: `DatasetOptions()`
+    (the built-in class folder names, no --group-depth, c23)."""
     mod = module(name)
     root = Path(root)
     opts = opts or DatasetOptions()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..sources import Candidate
+from .sources import Candidate
 from .common import PROTOCOL_FILE, lines, protocol_error, protocol_path, rel_to
 
 FOLDERS = {"Celeb-real": "real", "YouTube-real": "real", "Celeb-synthesis": "fake"}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
 from ..errors import InputError
-from ..sources import Candidate, modality_of
+from .sources import Candidate, modality_of
 
 PROTOCOL_FILE = "protocol file, not a sample"
 

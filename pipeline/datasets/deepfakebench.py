@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from ..sources import SPLIT_NAMES
+from .sources import SPLIT_NAMES
 from .common import Entry, join, not_listed, protocol_error, read_json, rel_to
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ..sources import Candidate
+from .sources import Candidate
 from .common import Entry, beside, join, not_listed, protocol_error, read_text
 
 TYPES = ("RealVideo-RealAudio", "RealVideo-FakeAudio", "FakeVideo-RealAudio", "FakeVideo-FakeAudio")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..sources import Candidate
+from .sources import Candidate
 from .common import PROTOCOL_FILE, protocol_error, read_json, rel_to
 
 SPLIT_FILES = {"train.json": "train", "val.json": "val", "test.json": "test"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..sources import SPLIT_NAMES, Candidate
+from .sources import SPLIT_NAMES, Candidate
 
 _SEP = re.compile(r"[_\- ]+")
 

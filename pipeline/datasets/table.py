@@ -5,7 +5,7 @@ import posixpath
 from pathlib import Path
 
 from ..errors import InputError
-from ..sources import SPLIT_NAMES
+from .sources import SPLIT_NAMES
 from .common import Entry, csv_rows, join, not_listed, protocol_error, rel_to
 
 

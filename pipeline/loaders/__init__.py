@@ -19,9 +19,8 @@ import torch
 from ..augment import (AUDIO, MEAN, STD, STRONG_SHARE, AudioFeatures, normalize_images, spec_masks, strong_views,
                        torch_log_mel)
 from ..errors import FormatError, InputError, warn
-from ..formats import CLASSES, read_manifest
+from ..formats import CLASSES, SampleMeta, read_manifest
 from ..names import LOADER_BACKENDS as BACKENDS
-from ..predictions import SampleMeta
 from ..sampling import EpochSampler, eval_indices, rank_slice
 from ..stats import minority_class
 from .decode import LoaderConfig

@@ -1,12 +1,8 @@
 """Decode and normalise one raw media file, the same way for packing shards and for `dfp predict`.
 
 Each `prepare_*` returns the payload dict of a shard sample ({ext: bytes}) plus metadata, or raises
-`MediaError` with a short reason ("corrupt", "empty", ...) that ends up in rejects.jsonl.
+`errors.MediaError` with a short reason ("corrupt", "empty", ...) that ends up in rejects.jsonl.
 """
-
-
-class MediaError(Exception):
-    """The file cannot be packed; str(e) is the reject reason."""
 
 
 def encoding(params: dict, modality: str):

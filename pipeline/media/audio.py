@@ -8,7 +8,7 @@ from math import gcd
 import numpy as np
 import soundfile as sf
 
-from . import MediaError
+from ..errors import MediaError
 from .video import DEFAULT_MAX_SECONDS
 
 
@@ -21,7 +21,7 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 
 
 def _is_video(path) -> bool:
-    from ..sources import EXTENSIONS
+    from ..datasets.sources import EXTENSIONS
     return os.path.splitext(str(path))[1].lower() in EXTENSIONS["video"]
 
 

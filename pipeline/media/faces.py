@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from . import MediaError
+from ..errors import MediaError
 
 DETECTORS = ("dlib-hog",)
 NO_FACE = "no face found"

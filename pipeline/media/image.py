@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import MediaError
+from ..errors import MediaError
 
 # The pixel limit callers pass (`--max-pixels`) is checked from the header, before anything is decoded;
 # PIL's own bomb guard stays as a backstop for callers that pass none.

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from . import MediaError
+from ..errors import MediaError
 from .image import Encoding, encode, resize
 from ..formats import frame_ext
 

@@ -2,7 +2,7 @@
 
 Every file under INPUT as the user sees it (symlinks followed) comes out of discovery either
 as a candidate sample or as a reject with a reason, so the shard builder can account for every file.
-Which file is which class, split, group and attack is each layout's business (`pipeline.datasets`).
+Which file is which class, split, group and attack is each layout's business (the modules beside this one).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import InputError
-from .formats import CLASSES
+from ..errors import InputError
+from ..formats import CLASSES
 
 EXTENSIONS = {
     "image": {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"},
@@ -246,11 +246,3 @@ def select(root: Path, files: list[_File], candidates: list[Candidate], modality
     kept, duplicates = _drop_duplicates(kept, {f.rel: f for f in files})
     return modality, kept, rejects + duplicates
 
-
-def discover(root: str | Path, modality: str = "auto", class_map: dict[str, str] | None = None,
-             group_depth: int = 0) -> Discovery:
-    """Candidates and rejects of a folders layout (see `pipeline.datasets.folders`)."""
-    from .datasets import DatasetOptions, discover_dataset
-    opts = DatasetOptions(class_map=class_map if class_map is not None else dict(DEFAULT_CLASS_MAP),
-                          group_depth=group_depth)
-    return discover_dataset("folders", root, modality, opts)
