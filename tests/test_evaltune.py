@@ -230,3 +230,25 @@ def test_stored_threshold_reads_both_keys_and_defaults_to_one_half():
     assert checkpoint.stored_threshold({"threshold": {"method": "f1", "threshold": 0.3}}) == \
         {"method": "f1", "threshold": 0.3}
     assert checkpoint.stored_threshold({}) == {"method": "default", "threshold": 0.5}
+
+
+@pytest.mark.slow
+def test_nan_scores_end_train_and_evaluate_alike_with_exit_1(tiny, tmp_path, monkeypatch, capsys):
+    from factory import dfp_in_process
+    from pipeline import scoring
+    shards, run = tiny
+    run = copy_run(run, tmp_path / "run")
+    state = torch.load(run / "best_model.pth", weights_only=True)
+    state.pop("format")
+    checkpoint.save(run / "best_model.pth", {**state, "model": {k: torch.full_like(v, float("nan"))
+                                                                if v.is_floating_point() else v
+                                                                for k, v in state["model"].items()}})
+    code, _, err = dfp_in_process(["evaluate", run / "best_model.pth", shards, "--device", "cpu"], monkeypatch, capsys)
+    assert (code, err.count("\n")) == (1, 1) and "the model produced NaN scores on" in err, err
+    real = scoring.predict
+    nan = lambda *a, **k: (lambda r: (r[0], r[1], np.full_like(r[2], np.nan), r[3]))(real(*a, **k))
+    monkeypatch.setattr(scoring, "predict", nan)  # the epochs' own validation keeps its finite scores
+    code, _, err = dfp_in_process(["train", shards, "--out", tmp_path / "new", "--device", "cpu", "--epochs", "1",
+                                   "--batch-size", "4", "--image-size", "32", "--workers", "0", "--model", "resnet18",
+                                   "--backend", "torch", "--quiet"], monkeypatch, capsys)
+    assert (code, err.count("\n")) == (1, 1) and "the model produced NaN scores on split val" in err, err
