@@ -205,8 +205,8 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
         same_set = _shards_of(folder) == chosen["tuned_on"]
         _retarget(folder, chosen, {**table, method: float(t)}, checkpoint.threshold_history(ckpt),
                   fresh if same_set else {}, log)
-    from .crossdata import refresh_tables
-    refresh_tables(ckpt_path, log)
+    from .crosstable import refresh_tables
+    refresh_tables(ckpt_path, Path(ckpt_path).resolve().parent / EVAL_DIR, log)
     if "test" in fresh:
         _log_test(_resolved(shards).rsplit("/", 1)[-1], fresh["test"], chosen, log)
     return t
