@@ -1,7 +1,7 @@
 """Checkpoints: only tensors and plain values, so `torch.load(..., weights_only=True)` opens them.
 
 A checkpoint carries everything `predict` needs: model name and weights, modality, class
-names, preprocessing parameters and the chosen threshold.
+names, preprocessing parameters and the chosen threshold (`stored_threshold` reads it).
 """
 from __future__ import annotations
 
@@ -82,16 +82,35 @@ def model_from_checkpoint(ckpt: dict, device: torch.device, path: str | os.PathL
     return model.to(device).eval()
 
 
+def _keyed(entry: dict) -> dict:
+    """A threshold record with its number under "threshold" ("value" in checkpoints written before the key was
+    the one metrics.json's "chosen" uses), the keys in their order."""
+    return {("threshold" if k == "value" else k): v for k, v in entry.items()}
+
+
+def stored_threshold(ckpt: dict) -> dict:
+    """The checkpoint's chosen threshold as metrics.json's "chosen" holds it: "method", "threshold" and, from
+    `dfp train`, "requested" and "fallback_reason"; the default 0.5 when the checkpoint stores none."""
+    from .thresholds import DEFAULT_THRESHOLD
+    return _keyed(ckpt.get("threshold") or {"method": "default", "threshold": DEFAULT_THRESHOLD})
+
+
+def threshold_history(ckpt: dict) -> list[dict]:
+    """The thresholds `dfp tune` replaced, oldest first, keyed as `stored_threshold` plus "replaced_at"."""
+    return [_keyed(h) if isinstance(h, dict) else h for h in ckpt.get("threshold_history") or []]
+
+
 def set_threshold(path: str | os.PathLike, method: str, threshold: float) -> dict:
     """Store a new threshold; the one it replaces is appended to "threshold_history" (its keys plus
     "replaced_at", UTC), so a re-tune can be undone by hand. Rewritten atomically; returns the new checkpoint."""
     from datetime import datetime, timezone
 
     ckpt = load(path)
-    history = list(ckpt.get("threshold_history") or [])
+    history = threshold_history(ckpt)
     if ckpt.get("threshold"):
-        history.append({**ckpt["threshold"], "replaced_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    ckpt["threshold"] = {"method": method, "value": float(threshold)}
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        history.append({**stored_threshold(ckpt), "replaced_at": now})
+    ckpt["threshold"] = {"method": method, "threshold": float(threshold)}
     ckpt["threshold_history"] = history
     ckpt.pop("format", None)
     save(path, ckpt)

@@ -29,7 +29,8 @@ class CheckpointError(Exception):
 
 
 class TrainingError(Exception):
-    """Training cannot go on (e.g. the loss keeps being non-finite): one line, exit 1."""
+    """A run that failed, not bad input: training cannot go on (the loss keeps being non-finite), or a model's
+    scores are NaN, in `dfp train` and `dfp evaluate` alike (`scoring.require_finite`): one line, exit 1."""
 
 
 class LoaderError(RuntimeError):

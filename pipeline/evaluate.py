@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic, checkpoint
-from .engine import amp_setup, predict
+from .engine import amp_setup
 from .errors import InputError
 from .formats import SPLITS
 from .loaders import LoaderOptions, make_loader, resolve_backend, resolve_device
+from .scoring import Scored, require_finite, score_split, write_outputs
 
 EVAL_DIR = "eval"
 
@@ -48,7 +49,7 @@ def _split_size(shards, split: str) -> int:
     return sum(read_manifest(shards)["splits"].get(split, {}).values())
 
 
-def _predict_split(ckpt_path, shards, split, device, backend, batch_size, workers=2):
+def _predict_split(ckpt_path, shards, split, device, backend, batch_size, workers=2) -> tuple[dict, Scored]:
     device = resolve_device(device)
     ckpt = checkpoint.load(ckpt_path, map_location=device, need=checkpoint.MODEL)
     from .formats import read_manifest
@@ -61,10 +62,9 @@ def _predict_split(ckpt_path, shards, split, device, backend, batch_size, worker
     loader = make_loader(shards, split, eval_backend(ckpt, backend), device, eval_options(ckpt, batch_size, workers),
                          manifest=manifest)
     amp_dtype, _ = amp_setup(device, "auto")
-    keys, labels, scores, _ = predict(model, loader, device, amp_dtype, progress=True, desc=split)
-    if np.isnan(scores).any():
-        raise InputError(f"{ckpt_path}: the model produced NaN scores on {shards} split {split}")
-    return ckpt, loader, keys, labels, scores
+    scored = score_split(model, loader, device, amp_dtype, desc=split)
+    require_finite(scored.scores, str(ckpt_path), f" on {shards} split {split}")
+    return ckpt, scored
 
 
 def evaluation_record(ckpt_path, shards, split: str) -> dict:
@@ -135,39 +135,42 @@ def _eval_config(ckpt: dict, record: dict, counts: dict) -> dict:
 
 
 def evaluate(ckpt_path, shards, split="test", out=None, device="auto", backend="auto", batch_size=64, log=print) -> dict:
+    """One split of `shards` scored at the checkpoint's threshold into its folder (see the module docstring):
+    predictions, metrics.json, config.json and the report; returns the metrics."""
     from .formats import read_manifest
-    from .calibration import Calibration
-    from .metrics import usable_groups, split_report
     from .report import render_report
-    from .predictions import attack_names, group_names, write_predictions
-    ckpt, loader, keys, labels, scores = _predict_split(ckpt_path, shards, split, device, backend, batch_size)
-    thr = ckpt.get("threshold") or {"method": "default", "value": 0.5}
-    meta = loader.sample_meta(keys)
-    warnings: list[str] = []
-    groups = usable_groups(split, labels, group_names(keys, meta), warnings)
-    rep = split_report(labels, scores, 0.5, thr["value"], attack_names(keys, meta), groups,
-                       Calibration.from_dict(ckpt.get("calibration")))
-    for w in warnings:
-        log(f"warning: {w}")
+    ckpt, scored = _predict_split(ckpt_path, shards, split, device, backend, batch_size)
+    chosen = checkpoint.stored_threshold(ckpt)
+    block = _split_block(ckpt, split, scored, chosen["threshold"], log)
     record = evaluation_record(ckpt_path, shards, split)
     out = Path(out) if out else eval_folder(record)
     out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, meta)
-    metrics = {split: rep, "thresholds": {thr["method"]: thr["value"]},
-               "chosen": {("threshold" if k == "value" else k): v for k, v in thr.items()},
+    metrics = {split: block, "thresholds": {chosen["method"]: chosen["threshold"]}, "chosen": chosen,
                "evaluation": record}
-    atomic.write_json(out / "metrics.json", metrics, default=str)
     counts = read_manifest(shards)["splits"][split]
-    atomic.write_json(out / "config.json", _eval_config(ckpt, record, counts), default=str)
+    write_outputs(out, {split: scored}, metrics, _eval_config(ckpt, record, counts))
     render_report(out)
-    _log_results(log, f"{record['set']} {split}", labels, rep, thr)
+    _log_results(log, f"{record['set']} {split}", scored.labels, block, chosen)
     log(f"written: {out}")
     return metrics
 
 
-def _log_results(log, title: str, labels: np.ndarray, rep: dict, thr: dict) -> None:
+def _split_block(ckpt: dict, split: str, scored: Scored, threshold: float, log) -> dict:
+    """The split's metrics at 0.5 and at `threshold`, with the checkpoint's LLR calibration; video-level ones
+    where its groups can be videos (a warning where they cannot)."""
+    from .calibration import Calibration
+    from .metrics import split_report, usable_groups
+    warnings: list[str] = []
+    groups = usable_groups(split, scored.labels, scored.groups(), warnings)
+    block = split_report(scored.labels, scored.scores, 0.5, threshold, scored.attacks(), groups,
+                         Calibration.from_dict(ckpt.get("calibration")))
+    for w in warnings:
+        log(f"warning: {w}")
+    return block
+
+
+def _log_results(log, title: str, labels: np.ndarray, rep: dict, chosen: dict) -> None:
     from .report import console_summary
-    chosen = {**thr, "threshold": thr["value"]}
     log(console_summary(f"{title}: {len(labels)} samples ({int((labels == 0).sum())} real, {int(labels.sum())} fake)",
                         rep, chosen))
 
@@ -182,8 +185,8 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
         parse_method(method)
     except ValueError as e:
         raise InputError(f"--method: {e}") from None
-    fresh = {"val": _predict_split(ckpt_path, shards, "val", device, backend, batch_size)[1:]}
-    _, _, labels, scores = fresh["val"]
+    fresh = {"val": _predict_split(ckpt_path, shards, "val", device, backend, batch_size)[1]}
+    labels, scores = fresh["val"].labels, fresh["val"].scores
     try:
         t = tune_threshold(labels, scores, method)
         table = all_thresholds(labels, scores, [method] if ":" in method else [])
@@ -193,29 +196,27 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
         m = metric_dict(labels, scores, value)
         log(f"  {name:>16s}: threshold {value:.4f}  P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}")
     if _split_size(shards, "test"):
-        fresh["test"] = _predict_split(ckpt_path, shards, "test", device, backend, batch_size)[1:]
+        fresh["test"] = _predict_split(ckpt_path, shards, "test", device, backend, batch_size)[1]
     method = canonical_method(method)
     ckpt = checkpoint.set_threshold(ckpt_path, method, t)
     log(f"stored threshold {t:.4f} ({method}) in {ckpt_path}")
     chosen = {"method": method, "threshold": float(t), "tuned_on": _resolved(shards), "tuned_at": _now()}
     for folder in _folders_of(ckpt_path):
         same_set = _shards_of(folder) == chosen["tuned_on"]
-        _retarget(folder, chosen, {**table, method: float(t)}, ckpt.get("threshold_history", []),
+        _retarget(folder, chosen, {**table, method: float(t)}, checkpoint.threshold_history(ckpt),
                   fresh if same_set else {}, log)
-    from .crossdata import refresh_tables
-    refresh_tables(ckpt_path, log)
+    from .crosstable import refresh_tables
+    refresh_tables(ckpt_path, Path(ckpt_path).resolve().parent / EVAL_DIR, log)
     if "test" in fresh:
         _log_test(_resolved(shards).rsplit("/", 1)[-1], fresh["test"], chosen, log)
     return t
 
 
-def _log_test(name: str, predicted, chosen: dict, log) -> None:
+def _log_test(name: str, scored: Scored, chosen: dict, log) -> None:
     from .metrics import split_report
-    from .predictions import attack_names
-    loader, keys, labels, scores = predicted
-    rep = split_report(labels, scores, 0.5, chosen["threshold"], attack_names(keys, loader.sample_meta(keys)))
-    _log_results(log, f"{name} test at the new threshold", labels, rep,
-                 {"method": chosen["method"], "value": chosen["threshold"]})
+    rep = split_report(scored.labels, scored.scores, 0.5, chosen["threshold"], scored.attacks())
+    _log_results(log, f"{name} test at the new threshold", scored.labels, rep,
+                 {"method": chosen["method"], "threshold": chosen["threshold"]})
 
 
 def _folders_of(ckpt_path) -> list[Path]:
@@ -272,8 +273,8 @@ def _retargeted_metrics(folder: Path, threshold: float, fresh: dict) -> dict:
             continue
         path = folder / f"predictions_{split}.csv"
         if split in fresh:
-            loader, keys, labels, scores = fresh[split]
-            write_predictions(path, keys, labels, scores, loader.sample_meta(keys))
+            f = fresh[split]
+            write_predictions(path, f.keys, f.labels, f.scores, f.meta)
         table = read_prediction_table(path)
         metrics[split] = {**metrics[split], **split_report(table.labels, table.scores, DEFAULT_THRESHOLD,
                                                             threshold, table.attacks)}

@@ -101,7 +101,7 @@ def predict_files(ckpt_path, paths: list[Path], out: Path, device="auto", batch_
     """max_pixels, max_seconds: bounds on what is decoded (None: the defaults, as `dfp shard`'s; 0: none)."""
     device = resolve_device(device)
     ckpt = checkpoint.load(ckpt_path, map_location=device, need=checkpoint.MODEL)
-    thr = (ckpt.get("threshold") or {}).get("value", 0.5)
+    thr = checkpoint.stored_threshold(ckpt)["threshold"]
     found = collect_files(paths)
     files = [f for f, why in found if not why]
     if not found:

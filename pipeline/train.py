@@ -24,11 +24,11 @@ from . import atomic, checkpoint
 from .config import TrainConfig
 from .engine import (Dist, all_gather_objects, amp_setup, gather_predictions, init_distributed, predict,
                      reduce_sum, train_one_epoch, weights_checksum)
-from .errors import InputError, TrainingError
+from .errors import InputError
 from .formats import CLASSES, read_manifest
 from .loaders import LoaderOptions, make_loader, resolve_backend, resolve_device
-from .predictions import write_predictions
 from .resume import Position, check_same_shards, resume_log, shards_digest
+from .scoring import Scored, require_finite, score_split, write_outputs
 from .stats import RECOMMENDED, imbalance_ratio, severity
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_f1", "val_auc", "lr", "samples_per_s",
@@ -196,12 +196,31 @@ def _run(cfg: TrainConfig, device, d: Dist, log, given: set[str] | None) -> Path
     say = log if d.main else (lambda *a, **k: None)
     given = given_fields(cfg, given)
     writer = _tensorboard_writer() if (cfg.tensorboard and d.main) else None  # fails before the run folder exists
+    run, pos, config_record = _start(cfg, device, d, given, say)
+    tb = writer(str(run.out / "tb")) if writer else None
+    best_state = _train_epochs(run, pos, tb, say)
+    if d.enabled:
+        sums = all_gather_objects(weights_checksum(run.model), d)
+        config_record["distributed"] = {"world_size": d.world_size, "weights_identical": len(set(sums)) == 1}
+        say(f"ranks: {d.world_size}, final weights identical on all ranks: {len(set(sums)) == 1}")
+    if tb:
+        tb.close()
+    if best_state is None:  # resumed after the last improvement: the best weights are on disk
+        best_state = checkpoint.load(run.out / "best_model.pth", map_location="cpu")
+    finish_run(run, best_state, config_record, say)
+    _say_storage(run.cfg.shards, say)
+    _teardown(run, d)
+    return run.out
+
+
+def _start(cfg: TrainConfig, device, d: Dist, given: set[str], say) -> tuple[_Run, Position, dict]:
+    """Everything before the first step: the resumed checkpoint merged in, the decisions made and said, the run
+    built (and restored), config.json written; returns the run, where it starts and config.json's record."""
     ckpt, changed = None, {}
     if cfg.resume:
         from .resume import merge_config
         ckpt = checkpoint.load(Path(cfg.resume) / "last.pth")
         cfg, changed = merge_config(ckpt["config"], cfg, given, TrainConfig)
-    out = Path(cfg.out)
     manifest = read_manifest(cfg.shards)
     digest = shards_digest(manifest)
     if ckpt is not None:
@@ -217,18 +236,29 @@ def _run(cfg: TrainConfig, device, d: Dist, log, given: set[str] | None) -> Path
         f"{run.steps_per_epoch} steps/epoch/rank")
     pos = _restore(run, ckpt, changed, say) if ckpt else Position(world_size=d.world_size, batch_size=cfg.batch_size)
     run.base_state["shards_digest"] = digest  # what a resume compares its shards with
-    config_record = _config_record(cfg, decision, manifest, run)
-    config_record["dataset"]["shards_digest"] = digest
-    if d.main:  # the metadata shortcut audit of the train split, bounded in time (pipeline/audit)
+    return run, pos, _write_config(run, decision, manifest, digest, ckpt, changed, say)
+
+
+def _write_config(run: _Run, decision: dict, manifest: dict, digest: str, ckpt: dict | None, changed: dict,
+                  say) -> dict:
+    """config.json at the start of the run (rank 0 writes it); returns its record, which the run's end completes."""
+    record = _config_record(run.cfg, decision, manifest, run)
+    record["dataset"]["shards_digest"] = digest
+    if run.d.main:  # the metadata shortcut audit of the train split, bounded in time (pipeline/audit)
         from .audit import train_audit
-        config_record["shortcut_audit"] = train_audit(cfg.shards, say, seed=cfg.seed)
+        record["shortcut_audit"] = train_audit(run.cfg.shards, say, seed=run.cfg.seed)
     if ckpt is not None:  # carried in every later checkpoint, so the next resume extends it
-        config_record["resumed"] = run.base_state["resumed"] = resume_log(ckpt, changed)
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(out / "config.json", config_record, default=str)
-    tb = writer(str(out / "tb")) if writer else None
-    best_state = None
+        record["resumed"] = run.base_state["resumed"] = resume_log(ckpt, changed)
+    if run.d.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(run.out / "config.json", record, default=str)
+    return record
+
+
+def _train_epochs(run: _Run, pos: Position, tb, say) -> dict | None:
+    """Epochs from `pos` to the last or to early stopping; returns the best epoch's state when this process saw
+    one (None when a resumed run did not improve: its best weights are on disk)."""
+    cfg, best_state = run.cfg, None
     while pos.epoch < cfg.epochs:
         row = _fit_epoch(run, pos)
         row = _validate(run, pos, row, say)
@@ -236,24 +266,12 @@ def _run(cfg: TrainConfig, device, d: Dist, log, given: set[str] | None) -> Path
         if improved:  # every rank decides alike (gathered predictions), so every rank keeps the same copy
             best_state = _best_state(run, pos)
         pos.epoch, pos.batch, pos.totals = pos.epoch + 1, 0, {}
-        if d.main:
+        if run.d.main:
             _save_epoch(run, pos, row, best_state if improved else None, tb, say)
         if cfg.patience and pos.bad_epochs >= cfg.patience:
             say(f"early stopping: val F1 did not improve for {cfg.patience} epochs")
             break
-    if d.enabled:
-        sums = all_gather_objects(weights_checksum(run.model), d)
-        config_record["distributed"] = {"world_size": d.world_size, "weights_identical": len(set(sums)) == 1}
-        say(f"ranks: {d.world_size}, final weights identical on all ranks: {len(set(sums)) == 1}")
-    if tb:
-        tb.close()
-    if best_state is None:  # resumed after the last improvement: the best weights are on disk
-        best_state = checkpoint.load(out / "best_model.pth", map_location="cpu")
-    finish_run(cfg, out, run.model, device, run.amp_dtype, d, run.eval_loader, run.val_loader, best_state,
-               config_record, log=say, net=run.scorer)
-    _say_storage(cfg.shards, say)
-    _teardown(run, d)
-    return out
+    return best_state
 
 
 # ---------------------------------------------------------------- steps of a run
@@ -615,72 +633,87 @@ def _tensorboard_writer():
     return SummaryWriter
 
 
-def finish_run(cfg, out, model, device, amp_dtype, d: Dist, eval_loader, val_loader, best_state, config_record, log=print,
-               net=None):
-    """Best weights -> optional SMOTE head -> val/test predictions -> tuned threshold -> metrics and report.
-    `net`: what scores the loaders' batches when they are not the model's inputs (the head over cached embeddings)."""
-    best = {**best_state, "model": best_state["model"]}
-    model.load_state_dict(best["model"])
-    net = model if net is None else net
-    smote_info = None
-    if cfg.smote:
+def finish_run(run: _Run, best_state: dict, config_record: dict, say=print) -> None:
+    """Best weights -> optional SMOTE head -> val/test scores -> tuned threshold -> the run's files and report."""
+    best = _best_weights(run, best_state, config_record, say)
+    scored = _score_splits(run)
+    if not run.d.main:
+        return
+    metrics = _run_metrics(run.cfg, scored, say)
+    write_outputs(run.out, scored, metrics, config_record)
+    _save_best(run.out, best, metrics)
+    _report(run.cfg, run.out, metrics, say)
+
+
+def _best_weights(run: _Run, best_state: dict, config_record: dict, say) -> dict:
+    """The best epoch's weights into the model, its head refitted on SMOTE samples with --smote (recorded in
+    `config_record`); returns the state best_model.pth is saved from."""
+    best = dict(best_state)
+    run.model.load_state_dict(best["model"])
+    if run.cfg.smote:
         from .smote import smote_refit_head
-        smote_info = smote_refit_head(model, cfg, device, amp_dtype, d, eval_loader, val_loader, log=log,
-                                      cached=net is not model)
-        best["model"] = model.state_dict()
-    preds, lost = {}, {}
+        info = smote_refit_head(run.model, run.cfg, run.device, run.amp_dtype, run.d, run.eval_loader,
+                                run.val_loader, log=say, cached=run.scorer is not run.model)
+        best["model"] = run.model.state_dict()
+        if info:
+            config_record["smote"] = info
+    return best
+
+
+def _score_splits(run: _Run) -> dict[str, Scored]:
+    """val and, when it holds samples, test, scored by the best weights and gathered on every rank (so NaN scores
+    stop every rank alike)."""
+    scored = {}
     for split in ("val", "test"):
-        loader = val_loader if split == "val" else eval_loader(split)
+        loader = run.val_loader if split == "val" else run.eval_loader(split)
         if len(loader.index) == 0:
             continue
-        before = (loader.skipped, loader.rescued_batches)
-        keys, labels, scores, _ = predict(net, loader, device, amp_dtype, progress=cfg.progress and d.main, desc=split)
-        lost[split] = reduce_sum([loader.skipped - before[0], loader.rescued_batches - before[1]], d, device)
-        keys, labels, scores = gather_predictions(keys, labels, scores, d)
-        meta = all_gather_objects(loader.sample_meta(keys[d.rank::d.world_size]), d)
-        preds[split] = (keys, labels, scores, {k: v for part in meta for k, v in part.items()})
-    if not d.main:
-        return
-    if np.isnan(preds["val"][2]).any():
-        raise TrainingError(f"run {out}: the model produced NaN scores; lower --lr or use --amp off")
+        scored[split] = score_split(run.scorer, loader, run.device, run.amp_dtype, run.d,
+                                    progress=run.cfg.progress and run.d.main, desc=split)
+        require_finite(scored[split].scores, f"run {run.out}", f" on split {split}; lower --lr or use --amp off")
+    return scored
+
+
+def _run_metrics(cfg: TrainConfig, scored: dict[str, Scored], say) -> dict:
+    """metrics.json of a run: each split at 0.5 and at the threshold tuned on val, and the samples lost per split
+    (those that could not be decoded are not in the predictions); its warnings go to the console."""
     from .metrics import build_metrics
-    from .predictions import attack_names, group_names
-    for split, (keys, labels, scores, meta) in preds.items():
-        write_predictions(out / f"predictions_{split}.csv", keys, labels, scores, meta)
-    test = preds.get("test")
-    metrics, warnings = build_metrics((preds["val"][1], preds["val"][2]),
-                                      (test[1], test[2]) if test else None, cfg.threshold_method,
-                                      attacks={s: attack_names(p[0], p[3]) for s, p in preds.items()},
-                                      groups={s: group_names(p[0], p[3]) for s, p in preds.items()})
     from .report.text import small_val_note, val_counts
+    val, test = scored["val"], scored.get("test")
+    metrics, warnings = build_metrics((val.labels, val.scores), (test.labels, test.scores) if test else None,
+                                      cfg.threshold_method, attacks={s: p.attacks() for s, p in scored.items()},
+                                      groups={s: p.groups() for s, p in scored.items()})
     for w in [*warnings, small_val_note(val_counts(metrics["val"]) or {})]:
         if w:
-            log(f"warning: {w}")
-    # samples that could not be decoded are not in the predictions: say how many, per split
-    metrics["skipped_samples"] = {s: int(v[0]) for s, v in lost.items()}
-    metrics["rescued_batches"] = {s: int(v[1]) for s, v in lost.items()}
-    atomic.write_json(out / "metrics.json", metrics, default=str)
-    chosen = metrics["chosen"]
+            say(f"warning: {w}")
+    metrics["skipped_samples"] = {s: p.skipped for s, p in scored.items()}
+    metrics["rescued_batches"] = {s: p.rescued for s, p in scored.items()}
+    return metrics
+
+
+def _save_best(out: Path, best: dict, metrics: dict) -> None:
+    """best_model.pth with the threshold chosen on val, the record metrics.json calls "chosen", and the LLR
+    calibration fitted on val: `dfp evaluate` on other shards applies both."""
     best.pop("format", None)
-    # the checkpoint names the threshold "value"; the other keys (requested, fallback_reason too) as in metrics.json
-    best["threshold"] = {("value" if k == "threshold" else k): v for k, v in chosen.items()}
-    # the LLR calibration fitted on val travels with the threshold, so `dfp evaluate` on other shards applies both
+    best["threshold"] = dict(metrics["chosen"])
     best["calibration"] = metrics["val"].get("llr")
     checkpoint.save(out / "best_model.pth", best)
-    if smote_info:
-        config_record["smote"] = smote_info
-    atomic.write_json(out / "config.json", config_record, default=str)
+
+
+def _report(cfg: TrainConfig, out: Path, metrics: dict, say) -> None:
+    """training_results.txt and report.html (unless --no-report), then the console's closing block."""
     if cfg.report:
         from .report import render_report
         render_report(out)
-    log("")
-    log(final_summary(metrics))
+    say("")
+    say(final_summary(metrics))
     if cfg.report:
-        log(f"summary: {out / 'training_results.txt'}")
-        log(f"report:  {out / 'report.html'}")
+        say(f"summary: {out / 'training_results.txt'}")
+        say(f"report:  {out / 'report.html'}")
     else:
-        log(f"report:  not written (--no-report); `dfp report {out}` renders it from the saved files")
-    log(f"model:  {out / 'best_model.pth'} (threshold {chosen['threshold']:.4f}, {chosen['method']})")
+        say(f"report:  not written (--no-report); `dfp report {out}` renders it from the saved files")
+    chosen = metrics["chosen"]
+    say(f"model:  {out / 'best_model.pth'} (threshold {chosen['threshold']:.4f}, {chosen['method']})")
 
 
 def final_summary(metrics: dict) -> str:

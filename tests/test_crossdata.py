@@ -57,7 +57,7 @@ def _hter(cm) -> float:
 def test_table_rows_are_each_sets_own_metrics_at_the_checkpoints_threshold(sets, tmp_path, monkeypatch, capsys):
     run, own, copy, other = sets
     ckpt = run / "best_model.pth"
-    stored = checkpoint.load(ckpt)["threshold"]["value"]
+    stored = checkpoint.load(ckpt)["threshold"]["threshold"]
     out = tmp_path / "cross"
     code, printed, err = dfp_in_process(["evaluate", ckpt, own, copy, other, "--device", "cpu", "--out", out],
                                    monkeypatch, capsys)
@@ -86,7 +86,7 @@ def test_table_rows_are_each_sets_own_metrics_at_the_checkpoints_threshold(sets,
     assert "video" in json.loads((Path(rows[2]["folder"]) / "metrics.json").read_text())["test"]
     assert rows[2]["video_auc"] is not None and rows[0]["video_auc"] is None
     assert doc["chosen"]["threshold"] == stored and doc["evaluation"]["split"] == "test"
-    assert checkpoint.load(ckpt)["threshold"]["value"] == stored  # no set re-tuned it
+    assert checkpoint.load(ckpt)["threshold"]["threshold"] == stored  # no set re-tuned it
 
 
 @pytest.mark.slow
@@ -109,7 +109,7 @@ def test_default_table_beside_the_evaluations_is_never_replaced_by_another(sets,
     assert json.loads(newer.read_text())["rows"] == second["rows"]
     assert newer.with_suffix(".md").is_file()
     _tune_elsewhere(run, own)
-    stored = checkpoint.load(ckpt)["threshold"]["value"]
+    stored = checkpoint.load(ckpt)["threshold"]["threshold"]
     for path in tables:  # dfp tune brought both tables to its threshold, row by row from the retargeted folders
         doc = json.loads(path.read_text())
         assert doc["chosen"]["threshold"] == stored and f"{stored:.4f}" in path.with_suffix(".md").read_text()
@@ -122,12 +122,12 @@ def test_default_table_beside_the_evaluations_is_never_replaced_by_another(sets,
 def _tune_elsewhere(run: Path, shards: Path) -> None:
     """dfp tune with the method whose val threshold lies farthest from the stored one, so the threshold moves."""
     ckpt = run / "best_model.pth"
-    old = checkpoint.load(ckpt)["threshold"]["value"]
+    old = checkpoint.load(ckpt)["threshold"]["threshold"]
     val = read_prediction_table(run / "predictions_val.csv")
     table = all_thresholds(val.labels, val.scores)
     method = max(table, key=lambda m: abs(table[m] - old))
     ev.tune(ckpt, shards, method, **QUIET)
-    assert checkpoint.load(ckpt)["threshold"]["value"] != old
+    assert checkpoint.load(ckpt)["threshold"]["threshold"] != old
 
 
 def test_plan_gives_sets_of_one_name_their_own_folders_and_rows(tmp_path):

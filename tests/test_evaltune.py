@@ -114,9 +114,9 @@ def test_tune_brings_metrics_report_and_evaluations_to_the_checkpoint(tiny, tmp_
     printed = []
     t = ev.tune(ckpt_path, shards, "recall:0.9", device="cpu", log=printed.append)
     ckpt = checkpoint.load(ckpt_path)
-    assert ckpt["threshold"] == {"method": "recall:0.9", "value": t}
+    assert ckpt["threshold"] == {"method": "recall:0.9", "threshold": t}
     previous = ckpt["threshold_history"][-1]
-    assert (previous["method"], previous["value"]) == (before["method"], before["threshold"]) and previous["replaced_at"]
+    assert (previous["method"], previous["threshold"]) == (before["method"], before["threshold"]) and previous["replaced_at"]
     assert not list(run.glob("*.partial"))
     summary = next(p for p in printed if "test at the new threshold" in p)
     assert f"threshold {t:.4f} (recall:0.9" in summary
@@ -152,7 +152,7 @@ def test_set_threshold_is_atomic_and_keeps_every_previous_threshold(tmp_path, mo
     checkpoint.set_threshold(path, "eer", 0.3)
     checkpoint.set_threshold(path, "recall:0.9", 0.2)
     ckpt = checkpoint.load(path)
-    assert [(h["method"], h["value"]) for h in ckpt["threshold_history"]] == [("f1", 0.42), ("eer", 0.3)]
+    assert [(h["method"], h["threshold"]) for h in ckpt["threshold_history"]] == [("f1", 0.42), ("eer", 0.3)]
     before = path.read_bytes()
 
     def dies_mid_write(obj, f):  # checkpoint.save hands torch an open file
@@ -162,7 +162,7 @@ def test_set_threshold_is_atomic_and_keeps_every_previous_threshold(tmp_path, mo
     with pytest.raises(OSError):
         checkpoint.set_threshold(path, "youden", 0.1)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
-    assert np.isclose(checkpoint.load(path)["threshold"]["value"], 0.2)
+    assert np.isclose(checkpoint.load(path)["threshold"]["threshold"], 0.2)
 
 
 def test_tune_leaves_a_folder_without_predictions_as_it_is_and_says_so(tmp_path):
@@ -188,3 +188,67 @@ def test_evaluation_applies_the_runs_val_calibration(tiny, tmp_path):
     assert got["llr"] == trained["llr"]
     for key in ("min_dcf", "act_dcf", "cllr", "ece"):
         assert got[key] == pytest.approx(trained[key], abs=1e-6), key
+
+
+def _old_form(ckpt_path: Path, threshold: float, history: list[dict]) -> None:
+    """The checkpoint rewritten as checkpoints stored the threshold before its key was "threshold": "value"."""
+    state = torch.load(ckpt_path, weights_only=True)
+    state.pop("format")
+    checkpoint.save(ckpt_path, {**state, "threshold": {"method": "f1", "value": threshold},
+                                "threshold_history": history})
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_the_old_threshold_key_evaluates_predicts_and_tunes_at_its_threshold(tiny, tmp_path):
+    shards, run = tiny
+    run = copy_run(run, tmp_path / "run")
+    ckpt_path = run / "best_model.pth"
+    scores = sorted(read_prediction_table(run / "predictions_test.csv").scores)
+    t = float(scores[len(scores) // 2])  # a stored threshold that no default (0.5) could stand in for
+    _old_form(ckpt_path, t, [{"method": "eer", "value": 0.25, "replaced_at": "2026-01-01T00:00:00+00:00"}])
+    metrics = ev.evaluate(ckpt_path, shards, "test", **QUIET)
+    assert metrics["chosen"] == {"method": "f1", "threshold": t} and metrics["test"]["tuned"]["threshold"] == t
+    from pipeline.predict import predict_files
+    raw = image_tree(tmp_path / "raw", 3, 3, seed=5)
+    predict_files(ckpt_path, [raw], tmp_path / "p.csv", device="cpu", workers=0, log=lambda *a: None)
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [r["label"] for r in rows] == ["fake" if float(r["score"]) >= t else "real" for r in rows]
+    ev.tune(ckpt_path, shards, "youden", **QUIET)
+    # the replaced thresholds, old entries included, come out under the one key in the checkpoint and metrics.json
+    expected = [("eer", 0.25), ("f1", t)]
+    for history in (checkpoint.load(ckpt_path)["threshold_history"],
+                    json.loads((run / "metrics.json").read_text())["threshold_history"]):
+        assert [(h["method"], h["threshold"]) for h in history] == expected and all("value" not in h for h in history)
+    assert checkpoint.load(ckpt_path)["threshold"]["method"] == "youden"
+    text = (run / "training_results.txt").read_text()
+    assert "Previous: method eer, threshold 0.250000" in text and f"Previous: method f1, threshold {t:.6f}" in text
+
+
+def test_stored_threshold_reads_both_keys_and_defaults_to_one_half():
+    assert checkpoint.stored_threshold({"threshold": {"method": "f1", "value": 0.3, "requested": "x"}}) == \
+        {"method": "f1", "threshold": 0.3, "requested": "x"}
+    assert checkpoint.stored_threshold({"threshold": {"method": "f1", "threshold": 0.3}}) == \
+        {"method": "f1", "threshold": 0.3}
+    assert checkpoint.stored_threshold({}) == {"method": "default", "threshold": 0.5}
+
+
+@pytest.mark.slow
+def test_nan_scores_end_train_and_evaluate_alike_with_exit_1(tiny, tmp_path, monkeypatch, capsys):
+    from factory import dfp_in_process
+    from pipeline import scoring
+    shards, run = tiny
+    run = copy_run(run, tmp_path / "run")
+    state = torch.load(run / "best_model.pth", weights_only=True)
+    state.pop("format")
+    checkpoint.save(run / "best_model.pth", {**state, "model": {k: torch.full_like(v, float("nan"))
+                                                                if v.is_floating_point() else v
+                                                                for k, v in state["model"].items()}})
+    code, _, err = dfp_in_process(["evaluate", run / "best_model.pth", shards, "--device", "cpu"], monkeypatch, capsys)
+    assert (code, err.count("\n")) == (1, 1) and "the model produced NaN scores on" in err, err
+    real = scoring.predict
+    nan = lambda *a, **k: (lambda r: (r[0], r[1], np.full_like(r[2], np.nan), r[3]))(real(*a, **k))
+    monkeypatch.setattr(scoring, "predict", nan)  # the epochs' own validation keeps its finite scores
+    code, _, err = dfp_in_process(["train", shards, "--out", tmp_path / "new", "--device", "cpu", "--epochs", "1",
+                                   "--batch-size", "4", "--image-size", "32", "--workers", "0", "--model", "resnet18",
+                                   "--backend", "torch", "--quiet"], monkeypatch, capsys)
+    assert (code, err.count("\n")) == (1, 1) and "the model produced NaN scores on split val" in err, err

@@ -428,7 +428,7 @@ def test_tune_on_a_url_stores_the_threshold_tuning_on_the_folder_gives(http, sha
         tune(run / "best_model.pth", where, "youden", "cpu", "auto", 8, log=lambda *a: None)
         thresholds.append(torch.load(run / "best_model.pth", weights_only=False)["threshold"])
         chosen.append(json.loads((run / "metrics.json").read_text())["chosen"])
-    assert thresholds[0]["value"] == pytest.approx(thresholds[1]["value"], abs=1e-6)
+    assert thresholds[0]["threshold"] == pytest.approx(thresholds[1]["threshold"], abs=1e-6)
     assert thresholds[0]["method"] == thresholds[1]["method"] == "youden"
     assert chosen[1]["tuned_on"] == url and chosen[0]["tuned_on"] == str(shards.resolve())
 

@@ -273,3 +273,11 @@ def test_console_summary_names_the_threshold_applied_and_the_attacks():
     fallback = console_summary("test", rep, {"method": "default", "threshold": .5, "requested": "precision:0.99",
                                              "fallback_reason": "unreachable"})
     assert "(default; precision:0.99 is undefined on val)" in fallback and "tuned on val" not in fallback
+
+
+def test_threshold_history_is_shown_whichever_key_its_entries_use():
+    from pipeline.report.text import threshold_provenance
+    history = [{"method": "f1", "value": 0.4, "replaced_at": "A"},  # a run folder written before the one key
+               {"method": "eer", "threshold": 0.3, "replaced_at": "B"}, "not an entry"]
+    assert threshold_provenance({}, history) == ["Previous: method f1, threshold 0.400000 (replaced A)",
+                                                 "Previous: method eer, threshold 0.300000 (replaced B)"]

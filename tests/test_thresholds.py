@@ -141,9 +141,10 @@ def test_perfect_separation_and_single_score():
 def test_dfp_tune_refuses_an_unreachable_target_and_keeps_the_stored_threshold(tmp_path, monkeypatch):
     from pipeline import checkpoint, evaluate
     from pipeline.errors import InputError
+    from pipeline.scoring import Scored
     y = np.array([0, 1, 0, 1, 0, 1])
     s = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
-    monkeypatch.setattr(evaluate, "_predict_split", lambda *a, **k: (None, None, None, y, s))
+    monkeypatch.setattr(evaluate, "_predict_split", lambda *a, **k: (None, Scored([], y, s, {})))
     monkeypatch.setattr(evaluate, "_split_size", lambda shards, split: 0)  # no manifest here: no test split
     path = tmp_path / "best_model.pth"
     stored = {"method": "f1", "value": 0.123456789012345}
@@ -155,5 +156,6 @@ def test_dfp_tune_refuses_an_unreachable_target_and_keeps_the_stored_threshold(t
     assert path.read_bytes() == before and checkpoint.load(path)["threshold"] == stored
     evaluate.tune(path, "shards", "youden", log=lambda *a: None)
     ckpt = checkpoint.load(path)
-    assert ckpt["threshold"] == {"method": "youden", "value": tune(y, s, "youden")}
-    assert [{k: v for k, v in h.items() if k != "replaced_at"} for h in ckpt["threshold_history"]] == [stored]
+    assert ckpt["threshold"] == {"method": "youden", "threshold": tune(y, s, "youden")}
+    assert [{k: v for k, v in h.items() if k != "replaced_at"} for h in ckpt["threshold_history"]] == [
+        {"method": "f1", "threshold": stored["value"]}]  # a history entry of the old form, under the one key

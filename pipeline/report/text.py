@@ -264,8 +264,10 @@ def threshold_provenance(chosen: dict, history) -> list[str]:
     if chosen.get("tuned_on"):
         lines.append(f"Tuned by dfp tune on the val split of {chosen['tuned_on']} at {chosen.get('tuned_at', '?')}")
     for old in history if isinstance(history, list) else []:
-        if isinstance(old, dict) and isinstance(old.get("value"), (int, float)):
-            lines.append(f"Previous: method {old.get('method')}, threshold {old['value']:.6f} "
+        # "value": the key of history entries in run folders written before it was "threshold", as in "chosen"
+        value = old.get("threshold", old.get("value")) if isinstance(old, dict) else None
+        if isinstance(value, (int, float)):
+            lines.append(f"Previous: method {old.get('method')}, threshold {value:.6f} "
                          f"(replaced {old.get('replaced_at', '?')})")
     return lines
 
