@@ -1,4 +1,4 @@
-"""The shape of pipeline/: no module imports itself back through others.
+"""The shape of pipeline/: no module imports itself back through others, and no function longer than a screen.
 
 The import graph is read from the source with `ast` alone (nothing of pipeline is imported, so a circle that
 only bites at import time in some order is still seen). Every `import` and `from ... import` counts, also the
@@ -12,9 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Circles still to cut (crossdata <-> evaluate goes with issue 22's finish_run split). This set must be empty:
-# an entry is a debt, not a permission, and the test fails on an entry that is no longer a circle.
-KNOWN_CIRCLES: set[frozenset[str]] = {frozenset({"pipeline.crossdata", "pipeline.evaluate"})}
+# a function longer than this (def line to last line, decorators aside) is several functions
+MAX_FUNCTION_LINES = 60
 
 
 def _modules(root: Path) -> dict[str, Path]:
@@ -134,7 +133,41 @@ def test_pipeline_has_no_import_circle():
     root = REPO / "pipeline"
     graph, mods = import_graph(root), _modules(root)
     found = circles(graph)
-    new = [c for c in found if c not in KNOWN_CIRCLES]
-    assert not new, "import circles in pipeline/:\n" + "\n".join(_describe(c, graph, mods) for c in new)
-    gone = [sorted(c) for c in KNOWN_CIRCLES if c not in found]
-    assert not gone, f"no longer circles, remove them from KNOWN_CIRCLES: {gone}"
+    assert not found, "import circles in pipeline/:\n" + "\n".join(_describe(c, graph, mods) for c in found)
+
+
+def long_functions(root: Path, limit: int) -> list[str]:
+    """`path:line name (N lines)` for every function or method under root longer than limit lines."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name} ({n} lines)")
+    return found
+
+
+def test_the_function_length_check_counts_the_signature_and_nested_functions(tmp_path):
+    (tmp_path / "m.py").write_text(
+        "def short(a,\n"
+        "          b):\n"
+        "    return a\n"
+        "\n"
+        "\n"
+        "class K:\n"
+        "    def long(self):\n"
+        "        def inner():\n"
+        "            x = 1\n"
+        "            return x\n"
+        "        return inner\n")
+    short, long_, inner = (f"{tmp_path.name}/m.py:{at}" for at in ("1 short (3 lines)", "7 long (5 lines)",
+                                                                    "8 inner (3 lines)"))
+    assert long_functions(tmp_path, 2) == [short, long_, inner]
+    assert long_functions(tmp_path, 3) == [long_]
+    assert long_functions(tmp_path, 5) == []
+
+
+def test_no_function_in_pipeline_is_longer_than_a_screen():
+    found = long_functions(REPO / "pipeline", MAX_FUNCTION_LINES)
+    assert not found, f"functions over {MAX_FUNCTION_LINES} lines (split them):\n" + "\n".join(found)
