@@ -228,6 +228,9 @@ def test_shard_deleted_during_evaluate_is_one_line(backend, workers, image_shard
                            "--out", tmp_path / "ev"], monkeypatch, capsys)
     line = _one_error_line(err)
     assert code == 2 and gone[0] in line and "cannot be opened" in line, err
+    import multiprocessing
+    # the failed epoch's loader workers are gone now, not when the garbage collector gets to the exception
+    assert not multiprocessing.active_children()
 
 
 def test_shard_deleted_during_train_is_one_line(image_shards, tmp_path, monkeypatch, capsys):

@@ -59,11 +59,12 @@ class Producer:
         dl = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
                         pin_memory=ld.device.type == "cuda" and not self.raw,
                         prefetch_factor=4 if workers else None, persistent_workers=False)
-        for item in dl:
-            if self.raw:
-                yield self._decode_on_device(*item)
-            else:
-                yield item
+        it = iter(dl)
+        try:
+            for item in it:
+                yield self._decode_on_device(*item) if self.raw else item
+        finally:
+            _stop_workers(it)
 
     def _decode_on_device(self, comps: list, idx: np.ndarray, strong: np.ndarray):
         """JPEG bytes -> decoded and augmented on the loader's device, one sample at a time after a batched decode."""
@@ -101,3 +102,12 @@ def _augment(frames, cfg, strong):
     if cfg.augment:
         return torch_image_train(x, IMAGE["strong" if strong else "standard"], cfg.image_size)
     return torch_image_eval(x, cfg.image_size, cfg.interpolation)
+
+
+def _stop_workers(it) -> None:
+    """End a DataLoader iterator's worker processes now. A failed or abandoned epoch otherwise leaves them, and
+    their queues' feeder threads, to whenever the garbage collector frees the iterator: the exception that ended
+    the epoch holds it through its traceback, and the threads' late teardown prints tracebacks of its own."""
+    stop = getattr(it, "_shutdown_workers", None)  # torch's own teardown, as the iterator's __del__ runs it
+    if stop is not None:
+        stop()
