@@ -406,6 +406,9 @@ def test_pretrained_takes_the_bundle_weights_from_the_torch_hub_cache_offline(tm
                   aux_num_out=None)
     tiny = dataclasses.replace(torchaudio.pipelines.HUBERT_BASE, _path="dfp_tiny_test.pth", _params=params)
     monkeypatch.setattr(ssl, "_bundle", lambda name: tiny)
+    import urllib.request
+    # urllib installs its opener, with the proxies of the moment (the dead one here), on first use and keeps it
+    monkeypatch.setattr(urllib.request, "_opener", None)
     for k, v in _offline_env(tmp_path).items():
         monkeypatch.setenv(k, v)
     got = build_model("hubert_base", "audio", pretrained=True).backbone.ssl.state_dict()
