@@ -158,6 +158,7 @@ _SHARD_PARAMS = _config_params(
 def shard(**a) -> None:
     """Pack INPUT into class-labeled WebDataset shards with a manifest, .idx files and rejects.jsonl."""
     if a["merge"] is not None:
+        _refuse_packing_options(a)
         parts = [a["input_dir"], *([Path(a["out"])] if a["out"] else []), *(a["more_parts"] or [])]
         return _merge_parts(a["merge"], parts, a["part"], a["quiet"])
     if a["more_parts"]:
@@ -166,6 +167,17 @@ def shard(**a) -> None:
     out = a["out"] or "shards/data"
     _check_shard(a, out)
     _pack(a["input_dir"], out, _config_from(ShardParams, a), a["part"], a["workers"], progress=not a["quiet"])
+
+
+def _refuse_packing_options(a: dict) -> None:
+    """--merge writes the parts as they were packed, with the options in their part.json: a packing option given
+    to it would change nothing, so it is refused rather than silently dropped."""
+    given = [f.name for f in dataclasses.fields(ShardParams) if a[f.name] != f.default]
+    given += ["workers"] if a["workers"] is not None else []
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise UsageError(f"{flags}: --merge takes every packing option from the parts' part.json; give them to "
+                         "each --part run instead, and --merge only OUT and the part folders")
 
 
 def _check_shard(a: dict, out: str) -> None:

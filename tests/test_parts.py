@@ -223,6 +223,20 @@ def test_part_and_merge_together_and_extra_arguments_are_refused(tmp_path, monke
     assert code == 2 and "unexpected argument" in err
 
 
+@pytest.mark.parametrize("extra,named", [(["--seed", "3"], "--seed"), (["--faces", "--max-count", "9"],
+                                                                    "--max-count, --faces"),
+                                          (["--workers", "2"], "--workers")])
+def test_merge_refuses_packing_options_it_would_not_apply(extra, named, tmp_path, monkeypatch, capsys):
+    parts = [tmp_path / "part1", tmp_path / "part2"]
+    for p in parts:
+        p.mkdir()
+    code, err = _main(["shard", "--merge", tmp_path / "out", *parts, *extra], monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {named}: --merge takes every packing "
+                                                                 "option from the parts' part.json"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_shares_cover_the_plan_once():
     for total in (0, 1, 7, 100):
         for n in (1, 3, 8):
