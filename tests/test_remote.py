@@ -400,6 +400,69 @@ def test_verify_names_a_deleted_and_a_changed_object(http, shards):
     assert f"{a}: missing" in problems and any(p.startswith(f"{b}: checksum mismatch") for p in problems)
 
 
+def _damage(folder: Path) -> list[str]:
+    """One kind of damage per shard of the set; returns the kinds (each a problem line verify must report)."""
+    import hashlib
+    from pipeline.formats import read_index, read_manifest, write_manifest
+    manifest = read_manifest(folder)
+    rows = manifest["shards"]
+    assert len(rows) >= 6
+    tar = [folder / r["path"] for r in rows]
+    tar[0].unlink()  # missing
+    tar[1].write_bytes(tar[1].read_bytes()[:-1536])  # cut short: not a whole tar
+    flipped = bytearray(tar[2].read_bytes())
+    flipped[600] ^= 0xFF  # same size, other bytes
+    tar[2].write_bytes(bytes(flipped))
+    tar[3].with_suffix(".idx").unlink()
+    idx = tar[4].with_suffix(".idx")
+    head, rest = idx.read_text().split("\n", 1)
+    idx.write_text(f"v1.2 {int(head.split()[1]) + 1}\n{rest}")  # its header counts one sample too many
+    offset, _ = read_index(tar[5].with_suffix(".idx"))[0]["jpg"]
+    data = bytearray(tar[5].read_bytes())
+    data[offset:offset + 2] = b"\0\0"  # no JPEG start marker, under a checksum that matches
+    tar[5].write_bytes(bytes(data))
+    rows[5]["sha256"] = hashlib.sha256(data).hexdigest()
+    write_manifest(folder, manifest)
+    return ["missing", "checksum mismatch", "unreadable index", "header says", "decode failed"]
+
+
+def test_verify_of_a_damaged_url_reports_the_lines_a_local_verify_reports(http, shards):
+    from pipeline.remote_verify import verify_url
+    from pipeline.verify import verify_shards
+    url, served = http
+    copy = served.parent / "damaged"
+    shutil.copytree(shards, copy)
+    kinds = _damage(copy)
+    local, seen = verify_shards(copy, progress=False)
+    assert all(any(k in p for p in local) for k in kinds), local
+    assert not any(str(copy) in p for p in local)  # named by their paths in the set, as a URL's are
+    assert verify_url(url.rsplit("/", 1)[0] + "/damaged", progress=False) == (local, seen)
+
+
+def test_verify_of_a_url_holds_one_shard_on_local_disk_at_a_time(s3, shards, tmp_path, monkeypatch):
+    import tempfile
+    from pipeline.formats import read_manifest
+    from pipeline.remote_verify import verify_url
+    url = f"{s3}/verify-disk"
+    _upload_tree(shards, url)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    held = []
+    real = storage.download
+
+    def measured(*a, **kw):
+        real(*a, **kw)
+        held.append(sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()))
+
+    monkeypatch.setattr(storage, "download", measured)
+    assert verify_url(url, progress=False)[0] == []
+    rows = read_manifest(shards)["shards"]
+    one = max(r["bytes"] + (shards / r["path"]).with_suffix(".idx").stat().st_size for r in rows)
+    assert len(held) >= 2 * len(rows) and 0 < max(held) <= one, (held, one)
+    assert not any(p.is_file() for p in tmp.rglob("*"))
+
+
 @pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_both_backends_deliver_the_local_batches_from_ranged_reads(http, shards, backend):
     import torch
