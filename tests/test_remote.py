@@ -342,11 +342,11 @@ def test_shard_to_s3_uploads_the_manifest_last_and_a_rerun_completes_it(s3, shar
     calls = []
     real = storage.upload
 
-    def dying(local, dest):
+    def dying(local, dest, *a):
         calls.append(dest.rsplit("/", 2)[-2:])
         if len(calls) == 3:
             raise KeyboardInterrupt  # killed mid-upload
-        real(local, dest)
+        real(local, dest, *a)
 
     monkeypatch.setattr(storage, "upload", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -367,6 +367,46 @@ def test_shard_to_s3_uploads_the_manifest_last_and_a_rerun_completes_it(s3, shar
     storage.upload(str(shards / "rejects.jsonl"), storage.join(url, "notes/mine.txt"))
     r = _cli("shard", inp, url, "--quiet")
     assert r.returncode == 2 and "notes/mine.txt" in r.stderr and "did not write" in r.stderr, r.stderr
+
+
+def test_an_upload_rerun_skips_what_is_provably_there_and_replaces_the_rest(s3, shards, monkeypatch):
+    """Killed after k objects, then run again: only the objects not there are uploaded, plus those that are not
+    provably the local file (other bytes of the same size, no or a wrong recorded sha256), and the manifest last."""
+    import boto3
+    from pipeline import upload
+    from pipeline.remote_verify import verify_url
+    url, k = f"{s3}/rerun", 5
+    puts, limit, logged = [], [k], []
+    real = storage.upload
+
+    def counted(local, dest, sha256=None):
+        if len(puts) == limit[0]:
+            raise KeyboardInterrupt  # killed mid-upload
+        puts.append(dest[len(url) + 1:])
+        real(local, dest, sha256)
+
+    monkeypatch.setattr(storage, "upload", counted)
+    with pytest.raises(KeyboardInterrupt):
+        upload.build_and_upload(shards.parent / "in", url, ShardParams(split="0.5,0.25,0.25"), workers=1,
+                                progress=False)
+    first = list(puts)
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    for rel, other, meta in ((first[0], True, {}), (first[1], True, {storage.SHA256_KEY: "0" * 64}),
+                             (first[2], False, {})):  # the last as another tool (or an older dfp) wrote it
+        data = bytearray((shards / rel).read_bytes())
+        data[len(data) // 2] ^= 0x01 if other else 0
+        client.put_object(Bucket=BUCKET, Key=f"rerun/{rel}", Body=bytes(data), Metadata=meta)
+    puts.clear()
+    limit[0] = None
+    upload.build_and_upload(shards.parent / "in", url, ShardParams(split="0.5,0.25,0.25"), workers=1,
+                            progress=False, log=logged.append)
+    every = {str(p.relative_to(shards)) for p in shards.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert set(puts) == (every - set(first)) | set(first[:3]) and len(puts) == len(set(puts))
+    assert puts[-1] == "manifest.json"
+    assert logged == [f"upload: {len(puts)} object(s) uploaded, {k - 3} already at {url} (same size and sha256) "
+                      "skipped"]
+    assert verify_url(url, progress=False)[0] == []
+    assert all(storage.read_bytes(storage.join(url, rel)) == (shards / rel).read_bytes() for rel in every)
 
 
 # ---------------------------------------------------------------- verify, stats, audit
