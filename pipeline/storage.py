@@ -13,6 +13,7 @@ naming it.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -30,6 +31,8 @@ PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": 
 # is that file without reading it back (S3 keeps the key in lower case: x-amz-meta-dfp-sha256)
 SHA256_KEY = "dfp-sha256"
 _METADATA_SCHEMES = ("s3", "s3a")
+# where create() and replace() are conditional writes (tested with S3; gcsfs's are left untried)
+CONDITIONAL_SCHEMES = ("s3", "s3a")
 _TRANSIENT_NAMES = ("Timeout", "Connection", "Disconnected", "Payload", "Throttl", "SlowDown")
 
 _fs: dict = {}
@@ -258,6 +261,42 @@ def recorded_sha256(url: str) -> str | None:
     if scheme(url) not in _METADATA_SCHEMES:
         return None
     return call(url, lambda: filesystem(url).metadata(url), "look up").get(SHA256_KEY)
+
+
+def create(url: str, data: bytes) -> bool:
+    """Write the object only if there is none at the URL (a conditional write, If-None-Match): False if there is."""
+    def put():
+        try:
+            filesystem(url).pipe_file(url, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    return call(url, put, "write")
+
+
+def replace(url: str, data: bytes, etag: str) -> bool:
+    """Overwrite the object only while it is the version `etag` names (If-Match): False once it is another."""
+    def put():
+        try:
+            filesystem(url).pipe_file(url, data, IfMatch=etag)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # s3fs's translation of 412 Precondition Failed
+                return False
+            raise
+        return True
+    return call(url, put, "write")
+
+
+def etag(url: str) -> str | None:
+    """The object's version tag; None when it does not exist."""
+    def info():
+        try:
+            return filesystem(url).info(url).get("ETag")
+        except FileNotFoundError:
+            return None
+    return call(url, info, "look up")
 
 
 def remove(url: str) -> None:

@@ -409,6 +409,63 @@ def test_an_upload_rerun_skips_what_is_provably_there_and_replaces_the_rest(s3, 
     assert all(storage.read_bytes(storage.join(url, rel)) == (shards / rel).read_bytes() for rel in every)
 
 
+def test_a_second_upload_to_a_prefix_being_written_is_refused(s3, shards, tmp_path, monkeypatch):
+    """Two dfp shard to one prefix at once: the second stops with one line (the set stays the first's, whole),
+    where it used to overwrite shards that the first's manifest, written last, then named."""
+    from pipeline import upload
+    from pipeline.formats import read_manifest
+    from pipeline.remote_verify import verify_url
+    url = f"{s3}/two-at-once"
+    other = image_tree(tmp_path / "other", 12, 8, seed=1)
+    real, gate, paused = storage.upload, threading.Event(), threading.Event()
+
+    def pausing(local, dest, *a):
+        real(local, dest, *a)
+        if not paused.is_set():
+            paused.set()
+            gate.wait(120)
+
+    monkeypatch.setattr(storage, "upload", pausing)
+    first = threading.Thread(target=upload.build_and_upload, args=(shards.parent / "in", url,
+                             ShardParams(split="0.5,0.25,0.25")), kwargs=dict(workers=1, progress=False))
+    first.start()
+    try:
+        assert paused.wait(120)
+        r = _cli("shard", other, url, "--split", "0.5,0.25,0.25", "--workers", "1", "--quiet", env={**os.environ})
+    finally:
+        gate.set()
+        first.join()
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "another dfp shard is uploading there" in lines[0], r.stderr
+    assert storage.join(url, upload.CLAIM) in lines[0]
+    assert verify_url(url, progress=False)[0] == []
+    assert read_manifest(url)["shards"] == read_manifest(shards)["shards"]
+    assert upload.CLAIM not in upload.existing_objects(url)
+
+
+def test_a_claim_left_by_a_killed_run_is_taken_over_here_and_stands_from_elsewhere(s3, shards, monkeypatch):
+    from pipeline import upload
+    from pipeline.errors import InputError
+    url, inp, params = f"{s3}/claimed", shards.parent / "in", ShardParams(split="0.5,0.25,0.25")
+    claim = storage.join(url, upload.CLAIM)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage.filesystem(url).pipe_file(claim, json.dumps({"by": upload._machine(), "pid": dead.pid}).encode())
+    logged = []
+    upload.build_and_upload(inp, url, params, workers=1, progress=False, log=logged.append)
+    assert any(f"taking over {claim} from pid {dead.pid}" in line for line in logged), logged
+    assert upload.CLAIM not in upload.existing_objects(url) and "manifest.json" in upload.existing_objects(url)
+    storage.filesystem(url).pipe_file(claim, json.dumps({"by": "elsewhere", "pid": dead.pid}).encode())
+    with pytest.raises(InputError, match=f"another dfp shard is uploading there \\(elsewhere.*remove {claim}"):
+        upload.build_and_upload(inp, url, params, workers=1, progress=False, log=logged.append)
+    assert storage.exists(claim)  # not this run's to remove
+    storage.remove(claim)
+    logged.clear()
+    monkeypatch.setattr(storage, "create", lambda url, data: True)  # a server that ignores If-None-Match
+    upload.build_and_upload(inp, url, params, workers=1, progress=False, log=logged.append)
+    assert any("ignores conditional writes" in line for line in logged), logged
+
+
 # ---------------------------------------------------------------- verify, stats, audit
 def test_verify_stats_and_audit_read_a_url_as_they_read_the_folder(http, shards):
     from pipeline.audit import run_audit
