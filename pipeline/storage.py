@@ -13,6 +13,7 @@ naming it.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -26,6 +27,12 @@ CHUNK = 8 << 20
 # the package fsspec needs for a scheme, named in the error when it is absent
 PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp",
             "az": "adlfs", "abfs": "adlfs"}
+# the user metadata that carries a file's sha256 with its object, so that a later upload can tell the object
+# is that file without reading it back (S3 keeps the key in lower case: x-amz-meta-dfp-sha256)
+SHA256_KEY = "dfp-sha256"
+_METADATA_SCHEMES = ("s3", "s3a")
+# where create() and replace() are conditional writes (tested with S3; gcsfs's are left untried)
+CONDITIONAL_SCHEMES = ("s3", "s3a")
 _TRANSIENT_NAMES = ("Timeout", "Connection", "Disconnected", "Payload", "Throttl", "SlowDown")
 
 _fs: dict = {}
@@ -241,8 +248,55 @@ def changed(url: str, why: str) -> FormatError:
                        "the shards")
 
 
-def upload(local: str, url: str) -> None:
-    call(url, lambda: filesystem(url).put_file(local, url), "upload")
+def upload(local: str, url: str, sha256: str | None = None) -> None:
+    """The local file to the URL; `sha256` (the file's) is recorded with the object where the scheme keeps user
+    metadata (`recorded_sha256`)."""
+    kw = {"Metadata": {SHA256_KEY: sha256}} if sha256 and scheme(url) in _METADATA_SCHEMES else {}
+    call(url, lambda: filesystem(url).put_file(local, url, **kw), "upload")
+
+
+def recorded_sha256(url: str) -> str | None:
+    """The sha256 `upload` recorded with the object: None for one written without it (by another tool, or where
+    the scheme keeps no user metadata)."""
+    if scheme(url) not in _METADATA_SCHEMES:
+        return None
+    return call(url, lambda: filesystem(url).metadata(url), "look up").get(SHA256_KEY)
+
+
+def create(url: str, data: bytes) -> bool:
+    """Write the object only if there is none at the URL (a conditional write, If-None-Match): False if there is."""
+    def put():
+        try:
+            filesystem(url).pipe_file(url, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    return call(url, put, "write")
+
+
+def replace(url: str, data: bytes, etag: str) -> bool:
+    """Overwrite the object only while it is the version `etag` names (If-Match): False once it is another."""
+    def put():
+        try:
+            filesystem(url).pipe_file(url, data, IfMatch=etag)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # s3fs's translation of 412 Precondition Failed
+                return False
+            raise
+        return True
+    return call(url, put, "write")
+
+
+def etag(url: str) -> str | None:
+    """The object's version tag; None when it does not exist."""
+    def info():
+        try:
+            return filesystem(url).info(url).get("ETag")
+        except FileNotFoundError:
+            return None
+    return call(url, info, "look up")
 
 
 def remove(url: str) -> None:

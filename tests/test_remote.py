@@ -342,11 +342,11 @@ def test_shard_to_s3_uploads_the_manifest_last_and_a_rerun_completes_it(s3, shar
     calls = []
     real = storage.upload
 
-    def dying(local, dest):
+    def dying(local, dest, *a):
         calls.append(dest.rsplit("/", 2)[-2:])
         if len(calls) == 3:
             raise KeyboardInterrupt  # killed mid-upload
-        real(local, dest)
+        real(local, dest, *a)
 
     monkeypatch.setattr(storage, "upload", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -367,6 +367,103 @@ def test_shard_to_s3_uploads_the_manifest_last_and_a_rerun_completes_it(s3, shar
     storage.upload(str(shards / "rejects.jsonl"), storage.join(url, "notes/mine.txt"))
     r = _cli("shard", inp, url, "--quiet")
     assert r.returncode == 2 and "notes/mine.txt" in r.stderr and "did not write" in r.stderr, r.stderr
+
+
+def test_an_upload_rerun_skips_what_is_provably_there_and_replaces_the_rest(s3, shards, monkeypatch):
+    """Killed after k objects, then run again: only the objects not there are uploaded, plus those that are not
+    provably the local file (other bytes of the same size, no or a wrong recorded sha256), and the manifest last."""
+    import boto3
+    from pipeline import upload
+    from pipeline.remote_verify import verify_url
+    url, k = f"{s3}/rerun", 5
+    puts, limit, logged = [], [k], []
+    real = storage.upload
+
+    def counted(local, dest, sha256=None):
+        if len(puts) == limit[0]:
+            raise KeyboardInterrupt  # killed mid-upload
+        puts.append(dest[len(url) + 1:])
+        real(local, dest, sha256)
+
+    monkeypatch.setattr(storage, "upload", counted)
+    with pytest.raises(KeyboardInterrupt):
+        upload.build_and_upload(shards.parent / "in", url, ShardParams(split="0.5,0.25,0.25"), workers=1,
+                                progress=False)
+    first = list(puts)
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    for rel, other, meta in ((first[0], True, {}), (first[1], True, {storage.SHA256_KEY: "0" * 64}),
+                             (first[2], False, {})):  # the last as another tool (or an older dfp) wrote it
+        data = bytearray((shards / rel).read_bytes())
+        data[len(data) // 2] ^= 0x01 if other else 0
+        client.put_object(Bucket=BUCKET, Key=f"rerun/{rel}", Body=bytes(data), Metadata=meta)
+    puts.clear()
+    limit[0] = None
+    upload.build_and_upload(shards.parent / "in", url, ShardParams(split="0.5,0.25,0.25"), workers=1,
+                            progress=False, log=logged.append)
+    every = {str(p.relative_to(shards)) for p in shards.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert set(puts) == (every - set(first)) | set(first[:3]) and len(puts) == len(set(puts))
+    assert puts[-1] == "manifest.json"
+    assert logged == [f"upload: {len(puts)} object(s) uploaded, {k - 3} already at {url} (same size and sha256) "
+                      "skipped"]
+    assert verify_url(url, progress=False)[0] == []
+    assert all(storage.read_bytes(storage.join(url, rel)) == (shards / rel).read_bytes() for rel in every)
+
+
+def test_a_second_upload_to_a_prefix_being_written_is_refused(s3, shards, tmp_path, monkeypatch):
+    """Two dfp shard to one prefix at once: the second stops with one line (the set stays the first's, whole),
+    where it used to overwrite shards that the first's manifest, written last, then named."""
+    from pipeline import upload
+    from pipeline.formats import read_manifest
+    from pipeline.remote_verify import verify_url
+    url = f"{s3}/two-at-once"
+    other = image_tree(tmp_path / "other", 12, 8, seed=1)
+    real, gate, paused = storage.upload, threading.Event(), threading.Event()
+
+    def pausing(local, dest, *a):
+        real(local, dest, *a)
+        if not paused.is_set():
+            paused.set()
+            gate.wait(120)
+
+    monkeypatch.setattr(storage, "upload", pausing)
+    first = threading.Thread(target=upload.build_and_upload, args=(shards.parent / "in", url,
+                             ShardParams(split="0.5,0.25,0.25")), kwargs=dict(workers=1, progress=False))
+    first.start()
+    try:
+        assert paused.wait(120)
+        r = _cli("shard", other, url, "--split", "0.5,0.25,0.25", "--workers", "1", "--quiet", env={**os.environ})
+    finally:
+        gate.set()
+        first.join()
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "another dfp shard is uploading there" in lines[0], r.stderr
+    assert storage.join(url, upload.CLAIM) in lines[0]
+    assert verify_url(url, progress=False)[0] == []
+    assert read_manifest(url)["shards"] == read_manifest(shards)["shards"]
+    assert upload.CLAIM not in upload.existing_objects(url)
+
+
+def test_a_claim_left_by_a_killed_run_is_taken_over_here_and_stands_from_elsewhere(s3, shards, monkeypatch):
+    from pipeline import upload
+    from pipeline.errors import InputError
+    url, inp, params = f"{s3}/claimed", shards.parent / "in", ShardParams(split="0.5,0.25,0.25")
+    claim = storage.join(url, upload.CLAIM)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage.filesystem(url).pipe_file(claim, json.dumps({"by": upload._machine(), "pid": dead.pid}).encode())
+    logged = []
+    upload.build_and_upload(inp, url, params, workers=1, progress=False, log=logged.append)
+    assert any(f"taking over {claim} from pid {dead.pid}" in line for line in logged), logged
+    assert upload.CLAIM not in upload.existing_objects(url) and "manifest.json" in upload.existing_objects(url)
+    storage.filesystem(url).pipe_file(claim, json.dumps({"by": "elsewhere", "pid": dead.pid}).encode())
+    with pytest.raises(InputError, match=f"another dfp shard is uploading there \\(elsewhere.*remove {claim}"):
+        upload.build_and_upload(inp, url, params, workers=1, progress=False, log=logged.append)
+    assert storage.exists(claim)  # not this run's to remove
+    storage.remove(claim)
+    logged.clear()
+    monkeypatch.setattr(storage, "create", lambda url, data: True)  # a server that ignores If-None-Match
+    upload.build_and_upload(inp, url, params, workers=1, progress=False, log=logged.append)
+    assert any("ignores conditional writes" in line for line in logged), logged
 
 
 # ---------------------------------------------------------------- verify, stats, audit
@@ -398,6 +495,69 @@ def test_verify_names_a_deleted_and_a_changed_object(http, shards):
     (copy / b).write_bytes(bytes(data))
     problems, _ = verify_url(url.rsplit("/", 1)[0] + "/broken", progress=False)
     assert f"{a}: missing" in problems and any(p.startswith(f"{b}: checksum mismatch") for p in problems)
+
+
+def _damage(folder: Path) -> list[str]:
+    """One kind of damage per shard of the set; returns the kinds (each a problem line verify must report)."""
+    import hashlib
+    from pipeline.formats import read_index, read_manifest, write_manifest
+    manifest = read_manifest(folder)
+    rows = manifest["shards"]
+    assert len(rows) >= 6
+    tar = [folder / r["path"] for r in rows]
+    tar[0].unlink()  # missing
+    tar[1].write_bytes(tar[1].read_bytes()[:-1536])  # cut short: not a whole tar
+    flipped = bytearray(tar[2].read_bytes())
+    flipped[600] ^= 0xFF  # same size, other bytes
+    tar[2].write_bytes(bytes(flipped))
+    tar[3].with_suffix(".idx").unlink()
+    idx = tar[4].with_suffix(".idx")
+    head, rest = idx.read_text().split("\n", 1)
+    idx.write_text(f"v1.2 {int(head.split()[1]) + 1}\n{rest}")  # its header counts one sample too many
+    offset, _ = read_index(tar[5].with_suffix(".idx"))[0]["jpg"]
+    data = bytearray(tar[5].read_bytes())
+    data[offset:offset + 2] = b"\0\0"  # no JPEG start marker, under a checksum that matches
+    tar[5].write_bytes(bytes(data))
+    rows[5]["sha256"] = hashlib.sha256(data).hexdigest()
+    write_manifest(folder, manifest)
+    return ["missing", "checksum mismatch", "unreadable index", "header says", "decode failed"]
+
+
+def test_verify_of_a_damaged_url_reports_the_lines_a_local_verify_reports(http, shards):
+    from pipeline.remote_verify import verify_url
+    from pipeline.verify import verify_shards
+    url, served = http
+    copy = served.parent / "damaged"
+    shutil.copytree(shards, copy)
+    kinds = _damage(copy)
+    local, seen = verify_shards(copy, progress=False)
+    assert all(any(k in p for p in local) for k in kinds), local
+    assert not any(str(copy) in p for p in local)  # named by their paths in the set, as a URL's are
+    assert verify_url(url.rsplit("/", 1)[0] + "/damaged", progress=False) == (local, seen)
+
+
+def test_verify_of_a_url_holds_one_shard_on_local_disk_at_a_time(s3, shards, tmp_path, monkeypatch):
+    import tempfile
+    from pipeline.formats import read_manifest
+    from pipeline.remote_verify import verify_url
+    url = f"{s3}/verify-disk"
+    _upload_tree(shards, url)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    held = []
+    real = storage.download
+
+    def measured(*a, **kw):
+        real(*a, **kw)
+        held.append(sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()))
+
+    monkeypatch.setattr(storage, "download", measured)
+    assert verify_url(url, progress=False)[0] == []
+    rows = read_manifest(shards)["shards"]
+    one = max(r["bytes"] + (shards / r["path"]).with_suffix(".idx").stat().st_size for r in rows)
+    assert len(held) >= 2 * len(rows) and 0 < max(held) <= one, (held, one)
+    assert not any(p.is_file() for p in tmp.rglob("*"))
 
 
 @pytest.mark.parametrize("backend", ["torch", "dali"])
