@@ -16,7 +16,7 @@ import typer
 
 from . import validate as v
 from .config import (BATCH_HELP, CACHE_DIR_HELP, CACHE_LIMIT_HELP, DEVICE_HELP, MODEL_HELP, SHARDS_HELP, SIZE,
-                     SIZE_HELP, ShardParams, TrainConfig)
+                     SIZE_HELP, ShardParams, TrainConfig, parameter_name)
 from .errors import InputError, UsageError, exit_code
 from .names import BACKENDS, COMPRESSIONS, DATASETS, LOSSES, MODALITIES, SAMPLINGS, SPLITS
 
@@ -65,12 +65,11 @@ def _field_param(f: dataclasses.Field, hint) -> inspect.Parameter:
     if m["path"]:
         hint = Optional[Path] if default is None else Path
         default = Path(default) if isinstance(default, str) else default
-    decls = [m["flag"]] if m["flag"] else []
     if m["negate"]:
-        return _param(m["negate"], bool, typer.Option(not default, *decls, help=m["help"]))
+        return _param(parameter_name(f), bool, typer.Option(not default, m["flag"], help=m["help"]))
     if m["argument"]:
         return _param(f.name, hint, typer.Argument(default, metavar=m["metavar"], help=m["help"]))
-    return _param(f.name, hint, typer.Option(default, *decls, metavar=m["metavar"], help=m["help"]))
+    return _param(f.name, hint, typer.Option(default, m["flag"], metavar=m["metavar"], help=m["help"]))
 
 
 def _config_params(cls, head=(), after: Optional[dict] = None, tail=()) -> list[inspect.Parameter]:
@@ -93,7 +92,7 @@ def _takes(*params: inspect.Parameter):
 
 def _option_names(cls) -> dict[str, str]:
     """The command-line parameter of each field of `cls`, by name: `quiet` for `progress`, else the field's own."""
-    return {f.metadata["negate"] or f.name: f.name for f in dataclasses.fields(cls)}
+    return {parameter_name(f): f.name for f in dataclasses.fields(cls)}
 
 
 def _config_from(cls, args: dict):

@@ -41,6 +41,21 @@ def test_every_field_is_an_option_and_every_option_a_field_or_listed(command, cl
     assert not_fields <= params, f"listed as dfp {command} options but gone: {sorted(not_fields - params)}"
 
 
+@pytest.mark.parametrize("cls", [TrainConfig, ShardParams])
+def test_each_field_spells_out_the_flag_of_its_own_name(cls):
+    """config.py names every option as users type it, so a search of the code for `--lr` finds its field; the flag
+    must be the field's name (a negated switch, `--quiet` for progress, says the opposite and is listed)."""
+    for f in dataclasses.fields(cls):
+        flag = f.metadata["flag"]
+        if f.metadata["argument"]:
+            assert flag is None
+            continue
+        first = flag.split("/")[0]
+        want = "--" + TRAIN_RENAMED.get(f.name, f.name).replace("_", "-")
+        assert first == want, f"{cls.__name__}.{f.name}: flag {flag!r}, expected {want}"
+        assert f.metadata["negate"] == (f.name in TRAIN_RENAMED)
+
+
 def test_the_changeable_fields_of_a_resume_are_options():
     from pipeline.resume import CHANGEABLE, RUNTIME
     params = _params("train")
