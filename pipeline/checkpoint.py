@@ -82,22 +82,17 @@ def model_from_checkpoint(ckpt: dict, device: torch.device, path: str | os.PathL
     return model.to(device).eval()
 
 
-def _keyed(entry: dict) -> dict:
-    """A threshold record with its number under "threshold" ("value" in checkpoints written before the key was
-    the one metrics.json's "chosen" uses), the keys in their order."""
-    return {("threshold" if k == "value" else k): v for k, v in entry.items()}
-
-
 def stored_threshold(ckpt: dict) -> dict:
     """The checkpoint's chosen threshold as metrics.json's "chosen" holds it: "method", "threshold" and, from
     `dfp train`, "requested" and "fallback_reason"; the default 0.5 when the checkpoint stores none."""
-    from .thresholds import DEFAULT_THRESHOLD
-    return _keyed(ckpt.get("threshold") or {"method": "default", "threshold": DEFAULT_THRESHOLD})
+    from .thresholds import DEFAULT_THRESHOLD, threshold_record
+    return threshold_record(ckpt.get("threshold") or {"method": "default", "threshold": DEFAULT_THRESHOLD})
 
 
 def threshold_history(ckpt: dict) -> list[dict]:
     """The thresholds `dfp tune` replaced, oldest first, keyed as `stored_threshold` plus "replaced_at"."""
-    return [_keyed(h) if isinstance(h, dict) else h for h in ckpt.get("threshold_history") or []]
+    from .thresholds import threshold_record
+    return [threshold_record(h) if isinstance(h, dict) else h for h in ckpt.get("threshold_history") or []]
 
 
 def set_threshold(path: str | os.PathLike, method: str, threshold: float) -> dict:

@@ -215,8 +215,7 @@ def tune(ckpt_path, shards, method="f1", device="auto", backend="auto", batch_si
 def _log_test(name: str, scored: Scored, chosen: dict, log) -> None:
     from .metrics import split_report
     rep = split_report(scored.labels, scored.scores, 0.5, chosen["threshold"], scored.attacks())
-    _log_results(log, f"{name} test at the new threshold", scored.labels, rep,
-                 {"method": chosen["method"], "threshold": chosen["threshold"]})
+    _log_results(log, f"{name} test at the new threshold", scored.labels, rep, chosen)
 
 
 def _folders_of(ckpt_path) -> list[Path]:

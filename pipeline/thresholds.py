@@ -37,6 +37,13 @@ PARAMETRISED = ("precision", "recall")
 DEFAULT_THRESHOLD = 0.5
 
 
+def threshold_record(entry: dict) -> dict:
+    """A stored threshold record (a checkpoint's "threshold", an entry of "threshold_history") with its number
+    under "threshold", as metrics.json's "chosen" has it; "value" in checkpoints and run folders written before
+    the two used one key. The keys keep their order."""
+    return {("threshold" if k == "value" else k): v for k, v in entry.items()}
+
+
 class ThresholdUndefined(ValueError):
     """Tuning is undefined: a single class in the labels, non-finite scores, or an unreachable constraint."""
 

@@ -12,9 +12,9 @@ def format_ratio(real: int, fake: int) -> str:
     r = imbalance_ratio(counts)
     if math.isnan(r):
         return "empty"
-    if math.isinf(r):
-        return f"single class ({majority_class(counts)} only)"
     major = majority_class(counts)
+    if math.isinf(r):
+        return f"single class ({major} only)"
     return f"{r:.2f}:1 ({major} majority)" if major else f"{r:.2f}:1 (balanced)"
 
 

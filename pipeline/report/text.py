@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..formats import SPLITS
-from ..thresholds import DEFAULT_THRESHOLD
+from ..thresholds import DEFAULT_THRESHOLD, threshold_record
 from .counts import format_ratio, split_counts, totals
 
 SUMMARY_FILE = "training_results.txt"
@@ -264,8 +264,7 @@ def threshold_provenance(chosen: dict, history) -> list[str]:
     if chosen.get("tuned_on"):
         lines.append(f"Tuned by dfp tune on the val split of {chosen['tuned_on']} at {chosen.get('tuned_at', '?')}")
     for old in history if isinstance(history, list) else []:
-        # "value": the key of history entries in run folders written before it was "threshold", as in "chosen"
-        value = old.get("threshold", old.get("value")) if isinstance(old, dict) else None
+        value = threshold_record(old).get("threshold") if isinstance(old, dict) else None
         if isinstance(value, (int, float)):
             lines.append(f"Previous: method {old.get('method')}, threshold {value:.6f} "
                          f"(replaced {old.get('replaced_at', '?')})")
