@@ -212,11 +212,9 @@ def _read_parts(folders: list[Path]) -> list[tuple[Path, dict]]:
 
 def _check_samples(folder: Path, doc: dict) -> None:
     path = folder / SAMPLES
-    sha = hashlib.sha256()
     try:
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                sha.update(block)
+            sha = hashlib.file_digest(f, "sha256")
         size = path.stat().st_size
     except OSError as e:
         raise InputError(f"PART_DIR {folder}: cannot read {SAMPLES} ({e.strerror or e}); "

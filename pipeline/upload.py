@@ -117,11 +117,8 @@ def _digests(folder: Path, manifest: dict) -> dict[str, str]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for b in iter(lambda: f.read(storage.CHUNK), b""):
-            h.update(b)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _already_there(local: Path, url: str, sha256: str, remote_size: int | None) -> bool:
